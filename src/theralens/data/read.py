@@ -1,0 +1,291 @@
+"""Read a sessions or therapist table from the formats clinics and researchers export.
+
+Supported: ``.csv``, ``.tsv``, ``.txt`` (delimiter detected: comma, semicolon, tab or
+bar; UTF-8, falling back to Windows-1252), ``.parquet``, ``.xlsx``/``.xlsm`` (openpyxl),
+``.xls`` (only if the optional ``xlrd`` package is installed), ``.sav``/``.zsav`` (SPSS,
+pyreadstat) and ``.dta`` (Stata, pyreadstat).
+
+SPSS and Stata value labels. Numbers stay numbers: a labelled variable keeps its numeric
+codes (a 1-7 alliance item labelled "1 = not at all" is still the number 1), except a
+*categorical* variable, whose labels replace the codes so that, used as a therapist
+moderator, it is dummy-coded by name rather than treated as a quantity. A variable is
+categorical when SPSS marks its measurement level "nominal" or, where no level is
+recorded (Stata, or SPSS "unknown"), when every observed code has a label. What was done
+is recorded in ``df.attrs``:
+
+- ``attrs["value_labels"]``: {column: {code: label}} for every labelled column,
+- ``attrs["labels_applied"]``: columns whose codes were replaced by labels,
+- ``attrs["notes"]``: one sentence per decision, for the report,
+- ``attrs["source"]``, ``attrs["format"]``, and ``attrs["first_data_row"]``: the row
+  number the user sees for the first data row (2 in a text file or a sheet, after the
+  header; 1 in SPSS, Stata and Parquet files, which count cases).
+
+Every failure (missing file, folder, empty or garbled file, unknown extension, several
+sheets and none chosen) raises :class:`~theralens.errors.InputError` naming the file.
+The input file is only ever opened for reading.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from theralens.errors import InputError
+
+__all__ = ["SUPPORTED_EXTENSIONS", "read_table"]
+
+TEXT_EXTENSIONS = (".csv", ".tsv", ".txt")
+EXCEL_EXTENSIONS = (".xlsx", ".xlsm", ".xls")
+SUPPORTED_EXTENSIONS = TEXT_EXTENSIONS + (".parquet", ".pq") + EXCEL_EXTENSIONS + (
+    ".sav",
+    ".zsav",
+    ".dta",
+)
+
+_MAGIC = {
+    b"PK\x03\x04": "an Excel workbook or another zip archive (rename it to .xlsx if it is one)",
+    b"PAR1": "a Parquet file (rename it to .parquet)",
+    b"$FL2": "an SPSS data file (rename it to .sav)",
+    b"$FL3": "an SPSS data file (rename it to .zsav)",
+    b"\xd0\xcf\x11\xe0": "an old Excel (.xls) or other Office file",
+    b"%PDF": "a PDF document",
+}
+
+
+def _name(what: str, path: Path) -> str:
+    return f"{what} file {path}"
+
+
+def read_table(
+    path: str | Path, *, sheet: str | int | None = None, what: str = "sessions"
+) -> pd.DataFrame:
+    """Read one table into a DataFrame, chosen by the file's extension.
+
+    ``sheet`` picks the worksheet of an Excel workbook (name or 0-based position); it is
+    required when the workbook has more than one sheet. ``what`` ("sessions",
+    "therapists") only words the error messages. See the module docstring for value
+    labels and the ``attrs`` recorded.
+    """
+    p = Path(path)
+    label = _name(what, p)
+    if not p.exists():
+        raise InputError(f"{label} does not exist; check the path and the spelling")
+    if p.is_dir():
+        raise InputError(f"{label} is a folder, not a file; give the path of the data file itself")
+    ext = p.suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise InputError(
+            f"{label} has an unknown extension {ext or '(none)'!r}; "
+            "save it as .csv, .tsv, .xlsx, .parquet, .sav or .dta"
+        )
+    try:
+        size = p.stat().st_size
+        with p.open("rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise InputError(f"{label} cannot be read ({exc.strerror}); check its permissions") from exc
+    if size == 0:
+        raise InputError(f"{label} is empty (0 bytes); export the data again")
+
+    if ext in TEXT_EXTENSIONS:
+        df = _read_text(p, label, ext, head)
+        fmt, first_row = "text", 2
+    elif ext in (".parquet", ".pq"):
+        df = _read_parquet(p, label)
+        fmt, first_row = "parquet", 1
+    elif ext in EXCEL_EXTENSIONS:
+        df = _read_excel(p, label, ext, sheet, what)
+        fmt, first_row = "excel", 2
+    else:
+        df = _read_stat(p, label, ext)
+        fmt, first_row = ("spss" if ext != ".dta" else "stata"), 1
+
+    if df.shape[1] == 0:
+        raise InputError(f"{label} has no columns; export the data again with a header row")
+    if len(df) == 0:
+        raise InputError(f"{label} has a header but no data rows; export the data again")
+    df.columns = [str(c).strip() for c in df.columns]
+    _check_header(df, label)
+    df.attrs.setdefault("value_labels", {})
+    df.attrs.setdefault("labels_applied", [])
+    df.attrs.setdefault("notes", [])
+    df.attrs.update(source=str(p), format=fmt, first_data_row=first_row)
+    return df
+
+
+def _check_header(df: pd.DataFrame, label: str) -> None:
+    cols = list(df.columns)
+    seen: set[str] = set()
+    for c in cols:
+        if c in seen:
+            raise InputError(f"{label} has two columns named {c!r}; rename one of them")
+        seen.add(c)
+
+
+def _decode(raw: bytes, label: str) -> tuple[str, str]:
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return raw.decode(encoding), encoding
+        except UnicodeDecodeError:
+            continue
+    return raw.decode("latin-1"), "latin-1"
+
+
+def _sniff_delimiter(text: str, ext: str) -> str:
+    if ext == ".tsv":
+        return "\t"
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    counts = {d: first.count(d) for d in (",", ";", "\t", "|")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > 0 else ","
+
+
+def _read_text(p: Path, label: str, ext: str, head: bytes) -> pd.DataFrame:
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            raise InputError(f"{label} is not a text table: it looks like {kind}")
+    raw = p.read_bytes()
+    if b"\x00" in raw[:65536]:
+        raise InputError(
+            f"{label} is not a text table (it contains binary data); "
+            "export it again as CSV (comma-separated values)"
+        )
+    text, encoding = _decode(raw, label)
+    if not text.strip():
+        raise InputError(f"{label} holds only blank lines; export the data again")
+    sep = _sniff_delimiter(text, ext)
+    try:
+        df = pd.read_csv(io.StringIO(text), sep=sep, skipinitialspace=True)
+    except pd.errors.EmptyDataError as exc:
+        raise InputError(f"{label} holds no table; export the data again") from exc
+    except (pd.errors.ParserError, csv.Error) as exc:
+        msg = str(exc).replace("Error tokenizing data. C error: ", "").rstrip(".\n")
+        raise InputError(
+            f"{label} cannot be read as a table ({msg}); check that every line has the same "
+            f"number of {_sep_name(sep)}-separated fields"
+        ) from exc
+    df = df.loc[:, [not (str(c).startswith("Unnamed:") and df[c].isna().all()) for c in df.columns]]
+    df = df.dropna(how="all")
+    df = df.reset_index(drop=True)
+    if encoding != "utf-8-sig":
+        df.attrs["notes"] = [f"{p.name} was read as {encoding} text (it is not UTF-8)."]
+    return df
+
+
+def _sep_name(sep: str) -> str:
+    return {",": "comma", ";": "semicolon", "\t": "tab", "|": "bar"}.get(sep, repr(sep))
+
+
+def _read_parquet(p: Path, label: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(p, engine="pyarrow")
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise InputError(
+            f"{label} is not a readable Parquet file ({type(exc).__name__}); export it again"
+        ) from exc
+
+
+def _read_excel(
+    p: Path, label: str, ext: str, sheet: str | int | None, what: str
+) -> pd.DataFrame:
+    engine = "openpyxl"
+    if ext == ".xls":
+        try:
+            import xlrd  # noqa: F401
+        except ImportError as exc:
+            raise InputError(
+                f"{label} is an old-style .xls workbook; save it as .xlsx or .csv in Excel "
+                "(or install the xlrd package)"
+            ) from exc
+        engine = "xlrd"
+    try:
+        book = pd.ExcelFile(p, engine=engine)
+    except Exception as exc:  # zipfile.BadZipFile, KeyError, InvalidFileException, ...
+        raise InputError(
+            f"{label} is not a readable Excel workbook ({type(exc).__name__}); "
+            "open it in Excel and save it again as .xlsx"
+        ) from exc
+    with book:
+        names = [str(s) for s in book.sheet_names]
+        if sheet is None:
+            if len(names) > 1:
+                listed = ", ".join(f'"{s}"' for s in names)
+                raise InputError(
+                    f"{label} has {len(names)} sheets ({listed}); say which one holds the "
+                    f'{what} data: sheet="{names[0]}" (command line: --sheet "{names[0]}")'
+                )
+            chosen: str | int = 0
+        elif isinstance(sheet, int) and not isinstance(sheet, bool):
+            if not 0 <= sheet < len(names):
+                raise InputError(
+                    f"{label} has no sheet number {sheet} (it has {len(names)}, counted from 0: "
+                    + ", ".join(f'"{s}"' for s in names)
+                    + ")"
+                )
+            chosen = sheet
+        else:
+            if str(sheet) not in names:
+                match = difflib.get_close_matches(str(sheet), names, n=1, cutoff=0.4)
+                hint = f'did you mean "{match[0]}"?' if match else "its sheets are " + ", ".join(
+                    f'"{s}"' for s in names
+                )
+                raise InputError(f'{label} has no sheet "{sheet}"; {hint}')
+            chosen = str(sheet)
+        try:
+            df = book.parse(chosen)
+        except Exception as exc:
+            raise InputError(
+                f"{label}: sheet {chosen!r} cannot be read ({type(exc).__name__}); "
+                "save the workbook again as .xlsx"
+            ) from exc
+    df = df.loc[:, [not (str(c).startswith("Unnamed:") and df[c].isna().all()) for c in df.columns]]
+    return df.dropna(how="all").reset_index(drop=True)
+
+
+def _read_stat(p: Path, label: str, ext: str) -> pd.DataFrame:
+    import pyreadstat
+
+    reader = pyreadstat.read_dta if ext == ".dta" else pyreadstat.read_sav
+    kind = "Stata" if ext == ".dta" else "SPSS"
+    try:
+        df, meta = reader(str(p), apply_value_labels=False)
+    except Exception as exc:  # pyreadstat.ReadstatError and friends
+        raise InputError(
+            f"{label} is not a readable {kind} file ({str(exc).strip() or type(exc).__name__}); "
+            f"save it again from {kind}"
+        ) from exc
+    df = df.reset_index(drop=True)
+    labels: dict[str, dict[Any, str]] = {
+        col: dict(vl) for col, vl in (meta.variable_value_labels or {}).items() if col in df
+    }
+    measures: dict[str, str] = dict(getattr(meta, "variable_measure", None) or {})
+    applied: list[str] = []
+    notes: list[str] = []
+    for col, mapping in labels.items():
+        observed = pd.Series(df[col]).dropna().unique()
+        measure = measures.get(col, "unknown") if kind == "SPSS" else "unknown"
+        all_labelled = len(observed) > 0 and all(v in mapping for v in observed)
+        categorical = measure == "nominal" or (measure == "unknown" and all_labelled)
+        if categorical:
+            df[col] = df[col].map(lambda v, m=mapping: m.get(v, v) if pd.notna(v) else v)
+            applied.append(col)
+            notes.append(
+                f"{p.name}: column {col!r} has {kind} value labels and is categorical "
+                f"({'nominal' if measure == 'nominal' else 'every code labelled'}): "
+                "its labels are used instead of the codes."
+            )
+        else:
+            notes.append(
+                f"{p.name}: column {col!r} has {kind} value labels but is "
+                f"{measure if measure != 'unknown' else 'only partly labelled'}: "
+                "its numeric codes are used."
+            )
+    df.attrs["value_labels"] = labels
+    df.attrs["labels_applied"] = applied
+    df.attrs["notes"] = notes
+    return df

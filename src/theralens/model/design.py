@@ -1,0 +1,283 @@
+"""Model matrices and the nesting structure of the grouping factors.
+
+Turns a :class:`~theralens.model.formula.ParsedFormula` and a table into the fixed-effects
+matrix X (through ``formulaic``, columns named as lme4 names them), one random-effects block
+Z_l per grouping factor, and the tree that nests the grouping factors inside each other
+(innermost first). This is lme4's ``lFormula`` step (Bates et al. 2015, sec. 2).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from formulaic import model_matrix
+
+from theralens.errors import InputError, ModelSpecError
+from theralens.model.formula import ParsedFormula, RandomTermSpec
+
+_LEVEL = re.compile(r"^(?P<var>.*)\[(?:T\.)?(?P<level>.*)\]$")
+
+
+@dataclass
+class Term:
+    """A random-effects term: its columns (lme4 names) and how many theta entries it owns."""
+
+    spec: RandomTermSpec
+    columns: list[str]
+    Z: np.ndarray
+    name: str  # lme4's grp label in VarCorr, e.g. "Subject" or "Subject.1"
+
+    @property
+    def q(self) -> int:
+        return self.Z.shape[1]
+
+    @property
+    def ntheta(self) -> int:
+        return self.q * (self.q + 1) // 2
+
+
+@dataclass
+class Level:
+    """One grouping factor with all the terms that share it (block-diagonal Lambda)."""
+
+    group: str
+    terms: list[Term]
+    codes: np.ndarray  # group index per row, groups numbered in nesting order
+    labels: np.ndarray  # label of each group index
+    theta_slices: list[slice] = field(default_factory=list)
+
+    @property
+    def q(self) -> int:
+        return sum(t.q for t in self.terms)
+
+    @property
+    def ngroups(self) -> int:
+        return len(self.labels)
+
+    def lambda_matrix(self, theta: np.ndarray) -> np.ndarray:
+        """Lambda_l: block-diagonal, each block lower triangular, filled column-major (lme4)."""
+        lam = np.zeros((self.q, self.q))
+        off = 0
+        for term, sl in zip(self.terms, self.theta_slices):
+            q = term.q
+            block = np.zeros((q, q))
+            rows, cols = _colmajor_tril(q)
+            block[rows, cols] = theta[sl]
+            lam[off : off + q, off : off + q] = block
+            off += q
+        return lam
+
+
+def _colmajor_tril(q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of a q x q lower triangle in column-major order (lme4's theta)."""
+    rows, cols = [], []
+    for j in range(q):
+        for i in range(j, q):
+            rows.append(i)
+            cols.append(j)
+    return np.array(rows, dtype=int), np.array(cols, dtype=int)
+
+
+@dataclass
+class Design:
+    """Everything the criterion needs: y, X, the levels (innermost first) and the tree."""
+
+    formula: ParsedFormula
+    y: np.ndarray
+    X: np.ndarray
+    fixed_names: list[str]
+    terms: list[Term]  # lme4 order: decreasing number of groups (theta order)
+    levels: list[Level]  # nesting order: innermost (most groups) first
+    parents: list[np.ndarray]  # parents[l][g] = index of level l+1 group containing group g
+    n_dropped: int
+    dropped_columns: list[str]
+    row_index: pd.Index
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+    @property
+    def k(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def ntheta(self) -> int:
+        return sum(t.ntheta for t in self.terms)
+
+    def theta_lower_bounds(self) -> np.ndarray:
+        lower = []
+        for t in self.terms:
+            rows, cols = _colmajor_tril(t.q)
+            lower.extend(0.0 if r == c else -np.inf for r, c in zip(rows, cols))
+        return np.array(lower)
+
+    def theta_names(self) -> list[str]:
+        names = []
+        for t in self.terms:
+            rows, cols = _colmajor_tril(t.q)
+            for r, c in zip(rows, cols):
+                if r == c:
+                    names.append(f"{t.name}.{t.columns[r]}")
+                else:
+                    names.append(f"{t.name}.{t.columns[r]}.{t.columns[c]}")
+        return names
+
+
+def _lme4_name(column: str, order: dict[str, int]) -> str:
+    """Translate a formulaic column name to lme4's: ``Intercept`` -> ``(Intercept)``,
+    ``g[T.b]`` -> ``gb`` and interaction parts ordered by first appearance in the formula."""
+    if column == "Intercept":
+        return "(Intercept)"
+    parts = column.split(":")
+    keyed = []
+    for p in parts:
+        m = _LEVEL.match(p)
+        var = m.group("var") if m else p
+        label = f"{var}{m.group('level')}" if m else p
+        base = re.sub(r"^C\((.*?)\)$", r"\1", var)
+        keyed.append((order.get(base, order.get(var, 10**6)), label))
+    keyed.sort(key=lambda kv: kv[0])
+    return ":".join(label for _, label in keyed)
+
+
+def _model_matrix(rhs: str, data: pd.DataFrame, order: dict[str, int], what: str) -> tuple[np.ndarray, list[str]]:
+    try:
+        mm = model_matrix(rhs, data, na_action="ignore")
+    except Exception as exc:  # formulaic raises many types; report as one line
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelSpecError(f"cannot build the {what} from '{rhs}': {msg}") from None
+    names = [_lme4_name(c, order) for c in mm.columns]
+    return np.asarray(mm, dtype=float), names
+
+
+def _group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes of the grouping factor made of ``factors`` and their labels (``a:b``)."""
+    if len(factors) == 1:
+        keys = data[factors[0]].astype(str)
+    else:
+        # lme4 names b:a groups with levels "b_level:a_level" in the order of the factor name
+        keys = data[list(factors)].astype(str).agg(":".join, axis=1)
+    codes, labels = pd.factorize(keys, sort=True)
+    return codes.astype(np.int64), np.asarray(labels, dtype=object)
+
+
+def _drop_rank_deficient(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """Drop aliased fixed-effect columns, as lme4 does (pivoted QR; the later columns go)."""
+    if X.shape[1] == 0:
+        return X, names, []
+    from scipy.linalg import qr
+
+    _, R, piv = qr(X, mode="economic", pivoting=True)
+    diag = np.abs(np.diag(R))
+    tol = diag.max() * max(X.shape) * np.finfo(float).eps * 1e3 if diag.size else 0
+    rank = int((diag > tol).sum())
+    if rank == X.shape[1]:
+        return X, names, []
+    keep = np.sort(piv[:rank])
+    dropped = [names[i] for i in range(X.shape[1]) if i not in set(keep)]
+    return X[:, keep], [names[i] for i in keep], dropped
+
+
+def build_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
+    """Build y, X and the nested random-effects levels for ``parsed`` on ``data``.
+
+    Rows with a missing value in any column the formula uses are dropped and counted.
+    Crossed or partially crossed grouping factors raise :class:`ModelSpecError`.
+    """
+    if not isinstance(data, pd.DataFrame):
+        raise InputError("data must be a pandas DataFrame")
+    order = {v: i for i, v in enumerate(parsed.variables())}
+    used = [c for c in data.columns if c in order]
+    if parsed.response not in data.columns:
+        raise InputError(f"response column '{parsed.response}' is not in the data")
+    for term in parsed.random:
+        for f in term.factors:
+            if f not in data.columns:
+                raise InputError(f"grouping column '{f}' of the term '({term.lhs} | {term.group})' is not in the data")
+    frame = data[used]
+    complete = frame.notna().all(axis=1).to_numpy()
+    n_dropped = int((~complete).sum())
+    frame = frame.loc[complete]
+    if len(frame) == 0:
+        raise InputError("no complete rows: every row has a missing value in a column the formula uses")
+    y = pd.to_numeric(frame[parsed.response], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(y).all():
+        raise InputError(f"response column '{parsed.response}' has non-numeric or infinite values")
+
+    X, fixed_names = _model_matrix(parsed.fixed, frame, order, "fixed-effects matrix")
+    X, fixed_names, dropped_cols = _drop_rank_deficient(X, fixed_names)
+
+    # random-effects terms
+    raw_terms: list[tuple[RandomTermSpec, np.ndarray, list[str], np.ndarray, np.ndarray]] = []
+    for spec in parsed.random:
+        Z, cols = _model_matrix(spec.lhs, frame, order, f"random-effects term ({spec.lhs} | {spec.group})")
+        if Z.shape[1] == 0:
+            raise ModelSpecError(f"random-effects term ({spec.lhs} | {spec.group}) has no columns")
+        codes, labels = _group_codes(frame, spec.factors)
+        raw_terms.append((spec, Z, cols, codes, labels))
+    # lme4 orders terms by decreasing number of groups (stable)
+    raw_terms.sort(key=lambda t: -len(t[4]))
+    seen: dict[str, int] = {}
+    terms: list[Term] = []
+    by_group: dict[str, list[int]] = {}
+    for i, (spec, Z, cols, _codes, _labels) in enumerate(raw_terms):
+        count = seen.get(spec.group, 0)
+        seen[spec.group] = count + 1
+        name = spec.group if count == 0 else f"{spec.group}.{count}"
+        terms.append(Term(spec=spec, columns=cols, Z=Z, name=name))
+        by_group.setdefault(spec.group, []).append(i)
+
+    # one level per grouping factor; theta slices follow term order
+    offsets = np.cumsum([0] + [t.ntheta for t in terms])
+    level_list: list[Level] = []
+    for group, idx in by_group.items():
+        codes, labels = raw_terms[idx[0]][3], raw_terms[idx[0]][4]
+        lev = Level(group=group, terms=[terms[i] for i in idx], codes=codes, labels=labels)
+        lev.theta_slices = [slice(int(offsets[i]), int(offsets[i + 1])) for i in idx]
+        level_list.append(lev)
+    level_list.sort(key=lambda lv: -lv.ngroups)
+    parents = _check_nesting(level_list, frame)
+    return Design(
+        formula=parsed,
+        y=y,
+        X=X,
+        fixed_names=fixed_names,
+        terms=terms,
+        levels=level_list,
+        parents=parents,
+        n_dropped=n_dropped,
+        dropped_columns=dropped_cols,
+        row_index=frame.index,
+    )
+
+
+def _check_nesting(levels: list[Level], frame: pd.DataFrame) -> list[np.ndarray]:
+    """Each group of a finer factor must sit inside exactly one group of the next coarser one.
+
+    Returns ``parents[l]``: for each group of level l its group in level l+1.
+    """
+    parents = []
+    for fine, coarse in zip(levels[:-1], levels[1:]):
+        pairs = pd.DataFrame({"f": fine.codes, "c": coarse.codes}).drop_duplicates()
+        counts = pairs.groupby("f")["c"].nunique()
+        bad = counts[counts > 1]
+        if len(bad):
+            g = int(bad.index[0])
+            homes = pairs.loc[pairs["f"] == g, "c"].to_numpy()[:2]
+            fine_name = "/".join(fine.terms[0].spec.factors)
+            raise ModelSpecError(
+                f"grouping factors '{fine.group}' and '{coarse.group}' are crossed, not nested: "
+                f"{fine_name} '{fine.labels[g]}' appears under {coarse.group} "
+                f"'{coarse.labels[homes[0]]}' and '{coarse.labels[homes[1]]}' "
+                f"({len(bad)} such {fine.group} groups); theralens fits nested random effects only - "
+                f"give each {fine.group} a single {coarse.group}, or make ids unique within "
+                f"{coarse.group} and use (1 | {coarse.group}:{fine.group})"
+            )
+        parent = np.empty(fine.ngroups, dtype=np.int64)
+        parent[pairs["f"].to_numpy()] = pairs["c"].to_numpy()
+        parents.append(parent)
+    return parents

@@ -1,0 +1,150 @@
+"""Satterthwaite degrees of freedom for fixed-effect contrasts, as lmerTest computes them.
+
+Kuznetsova, Brockhoff & Christensen (2017), JSS 82(13), sec. 3.1: for a contrast L,
+
+    df = 2 (L' C L)^2 / (g' A g),
+
+with C = Var(beta_hat) as a function of the variance parameters varpar = (theta, sigma),
+g the gradient of L' C(varpar) L and A = 2 H^{-1} the asymptotic covariance of varpar,
+H the Hessian of the (REML or ML) deviance as a function of varpar, not profiled over sigma.
+Derivatives are Richardson-extrapolated central differences with numDeriv's default steps
+(d = 0.1 relative, eps = 1e-4 at zero, 4 halvings), which lmerTest uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy.linalg import solve_triangular
+
+from theralens.model.criterion import LOG2PI, NestedCriterion, Profile
+
+_D, _EPS, _R = 0.1, 1e-4, 4
+_ZERO_TOL = float(np.sqrt(np.finfo(float).eps / 7e-7))
+
+
+def _steps(x: np.ndarray) -> np.ndarray:
+    return np.abs(_D * x) + _EPS * (np.abs(x) < _ZERO_TOL)
+
+
+def _richardson(values: list[np.ndarray]) -> np.ndarray:
+    """Extrapolate estimates at h, h/2, h/4, ... with O(h^2) error terms."""
+    table = list(values)
+    for k in range(1, len(table)):
+        four = 4.0**k
+        table = [(four * table[i + 1] - table[i]) / (four - 1) for i in range(len(table) - 1)]
+    return table[0]
+
+
+def jacobian(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Jacobian of vector-valued f (columns = components of x), Richardson central differences."""
+    h0 = _steps(x)
+    f0 = np.asarray(f(x), dtype=float).ravel()
+    J = np.empty((f0.size, x.size))
+    for i in range(x.size):
+        ests = []
+        for r in range(_R):
+            h = h0[i] / 2**r
+            e = np.zeros(x.size)
+            e[i] = h
+            ests.append((np.asarray(f(x + e)).ravel() - np.asarray(f(x - e)).ravel()) / (2 * h))
+        J[:, i] = _richardson(ests)
+    return J
+
+
+def hessian(f: Callable[[np.ndarray], float], x: np.ndarray) -> np.ndarray:
+    """Hessian of scalar f, Richardson-extrapolated central differences."""
+    n = x.size
+    h0 = _steps(x)
+    fx = f(x)
+    H = np.empty((n, n))
+    for i in range(n):
+        ests = []
+        for r in range(_R):
+            h = h0[i] / 2**r
+            e = np.zeros(n)
+            e[i] = h
+            ests.append(np.array((f(x + e) - 2 * fx + f(x - e)) / h**2))
+        H[i, i] = float(_richardson(ests))
+    for i in range(n):
+        for j in range(i):
+            ests = []
+            for r in range(_R):
+                hi, hj = h0[i] / 2**r, h0[j] / 2**r
+                ei = np.zeros(n)
+                ej = np.zeros(n)
+                ei[i] = hi
+                ej[j] = hj
+                v = (f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)) / (4 * hi * hj)
+                ests.append(np.array(v))
+            H[i, j] = H[j, i] = float(_richardson(ests))
+    return H
+
+
+class VarparFunctions:
+    """Deviance and Var(beta) as functions of varpar = (theta, sigma) (lmerTest's devfun_vp)."""
+
+    def __init__(self, crit: NestedCriterion, reml: bool) -> None:
+        self.crit = crit
+        self.reml = reml
+        self._cache: dict[bytes, Profile] = {}
+
+    def _profile(self, theta: np.ndarray) -> Profile:
+        key = np.asarray(theta, dtype=float).tobytes()
+        p = self._cache.get(key)
+        if p is None:
+            p = self.crit.profile(theta)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = p
+        return p
+
+    def deviance(self, varpar: np.ndarray) -> float:
+        theta, sigma = varpar[:-1], varpar[-1]
+        s2 = sigma**2
+        p = self._profile(theta)
+        n, k = self.crit.n, self.crit.k
+        dev = p.logdet + p.r2 / s2 + n * (LOG2PI + np.log(s2))
+        if self.reml and k:
+            dev += 2.0 * float(np.log(np.abs(np.diag(p.RX))).sum()) - k * (LOG2PI + np.log(s2))
+        return float(dev)
+
+    def vcov_beta(self, varpar: np.ndarray) -> np.ndarray:
+        theta, sigma = varpar[:-1], varpar[-1]
+        p = self._profile(theta)
+        RXinv = solve_triangular(p.RX, np.eye(p.RX.shape[0]), lower=True)
+        return sigma**2 * (RXinv.T @ RXinv)
+
+
+def satterthwaite(crit: NestedCriterion, theta: np.ndarray, sigma: float, reml: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Satterthwaite df of every fixed-effect coefficient.
+
+    Returns ``(df, A, jac)``: the df per coefficient, the asymptotic covariance A of varpar,
+    and the Jacobian of vec(Var(beta)) with respect to varpar (for other contrasts).
+    """
+    vf = VarparFunctions(crit, reml)
+    varpar = np.r_[np.asarray(theta, dtype=float), float(sigma)]
+    H = hessian(vf.deviance, varpar)
+    try:
+        A = 2.0 * np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        A = 2.0 * np.linalg.pinv(H)
+    jac = jacobian(vf.vcov_beta, varpar)
+    k = crit.k
+    C = vf.vcov_beta(varpar)
+    df = np.empty(k)
+    for i in range(k):
+        g = jac[i * k + i, :]
+        denom = float(g @ A @ g)
+        df[i] = 2.0 * C[i, i] ** 2 / denom if denom > 0 else np.inf
+    return df, A, jac
+
+
+def contrast_df(L: np.ndarray, C: np.ndarray, A: np.ndarray, jac: np.ndarray) -> float:
+    """Satterthwaite df of the 1-df contrast L' beta from the pieces of :func:`satterthwaite`."""
+    k = C.shape[0]
+    var = float(L @ C @ L)
+    g = np.array([float(L @ jac[:, j].reshape(k, k) @ L) for j in range(jac.shape[1])])
+    denom = float(g @ A @ g)
+    return 2.0 * var**2 / denom if denom > 0 else float("inf")
