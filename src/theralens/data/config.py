@@ -158,7 +158,11 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("design", "caseload_weighting"): WEIGHTINGS,
 }
 
-_LIST_KEYS = {("columns", "process"), ("columns", "covariates"), ("therapist_moderators", "columns")}
+_LIST_KEYS = {
+    ("columns", "process"),
+    ("columns", "covariates"),
+    ("therapist_moderators", "columns"),
+}
 _BOOL_KEYS = {("therapist_moderators", "joint"), ("report", "show_patient_ids")}
 _INT_KEYS = {("design", "process_sessions"): 0, ("report", "min_caseload"): 1}
 
@@ -185,14 +189,15 @@ def _check_value(section: str, key: str, value: Any, source: str | None) -> Any:
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise InputError(
-                f'{where} must be a list of column names, e.g. {key} = ["a", "b"]; '
-                f"got {value!r}"
+                f'{where} must be a list of column names, e.g. {key} = ["a", "b"]; got {value!r}'
             )
         if len(set(value)) != len(value):
             dup = sorted({v for v in value if value.count(v) > 1})
             raise InputError(f"{where} lists {', '.join(dup)} twice; name each column once")
         if key == "process" and not value:
-            raise InputError(f'{where} is empty; name at least one process column, e.g. ["alliance"]')
+            raise InputError(
+                f'{where} is empty; name at least one process column, e.g. ["alliance"]'
+            )
         return tuple(value)
     if (section, key) in _BOOL_KEYS:
         if not isinstance(value, bool):
@@ -225,8 +230,7 @@ def config_from_dict(data: dict[str, Any], source: str | None = None) -> StudyCo
     for section, values in data.items():
         if section not in _SECTIONS:
             raise InputError(
-                f"{_where(source)}: unknown section [{section}]"
-                f"{_closest(section, list(_SECTIONS))}"
+                f"{_where(source)}: unknown section [{section}]{_closest(section, list(_SECTIONS))}"
             )
         if not isinstance(values, dict):
             raise InputError(
@@ -288,7 +292,9 @@ def load_config(path: str | Path | None = None) -> StudyConfig:
     try:
         raw = p.read_bytes()
     except OSError as exc:
-        raise InputError(f"config {p} cannot be read ({exc.strerror}); check its permissions") from exc
+        raise InputError(
+            f"config {p} cannot be read ({exc.strerror}); check its permissions"
+        ) from exc
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -301,10 +307,7 @@ def load_config(path: str | Path | None = None) -> StudyConfig:
         msg = str(exc)
         pos = _TOML_POS.search(msg)
         what = _TOML_POS.sub("", msg).strip().rstrip(".")
-        if pos:
-            where = f"line {pos.group(1)}, column {pos.group(2)}"
-        else:
-            where = "somewhere in the file"
+        where = f"line {pos.group(1)}, column {pos.group(2)}" if pos else "somewhere in the file"
         raise InputError(
             f"config {p}: TOML syntax error at {where}: {what}; "
             'write settings as key = "value" under a [section] header'

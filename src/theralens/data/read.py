@@ -41,10 +41,15 @@ __all__ = ["SUPPORTED_EXTENSIONS", "read_table"]
 
 TEXT_EXTENSIONS = (".csv", ".tsv", ".txt")
 EXCEL_EXTENSIONS = (".xlsx", ".xlsm", ".xls")
-SUPPORTED_EXTENSIONS = TEXT_EXTENSIONS + (".parquet", ".pq") + EXCEL_EXTENSIONS + (
-    ".sav",
-    ".zsav",
-    ".dta",
+SUPPORTED_EXTENSIONS = (
+    TEXT_EXTENSIONS
+    + (".parquet", ".pq")
+    + EXCEL_EXTENSIONS
+    + (
+        ".sav",
+        ".zsav",
+        ".dta",
+    )
 )
 
 _MAGIC = {
@@ -190,9 +195,7 @@ def _read_parquet(p: Path, label: str) -> pd.DataFrame:
         ) from exc
 
 
-def _read_excel(
-    p: Path, label: str, ext: str, sheet: str | int | None, what: str
-) -> pd.DataFrame:
+def _read_excel(p: Path, label: str, ext: str, sheet: str | int | None, what: str) -> pd.DataFrame:
     engine = "openpyxl"
     if ext == ".xls":
         try:
@@ -231,8 +234,10 @@ def _read_excel(
         else:
             if str(sheet) not in names:
                 match = difflib.get_close_matches(str(sheet), names, n=1, cutoff=0.4)
-                hint = f'did you mean "{match[0]}"?' if match else "its sheets are " + ", ".join(
-                    f'"{s}"' for s in names
+                hint = (
+                    f'did you mean "{match[0]}"?'
+                    if match
+                    else "its sheets are " + ", ".join(f'"{s}"' for s in names)
                 )
                 raise InputError(f'{label} has no sheet "{sheet}"; {hint}')
             chosen = str(sheet)

@@ -134,7 +134,7 @@ class NestedCriterion:
                 Lc = np.linalg.cholesky(A)
                 logdet += 2.0 * float(np.log(np.diagonal(Lc, axis1=1, axis2=2)).sum())
                 B = np.matmul(lam.T, Mzr)
-                S = _batched_forward(Lc, B)
+                S = np.linalg.solve(Lc, B)
                 red = Mrr - np.matmul(S.transpose(0, 2, 1), S)
                 if keep:
                     Ls.append(Lc)
@@ -264,7 +264,7 @@ def criterion_from_profile(p: Profile, n: int, k: int, reml: bool) -> float:
 def _finish(logdet: float, top: np.ndarray, k: int) -> Profile:
     if k:
         RX = np.linalg.cholesky(top[:k, :k])
-        z = solve_triangular(RX, top[:k, k], lower=True)
+        z = np.linalg.solve(RX, top[:k, k])
         r2 = float(top[k, k] - z @ z)
     else:
         RX = np.zeros((0, 0))
@@ -284,20 +284,6 @@ def _cross_products(W: np.ndarray, codes: np.ndarray, G: int) -> np.ndarray:
             C[:, i, j] = col
             C[:, j, i] = col
     return C
-
-
-def _batched_forward(L: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Solve L X = B for a batch of small lower-triangular L (forward substitution)."""
-    q = L.shape[1]
-    if q == 1:
-        return B / L[:, :1, :1]
-    X = np.empty_like(B)
-    for i in range(q):
-        acc = B[:, i, :]
-        if i:
-            acc = acc - np.einsum("gj,gjr->gr", L[:, i, :i], X[:, :i, :])
-        X[:, i, :] = acc / L[:, i, i][:, None]
-    return X
 
 
 def _batched_backward(L: np.ndarray, rhs: np.ndarray) -> np.ndarray:

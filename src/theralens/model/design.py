@@ -48,6 +48,7 @@ class Level:
     codes: np.ndarray  # group index per row, groups numbered in nesting order
     labels: np.ndarray  # label of each group index
     theta_slices: list[slice] = field(default_factory=list)
+    _fill: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def q(self) -> int:
@@ -59,16 +60,25 @@ class Level:
 
     def lambda_matrix(self, theta: np.ndarray) -> np.ndarray:
         """Lambda_l: block-diagonal, each block lower triangular, filled column-major (lme4)."""
+        if self._fill is None:
+            rows, cols, idx = [], [], []
+            off = 0
+            for term, sl in zip(self.terms, self.theta_slices):
+                r, c = _colmajor_tril(term.q)
+                rows.extend(r + off)
+                cols.extend(c + off)
+                idx.extend(range(sl.start, sl.stop))
+                off += term.q
+            self._fill = (np.array(rows), np.array(cols), np.array(idx))
+        rows, cols, idx = self._fill
         lam = np.zeros((self.q, self.q))
-        off = 0
-        for term, sl in zip(self.terms, self.theta_slices):
-            q = term.q
-            block = np.zeros((q, q))
-            rows, cols = _colmajor_tril(q)
-            block[rows, cols] = theta[sl]
-            lam[off : off + q, off : off + q] = block
-            off += q
+        lam[rows, cols] = theta[idx]
         return lam
+
+    def column_scales(self) -> np.ndarray:
+        """Root mean square of each Z column: the scale on which its theta entries live."""
+        Z = np.hstack([t.Z for t in self.terms])
+        return np.sqrt(np.maximum((Z * Z).mean(axis=0), 1e-300))
 
 
 def _colmajor_tril(q: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,15 +125,29 @@ class Design:
             lower.extend(0.0 if r == c else -np.inf for r, c in zip(rows, cols))
         return np.array(lower)
 
+    def theta_scale(self) -> np.ndarray:
+        """Scale of each theta entry: the RMS of the Z column of its row (Lambda's row i
+        multiplies column i of Z), so that scaled theta values are of order one."""
+        out = np.empty(self.ntheta)
+        for lv in self.levels:
+            scales = lv.column_scales()
+            off = 0
+            for term, sl in zip(lv.terms, lv.theta_slices):
+                rows, _ = _colmajor_tril(term.q)
+                out[sl] = scales[off + rows]
+                off += term.q
+        return out
+
     def theta_names(self) -> list[str]:
         names = []
         for t in self.terms:
             rows, cols = _colmajor_tril(t.q)
             for r, c in zip(rows, cols):
+                g = t.spec.group  # lme4 names theta by the factor, without the ".1" suffix
                 if r == c:
-                    names.append(f"{t.name}.{t.columns[r]}")
+                    names.append(f"{g}.{t.columns[r]}")
                 else:
-                    names.append(f"{t.name}.{t.columns[r]}.{t.columns[c]}")
+                    names.append(f"{g}.{t.columns[r]}.{t.columns[c]}")
         return names
 
 
@@ -155,13 +179,23 @@ def _model_matrix(rhs: str, data: pd.DataFrame, order: dict[str, int], what: str
 
 
 def _group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes of the grouping factor made of ``factors`` and their labels (``a:b``)."""
-    if len(factors) == 1:
-        keys = data[factors[0]].astype(str)
-    else:
-        # lme4 names b:a groups with levels "b_level:a_level" in the order of the factor name
-        keys = data[list(factors)].astype(str).agg(":".join, axis=1)
-    codes, labels = pd.factorize(keys, sort=True)
+    """Integer codes of the grouping factor made of ``factors`` and their labels.
+
+    An interaction ``a:b`` is labelled ``"a_level:b_level"`` in the order of the factor name,
+    as lme4 labels the levels of ``b:a`` groups."""
+    parts = [pd.factorize(data[f].astype(str), sort=True) for f in factors]
+    key = np.zeros(len(data), dtype=np.int64)
+    for codes, uniques in parts:
+        key = key * len(uniques) + codes
+    codes, ukeys = pd.factorize(key, sort=True)
+    labels = []
+    rem = np.asarray(ukeys, dtype=np.int64)
+    pieces = []
+    for _codes, uniques in reversed(parts):
+        pieces.append(np.asarray(uniques, dtype=object)[rem % len(uniques)])
+        rem = rem // len(uniques)
+    pieces.reverse()
+    labels = pieces[0] if len(pieces) == 1 else np.array([":".join(t) for t in zip(*pieces)], dtype=object)
     return codes.astype(np.int64), np.asarray(labels, dtype=object)
 
 

@@ -310,8 +310,10 @@ def fit_mixed(
     design = build_design(parsed, data)
     crit = NestedCriterion(design)
     lower = design.theta_lower_bounds()
-    x0 = np.where(np.isfinite(lower), 1.0, 0.0) if start is None else np.asarray(start, dtype=float)
-    rec = minimize_theta(lambda th: crit.criterion(th, reml), x0, lower)
+    scale = design.theta_scale()
+    # lme4 starts at theta = 1 on the diagonals; we start there on the scaled parameters
+    x0 = np.where(np.isfinite(lower), 1.0, 0.0) / scale if start is None else np.asarray(start, dtype=float)
+    rec = minimize_theta(lambda th: crit.criterion(th, reml), x0, lower, scale=scale)
     sol = crit.solve(rec.final, reml)
     notes = []
     if design.n_dropped:

@@ -98,8 +98,8 @@ def _expand_group(group: str) -> list[tuple[str, tuple[str, ...]]]:
             factors: list[str] = []
             for p in sub:
                 factors.extend(x.strip() for x in p.split(":"))
-            name = ":".join(reversed([p for p in sub]))
-            out.append((name, tuple(factors)))
+            factors.reverse()  # lme4 names the group b:a and labels its levels "b:a"
+            out.append((":".join(factors), tuple(factors)))
         return out
     factors = tuple(x.strip() for x in group.split(":"))
     return [(":".join(factors), factors)]
@@ -107,9 +107,7 @@ def _expand_group(group: str) -> list[tuple[str, tuple[str, ...]]]:
 
 def _has_intercept(lhs: str) -> bool:
     terms = [t.strip() for t in lhs.replace("-", "+-").split("+") if t.strip()]
-    if "0" in terms or "-1" in terms:
-        return False
-    return True
+    return not ("0" in terms or "-1" in terms)
 
 
 def parse_formula(formula: str) -> ParsedFormula:

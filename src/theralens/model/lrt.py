@@ -63,12 +63,12 @@ def _random_reference(small: MixedResult, large: MixedResult) -> tuple[ChiBarSqu
     dpar = large.design.ntheta - small.design.ntheta
     for g, blocks in bs.items():
         if g not in bl:
-            raise ModelSpecError(f"the random part of the smaller model has grouping factor '{g}' that the larger lacks: "
-                                 "the models are not nested")
+            raise ModelSpecError(f"the random part of the smaller model has grouping factor '{g}' "
+                                 "that the larger lacks: the models are not nested")
         for blk in blocks:
             if not any(blk <= big for big in bl[g]):
-                raise ModelSpecError(f"the smaller model's random term over {sorted(blk)} | {g} is not part of the larger "
-                                     "model: the models are not nested")
+                raise ModelSpecError(f"the smaller model's random term over {sorted(blk)} | {g} is not "
+                                     "part of the larger model: the models are not nested")
     # what does the larger model add?
     added: list[tuple[str, frozenset[str], frozenset[str]]] = []
     for g, blocks in bl.items():

@@ -43,7 +43,9 @@ class OptimizerRecord:
 GRADIENT_TOL = 2e-3  # lme4 checks max|grad| < 2e-3 (check.conv.grad)
 
 
-def _bobyqa(f: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray, step: float) -> tuple[np.ndarray, float, str]:
+def _bobyqa(
+    f: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray, step: float
+) -> tuple[np.ndarray, float, str]:
     n = len(x0)
     if n == 1:
         # NLopt's BOBYQA needs two or more variables: use Brent's method on a bracket
@@ -103,37 +105,49 @@ def minimize_theta(
     f: Callable[[np.ndarray], float],
     x0: np.ndarray,
     lower: np.ndarray,
+    scale: np.ndarray | None = None,
     max_restarts: int = 4,
 ) -> OptimizerRecord:
-    """Minimise ``f`` over theta from ``x0`` with bounds ``lower`` (BOBYQA + restarts)."""
+    """Minimise ``f`` over theta from ``x0`` with bounds ``lower`` (BOBYQA + restarts).
+
+    The optimizer works on phi = theta * scale (``scale``: the RMS of the Z column that
+    each theta entry's row multiplies), so that a covariate measured in seconds or in
+    thousands does not make the problem badly scaled; the gradient reported and checked is
+    with respect to phi.
+    """
+    scale = np.ones(len(x0)) if scale is None else np.asarray(scale, dtype=float)
     count = [0]
 
-    def counted(x: np.ndarray) -> float:
+    def g_phi(phi: np.ndarray) -> float:
         count[0] += 1
-        return f(x)
+        return f(phi / scale)
 
-    x, fx, code = _bobyqa(counted, x0, lower, step=0.2 if len(x0) > 1 else 1.0)
+    phi, fx, code = _bobyqa(g_phi, np.asarray(x0, dtype=float) * scale, lower,
+                            step=0.2 if len(x0) > 1 else 1.0)
     restarts = 0
     messages: list[str] = []
-    for _ in range(max_restarts):
-        # restart near the optimum (lme4's restart_edge idea, applied everywhere)
-        x_new, f_new, code_new = _bobyqa(counted, x, lower, step=0.02)
+    while True:
+        # snap tiny diagonal entries to the bound when that does not worsen the criterion
+        at = np.isfinite(lower) & (np.abs(phi - lower) < 1e-6) & (phi != lower)
+        if at.any():
+            ps = phi.copy()
+            ps[at] = lower[at]
+            fs = g_phi(ps)
+            if fs <= fx + 1e-10:
+                phi, fx = ps, fs
+        g = projected(gradient(g_phi, phi, lower), phi, lower)
+        gnorm = float(np.max(np.abs(g))) if len(g) else 0.0
+        at_bound = bool(np.any(np.isfinite(lower) & (phi - lower <= 1e-6)))
+        # lme4 restarts at the boundary (restart_edge); we also restart on a large gradient
+        if restarts >= max_restarts or (gnorm < GRADIENT_TOL and not (at_bound and restarts == 0)):
+            break
+        phi_new, f_new, code_new = _bobyqa(g_phi, phi, lower, step=0.02)
         restarts += 1
         improved = f_new < fx - 1e-9
         if f_new <= fx:
-            x, fx, code = x_new, f_new, code_new
-        if not improved:
+            phi, fx, code = phi_new, f_new, code_new
+        if not improved and gnorm < GRADIENT_TOL:
             break
-    # snap tiny diagonal entries to the bound when that does not worsen the criterion
-    at = np.isfinite(lower) & (np.abs(x - lower) < 1e-6) & (x != lower)
-    if at.any():
-        xs = x.copy()
-        xs[at] = lower[at]
-        fs = counted(xs)
-        if fs <= fx + 1e-10:
-            x, fx = xs, fs
-    g = projected(gradient(counted, x, lower), x, lower)
-    gnorm = float(np.max(np.abs(g))) if len(g) else 0.0
     converged = gnorm < GRADIENT_TOL and code not in ("maxeval", "maxtime")
     if not converged:
         messages.append(
@@ -143,7 +157,7 @@ def minimize_theta(
     return OptimizerRecord(
         method="BOBYQA (NLopt) with restarts" if len(x0) > 1 else "Brent (bounded)",
         initial=np.asarray(x0, dtype=float),
-        final=np.asarray(x, dtype=float),
+        final=phi / scale,
         evaluations=count[0],
         criterion=float(fx),
         gradient=g,

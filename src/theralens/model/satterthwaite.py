@@ -117,7 +117,9 @@ class VarparFunctions:
         return sigma**2 * (RXinv.T @ RXinv)
 
 
-def satterthwaite(crit: NestedCriterion, theta: np.ndarray, sigma: float, reml: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def satterthwaite(
+    crit: NestedCriterion, theta: np.ndarray, sigma: float, reml: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Satterthwaite df of every fixed-effect coefficient.
 
     Returns ``(df, A, jac)``: the df per coefficient, the asymptotic covariance A of varpar,

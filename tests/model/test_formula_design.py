@@ -1,0 +1,110 @@
+"""Formula parsing and design construction: lme4 syntax, names and nesting checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import theralens as tl
+from theralens.errors import InputError, ModelSpecError
+from theralens.model.formula import parse_formula
+
+
+def test_parse_random_terms() -> None:
+    p = parse_formula("y ~ a*b + (1 + x | g) + (0 + z | h) + (w || k) + (1 | c/d) + (1 | e:f)")
+    assert p.response == "y"
+    assert p.fixed == "a*b"
+    got = [(t.lhs, t.group, t.factors) for t in p.random]
+    assert got == [
+        ("1 + x", "g", ("g",)),
+        ("0 + z", "h", ("h",)),
+        ("1", "k", ("k",)),
+        ("0 + w", "k", ("k",)),
+        ("1", "c", ("c",)),
+        ("1", "d:c", ("d", "c")),
+        ("1", "e:f", ("e", "f")),
+    ]
+
+
+def test_fixed_part_defaults_to_intercept() -> None:
+    assert parse_formula("y ~ (1 | g)").fixed == "1"
+
+
+@pytest.mark.parametrize("bad", ["y = x + (1|g)", "y ~ x", "~ x + (1|g)", "y ~ x + (1 | g"])
+def test_bad_formulas_are_refused(bad: str) -> None:
+    with pytest.raises(ModelSpecError):
+        parse_formula(bad)
+
+
+def _nested_data(seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(12):
+        ut = rng.normal()
+        for p in range(4):
+            up = rng.normal(scale=0.5)
+            for s in range(5):
+                x = rng.normal()
+                rows.append({"therapist": f"T{t}", "patient": f"T{t}P{p}", "session": s, "x": x,
+                             "y": 1 + 0.5 * x + ut + up + rng.normal()})
+    return pd.DataFrame(rows)
+
+
+def test_crossed_factors_get_a_clear_error() -> None:
+    df = _nested_data()
+    df.loc[df.index[:3], "therapist"] = "T5"  # patient T0P0 now also seen by therapist T5
+    with pytest.raises(ModelSpecError) as err:
+        tl.fit_mixed("y ~ x + (1 | therapist) + (1 | patient)", df)
+    msg = str(err.value)
+    assert "crossed" in msg and "patient" in msg and "therapist" in msg and "T0P0" in msg
+    assert "\n" not in msg
+
+
+def test_missing_rows_are_dropped_and_counted() -> None:
+    df = _nested_data()
+    df.loc[[3, 10, 11], "x"] = np.nan
+    df.loc[20, "y"] = np.nan
+    m = tl.fit_mixed("y ~ x + (1 | therapist) + (1 | patient)", df)
+    assert m.n_dropped == 4
+    assert m.nobs == len(df) - 4
+    assert "dropped" in m.summary()
+
+
+def test_missing_column_is_named() -> None:
+    with pytest.raises(InputError, match="clinic"):
+        tl.fit_mixed("y ~ x + (1 | clinic)", _nested_data())
+
+
+def test_interaction_grouping_equals_unique_ids() -> None:
+    """(1 | therapist:patient) with ids unique within therapist == (1 | patient) with global ids."""
+    df = _nested_data()
+    df["local"] = df["patient"].str.split("P").str[1]
+    a = tl.fit_mixed("y ~ x + (1 | therapist) + (1 | therapist:local)", df)
+    b = tl.fit_mixed("y ~ x + (1 | therapist) + (1 | patient)", df)
+    c = tl.fit_mixed("y ~ x + (1 | therapist/local)", df)
+    assert a.reml_criterion == pytest.approx(b.reml_criterion, abs=1e-8)
+    assert c.reml_criterion == pytest.approx(b.reml_criterion, abs=1e-8)
+    assert a.ngroups == {"therapist:local": 48, "therapist": 12}
+    assert c.ngroups == {"local:therapist": 48, "therapist": 12}
+
+
+def test_depth_four_nesting_runs() -> None:
+    rng = np.random.default_rng(4)
+    rows = []
+    for c in range(4):
+        for t in range(4):
+            for p in range(4):
+                for s in range(4):
+                    for _ in range(2):
+                        rows.append({"clinic": c, "therapist": f"{c}-{t}", "patient": f"{c}-{t}-{p}",
+                                     "visit": f"{c}-{t}-{p}-{s}", "x": rng.normal()})
+    df = pd.DataFrame(rows)
+    df["y"] = df["x"] + rng.normal(size=len(df))
+    for col, sd in [("clinic", 1.0), ("therapist", 0.7), ("patient", 0.5), ("visit", 0.3)]:
+        eff = {k: rng.normal(scale=sd) for k in df[col].unique()}
+        df["y"] += df[col].map(eff)
+    m = tl.fit_mixed("y ~ x + (1 | clinic) + (1 | therapist) + (1 | patient) + (1 | visit)", df)
+    assert m.converged
+    assert list(m.ngroups.values()) == [256, 64, 16, 4]
+    assert len(m.varcorr) == 5
