@@ -1,0 +1,203 @@
+"""Command-line interface: ``theralens analyze | demo | validate | simulate | power``.
+
+Exit codes: 0 success, 2 bad input or usage (one line on stderr naming the file, column,
+row or therapist and the fix), 1 internal error (one line, plus ``--debug`` for the
+traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from theralens.errors import InputError
+
+DEMO_MODERATORS = ["self_rated_alliance_skill", "self_rated_expectancy_skill", "cbt"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"theralens: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="theralens", description="Which therapist benefits from which therapy process.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    a = sub.add_parser("analyze", help="run the study on your data and write results and a report")
+    a.add_argument("sessions", help="sessions file: CSV, Parquet, Excel, SPSS (.sav) or Stata (.dta)")
+    a.add_argument("--therapists", help="therapist table with moderator columns")
+    a.add_argument("--config", help="study config (TOML); every key has a default")
+    a.add_argument("--sheet", help="worksheet of an Excel sessions file")
+    a.add_argument("--out", default="theralens-out", help="output folder (default: theralens-out)")
+    a.add_argument("--no-report", action="store_true", help="write results.json and tables only")
+
+    d = sub.add_parser("demo", help="the whole analysis on the built-in (simulated) demo data")
+    d.add_argument("--out", default="theralens-demo", help="output folder (default: theralens-demo)")
+    d.add_argument("--design", choices=["patient", "session"], default="patient")
+
+    v = sub.add_parser("validate", help="check input files without fitting anything")
+    v.add_argument("sessions")
+    v.add_argument("--therapists")
+    v.add_argument("--config")
+    v.add_argument("--sheet")
+
+    s = sub.add_parser("simulate", help="simulate a study with known truth")
+    s.add_argument("--preset", default="coyne2022")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--design", choices=["patient", "session"], default=None)
+    s.add_argument("--out", required=True, help="sessions file to write (.csv or .parquet)")
+    s.add_argument("--therapists-out", help="therapist table to write (.csv or .parquet)")
+
+    w = sub.add_parser("power", help="simulation-based power for the next study")
+    w.add_argument("--preset", default="coyne2022")
+    w.add_argument("--therapists", default="42,80,120,200", help="comma-separated numbers of therapists")
+    w.add_argument("--patients-per-therapist", default="5,10", help="comma-separated caseload sizes")
+    w.add_argument("--nsim", type=int, default=500)
+    w.add_argument("--alpha", type=float, default=0.05)
+    w.add_argument("--seed", type=int, default=1)
+    w.add_argument("--workers", type=int, default=None, help="local processes (default: all cores)")
+    w.add_argument("--scheduler", help="address of a dask.distributed scheduler")
+    w.add_argument("--out", default="theralens-power")
+    w.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="effect size or design setting, e.g. --set within.alliance=-0.2 (repeatable)")
+    return p
+
+
+def _write_outputs(result, out: Path, report: bool) -> list[Path]:  # noqa: ANN001
+    written = result.write(out)
+    if report:
+        try:
+            from theralens.report.html import write_report
+        except ImportError:  # the report is optional until installed
+            return written
+        written += write_report(result, out)
+    return written
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from theralens.data.config import load_config
+    from theralens.data.read import read_table
+    from theralens.study.analysis import analyze
+
+    cfg = load_config(args.config)
+    sessions = read_table(args.sessions, sheet=args.sheet, what="sessions")
+    ther = read_table(args.therapists, what="therapists") if args.therapists else None
+    out = Path(args.out)
+    _check_out_not_input(out, [args.sessions, args.therapists, args.config])
+    result = analyze(sessions, ther, cfg, source=args.sessions, therapists_source=args.therapists or "")
+    written = _write_outputs(result, out, not args.no_report)
+    print(result.summary())
+    print(f"\nwrote {len(written)} files to {out} ({result.seconds:.1f} s)")
+    return 0
+
+
+def _check_out_not_input(out: Path, inputs: Sequence[str | None]) -> None:
+    for path in inputs:
+        if path and Path(path).resolve() == out.resolve():
+            raise InputError(f"output folder {out} is one of the input files; choose another --out folder")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from theralens.data.config import config_from_dict
+    from theralens.datasets import load_demo
+    from theralens.study.analysis import analyze
+
+    t0 = time.perf_counter()
+    sessions, therapists = load_demo()
+    cfg = config_from_dict({"therapist_moderators": {"columns": DEMO_MODERATORS},
+                            "design": {"level": args.design}})
+    result = analyze(sessions, therapists, cfg, source="demo sessions (simulated, coyne2022 preset, seed 2022)",
+                     therapists_source="demo therapists")
+    out = Path(args.out)
+    written = _write_outputs(result, out, True)
+    print(result.summary())
+    print(f"\nwrote {len(written)} files to {out} in {time.perf_counter() - t0:.1f} s; open {out / 'report.html'}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from theralens.data.config import load_config
+    from theralens.data.read import read_table
+    from theralens.data.validate import validate_sessions, validate_therapists
+
+    cfg = load_config(args.config)
+    df = read_table(args.sessions, sheet=args.sheet, what="sessions")
+    data = validate_sessions(df, cfg, source=args.sessions)
+    c = data.counts
+    print(f"{args.sessions}: OK - {c.get('therapists')} therapists, {c.get('patients')} patients, "
+          f"{c.get('rows_used')} rows used")
+    for e in data.exclusions:
+        print(f"  excluded: {e.rows} rows ({e.reason})")
+    for note in data.notes:
+        print(f"  note: {note}")
+    if args.therapists:
+        t = validate_therapists(read_table(args.therapists, what="therapists"), data, cfg, source=args.therapists)
+        print(f"{args.therapists}: OK - {len(t)} therapists, moderators: "
+              f"{', '.join(c for c in t.columns if c != 'therapist') or 'none configured'}")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from theralens.atomic import write_bytes
+    from theralens.study.simulate import simulate
+
+    overrides = {"design": args.design} if args.design else {}
+    sim = simulate(args.preset, seed=args.seed, **overrides)
+    for frame, path in [(sim.sessions, args.out), (sim.therapists, args.therapists_out)]:
+        if path is None:
+            continue
+        p = Path(path)
+        if p.suffix.lower() == ".parquet":
+            import io
+
+            buf = io.BytesIO()
+            frame.to_parquet(buf, index=False)
+            write_bytes(p, buf.getvalue())
+        elif p.suffix.lower() in (".csv", ".txt", ""):
+            write_bytes(p, frame.to_csv(index=False).encode())
+        else:
+            raise InputError(f"{p}: cannot write '{p.suffix}' files; use .csv or .parquet")
+        print(f"wrote {p} ({len(frame)} rows)")
+    return 0
+
+
+def _cmd_power(args: argparse.Namespace) -> int:
+    from theralens.power.cli import run_power_command
+
+    return run_power_command(args)
+
+
+COMMANDS = {"analyze": _cmd_analyze, "demo": _cmd_demo, "validate": _cmd_validate,
+            "simulate": _cmd_simulate, "power": _cmd_power}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``theralens`` command."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except InputError as exc:
+        sys.stderr.write(f"theralens: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("theralens: interrupted\n")
+        return 130
+    except Exception as exc:  # an internal error: one line, traceback with --debug
+        if args.debug:
+            raise
+        sys.stderr.write(f"theralens: internal error: {type(exc).__name__}: {exc} "
+                         "(run again with --debug for the traceback and report it)\n")
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

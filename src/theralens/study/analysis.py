@@ -1,0 +1,111 @@
+"""Run the whole study: validate -> decompose -> fit the aims -> :class:`StudyResult`.
+
+    result = analyze(sessions_df, therapists_df, config)      # Python API on DataFrames
+    result = analyze_files("sessions.csv", "therapists.xlsx", "study.toml")
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from theralens.data.config import StudyConfig, load_config
+from theralens.data.decompose import patient_level, session_level
+from theralens.data.read import read_table
+from theralens.data.validate import validate_sessions, validate_therapists
+from theralens.errors import InputError
+from theralens.study.aims import aim1, aim2, aim3, ancillary, design_terms
+from theralens.study.aims import _fit as fit_model
+from theralens.study.result import StudyResult
+
+#: Below this many therapists, the result warns that slope variances and cross-level
+#: moderators are estimated with little power (Mathieu et al. 2012; Arend & Schaefer 2019).
+SMALL_STUDY_THERAPISTS = 60
+MIN_THERAPISTS = 3
+
+
+def analyze(
+    sessions: pd.DataFrame,
+    therapists: pd.DataFrame | None = None,
+    config: StudyConfig | None = None,
+    *,
+    source: str = "sessions data",
+    therapists_source: str = "therapist data",
+) -> StudyResult:
+    """Answer the study's aims for every process at once (models.md).
+
+    ``sessions``: long format, one row per patient per assessment; ``therapists``: optional,
+    one row per therapist with the moderator columns named in ``config``.
+    """
+    t0 = time.perf_counter()
+    config = config or StudyConfig()
+    data = validate_sessions(sessions, config, source=source)
+    moderators = None
+    if therapists is not None and config.therapist_moderators.columns:
+        moderators = validate_therapists(therapists, data, config, source=therapists_source)
+    elif config.therapist_moderators.columns and therapists is None:
+        raise InputError("moderators are configured ([therapist_moderators] columns) but no therapist table "
+                         "was given; pass --therapists FILE or remove the moderators from the config")
+    table = patient_level(data, config) if config.design.level == "patient" else session_level(data, config)
+    if table.counts.get("therapists", 0) < MIN_THERAPISTS:
+        raise InputError(f"{source}: only {table.counts.get('therapists', 0)} therapist(s) left for the analysis; "
+                         f"at least {MIN_THERAPISTS} are needed to estimate therapist slope variances")
+    terms = design_terms(table)
+    frame = table.table.copy()
+    frame["therapist"] = frame["therapist"].astype(str)
+    frame["patient"] = frame["patient"].astype(str)
+    labels = table.labels
+    main = fit_model("main", terms.formula(), frame, note="aims 1 and 2")
+    a1 = aim1(main.fit, terms, labels)
+    a2 = aim2(main, terms, frame, labels, table.benefit_sign)
+    a3 = aim3(terms, frame, moderators, labels, joint=config.therapist_moderators.joint)
+    anc, anc_model = ancillary(terms, frame, labels)
+
+    warnings = list(table.warnings)
+    n_ther = table.counts.get("therapists", 0)
+    if n_ther < SMALL_STUDY_THERAPISTS:
+        warnings.append(
+            f"Only {n_ther} therapists: therapist slope variances and cross-level moderators are estimated with "
+            "low power (Mathieu et al. 2012; Arend & Schaefer 2019); treat non-significant results as inconclusive "
+            "and use 'theralens power' to plan a larger study.")
+    for spec in [main, *a2.reduced, *a3.models, anc_model]:
+        if not spec.fit.converged:
+            warnings.append(f"The {spec.role} model did not converge: {'; '.join(spec.fit.optimizer.messages)}")
+        if spec.fit.singular:
+            warnings.append(f"The {spec.role} model is a boundary (singular) fit: a variance or correlation of the "
+                            "therapist random effects is estimated at its limit (see the model table).")
+    for _, row in a2.variance.iterrows():
+        if row["slope_variance"] <= 1e-10:
+            warnings.append(f"The therapist slope variance of {row['process']} is estimated at zero: the data show no "
+                            "detectable differences between therapists in this slope, and every therapist's slope "
+                            "equals the average.")
+        elif row["mean_slope_reliability"] == row["mean_slope_reliability"] and row["mean_slope_reliability"] < 0.5:
+            warnings.append(f"Therapist slopes of {row['process']} have low reliability (mean "
+                            f"{row['mean_slope_reliability']:.2f}): individual slopes are shrunk strongly toward "
+                            "the average and rankings are very uncertain.")
+    if moderators is not None:
+        missing = moderators.attrs.get("missing_therapists", [])
+        if missing:
+            warnings.append(f"{len(missing)} therapist(s) are not in the therapist table and are left out of the "
+                            "moderator models.")
+    notes = list(data.notes)
+    notes.append("Process components use the observed (manifest) decomposition: caseload means are taken over "
+                 "patients (each weighing once) unless configured otherwise; a latent (multilevel SEM) "
+                 "decomposition is not used.")
+    return StudyResult(config=config, data=data, table=table, terms=terms, main=main, aim1=a1, aim2=a2, aim3=a3,
+                       ancillary=anc, ancillary_model=anc_model, moderators=moderators, warnings=warnings,
+                       notes=notes, seconds=time.perf_counter() - t0)
+
+
+def analyze_files(
+    sessions: str | Path,
+    therapists: str | Path | None = None,
+    config: str | Path | StudyConfig | None = None,
+) -> StudyResult:
+    """:func:`analyze` on files (CSV, Parquet, Excel, SPSS, Stata) and a TOML config."""
+    cfg = config if isinstance(config, StudyConfig) else load_config(config)
+    s = read_table(sessions, what="sessions")
+    t = read_table(therapists, what="therapists") if therapists is not None else None
+    return analyze(s, t, cfg, source=str(sessions), therapists_source=str(therapists) if therapists else "")
