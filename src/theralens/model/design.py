@@ -178,25 +178,36 @@ def _model_matrix(rhs: str, data: pd.DataFrame, order: dict[str, int], what: str
     return np.asarray(mm, dtype=float), names
 
 
+def _factorize(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted integer codes of one id column, and its labels as text."""
+    try:
+        codes, uniques = pd.factorize(col, sort=True)
+    except TypeError:  # mixed types that do not sort: compare as text
+        codes, uniques = pd.factorize(col.astype(str), sort=True)
+    labels = np.asarray([str(u) for u in uniques], dtype=object)
+    return codes.astype(np.int64), labels
+
+
 def _group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes of the grouping factor made of ``factors`` and their labels.
 
     An interaction ``a:b`` is labelled ``"a_level:b_level"`` in the order of the factor name,
     as lme4 labels the levels of ``b:a`` groups."""
-    parts = [pd.factorize(data[f].astype(str), sort=True) for f in factors]
+    parts = [_factorize(data[f]) for f in factors]
+    if len(parts) == 1:
+        return parts[0]
     key = np.zeros(len(data), dtype=np.int64)
     for codes, uniques in parts:
         key = key * len(uniques) + codes
-    codes, ukeys = pd.factorize(key, sort=True)
-    labels = []
-    rem = np.asarray(ukeys, dtype=np.int64)
+    ukeys, codes = np.unique(key, return_inverse=True)
+    rem = ukeys.astype(np.int64)
     pieces = []
     for _codes, uniques in reversed(parts):
-        pieces.append(np.asarray(uniques, dtype=object)[rem % len(uniques)])
+        pieces.append(uniques[rem % len(uniques)])
         rem = rem // len(uniques)
     pieces.reverse()
-    labels = pieces[0] if len(pieces) == 1 else np.array([":".join(t) for t in zip(*pieces)], dtype=object)
-    return codes.astype(np.int64), np.asarray(labels, dtype=object)
+    labels = np.array([":".join(t) for t in zip(*pieces)], dtype=object)
+    return codes.astype(np.int64).ravel(), labels
 
 
 def _drop_rank_deficient(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
@@ -296,12 +307,13 @@ def _check_nesting(levels: list[Level], frame: pd.DataFrame) -> list[np.ndarray]
     """
     parents = []
     for fine, coarse in zip(levels[:-1], levels[1:]):
-        pairs = pd.DataFrame({"f": fine.codes, "c": coarse.codes}).drop_duplicates()
-        counts = pairs.groupby("f")["c"].nunique()
-        bad = counts[counts > 1]
+        key = np.unique(fine.codes * np.int64(coarse.ngroups) + coarse.codes)
+        f_of, c_of = key // coarse.ngroups, key % coarse.ngroups
+        counts = np.bincount(f_of, minlength=fine.ngroups)
+        bad = np.flatnonzero(counts > 1)
         if len(bad):
-            g = int(bad.index[0])
-            homes = pairs.loc[pairs["f"] == g, "c"].to_numpy()[:2]
+            g = int(bad[0])
+            homes = c_of[f_of == g][:2]
             fine_name = "/".join(fine.terms[0].spec.factors)
             raise ModelSpecError(
                 f"grouping factors '{fine.group}' and '{coarse.group}' are crossed, not nested: "
@@ -311,7 +323,8 @@ def _check_nesting(levels: list[Level], frame: pd.DataFrame) -> list[np.ndarray]
                 f"give each {fine.group} a single {coarse.group}, or make ids unique within "
                 f"{coarse.group} and use (1 | {coarse.group}:{fine.group})"
             )
+        pairs = {"f": f_of, "c": c_of}
         parent = np.empty(fine.ngroups, dtype=np.int64)
-        parent[pairs["f"].to_numpy()] = pairs["c"].to_numpy()
+        parent[pairs["f"]] = pairs["c"]
         parents.append(parent)
     return parents
