@@ -21,7 +21,9 @@ def prepare_dir(path: str | Path) -> Path:
     try:
         p.mkdir(parents=True, exist_ok=True)
     except PermissionError:
-        raise InputError(f"cannot create output folder {p}: permission denied; choose a folder you can write to") from None
+        raise InputError(
+            f"cannot create output folder {p}: permission denied; choose a folder you can write to"
+        ) from None
     except OSError as exc:
         raise InputError(f"cannot create output folder {p}: {exc.strerror}; choose another --out folder") from None
     if not os.access(p, os.W_OK):

@@ -172,7 +172,8 @@ def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame, labels: dict[s
     for p in terms.processes:
         col = terms.within[p]
         name = coef_name(fit, col)
-        slope_var = float(vc.loc[(vc["grp"] == "therapist") & (vc["var1"] == col) & vc["var2"].isna(), "vcov"].iloc[0])
+        own = (vc["grp"] == "therapist") & (vc["var1"] == col) & vc["var2"].isna()
+        slope_var = float(vc.loc[own, "vcov"].iloc[0])
         others = [terms.within[o] for o in terms.processes if o != p]
         red = _fit(f"without_slope:{p}", terms.formula(slopes=others), data,
                    note=f"as main, without the therapist random slope of {col}")
@@ -191,7 +192,8 @@ def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame, labels: dict[s
             rel = 1.0 - csd**2 / slope_var if slope_var > 0 else pd.Series(0.0, index=u.index)
         rel = rel.clip(lower=0.0)
         var_rows.append({
-            "process": labels.get(p, p), "component": "within_therapist" if terms.level == "patient" else "within_patient",
+            "process": labels.get(p, p),
+            "component": "within_therapist" if terms.level == "patient" else "within_patient",
             "term": col, "slope_variance": slope_var, "slope_sd": float(np.sqrt(max(slope_var, 0.0))),
             "lrt_statistic": test.statistic, "lrt_df": test.df, "p": test.p_value, "reference": test.reference,
             "mean_slope_reliability": float(rel[estimable].mean()) if estimable.any() else float("nan"),

@@ -16,8 +16,8 @@ from theralens.data.decompose import patient_level, session_level
 from theralens.data.read import read_table
 from theralens.data.validate import validate_sessions, validate_therapists
 from theralens.errors import InputError
-from theralens.study.aims import aim1, aim2, aim3, ancillary, design_terms
 from theralens.study.aims import _fit as fit_model
+from theralens.study.aims import aim1, aim2, aim3, ancillary, design_terms
 from theralens.study.result import StudyResult
 
 #: Below this many therapists, the result warns that slope variances and cross-level
