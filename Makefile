@@ -26,7 +26,7 @@ browser-deps:
 	    else echo "chromium not found and not root: browser tests will be skipped"; fi; }
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks validation
 
 test: $(STAMP) browser-deps lint
 	$(PY) -m pytest -q -n 2

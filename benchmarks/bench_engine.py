@@ -39,10 +39,7 @@ from typing import Any
 
 import numpy as np
 
-FORMULA = (
-    "outcome ~ alliance + expectancy + session"
-    " + (1 + alliance + expectancy | therapist) + (1 | patient)"
-)
+FORMULA = "outcome ~ alliance + expectancy + session + (1 + alliance + expectancy | therapist) + (1 | patient)"
 FIXED_NAMES = ["(Intercept)", "alliance", "expectancy", "session"]
 ALL_PEERS = ["theralens", "mixedlm", "statsmodels", "lme4"]
 SEED = 20240611
@@ -239,9 +236,7 @@ def _fit_statsmodels(df: Any) -> dict[str, Any]:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     hist = getattr(res, "hist", None) or []
     evals = int(hist[-1]["fcalls"]) if hist and "fcalls" in hist[-1] else None
-    fe = {
-        ("(Intercept)" if k == "Intercept" else str(k)): float(v) for k, v in res.fe_params.items()
-    }
+    fe = {("(Intercept)" if k == "Intercept" else str(k)): float(v) for k, v in res.fe_params.items()}
     return {
         # statsmodels' REML llf is the profiled REML log-likelihood with the same constants
         # as lme4 ((n-p) log(2 pi) etc.), so -2 llf is directly comparable to REMLcrit.
@@ -281,9 +276,10 @@ def run_python_worker(peer: str, data_path: str, repeats: int, warmup: int) -> N
         for i in range(warmup + repeats):
             with warnings.catch_warnings(record=True) as wlist:
                 warnings.simplefilter("always")
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 info = fitter(df)
                 elapsed = time.perf_counter() - t0
+                cpu = time.process_time() - c0
             for w in wlist:
                 msg = f"{w.category.__name__}: {w.message}"
                 if msg not in caught:
@@ -293,6 +289,7 @@ def run_python_worker(peer: str, data_path: str, repeats: int, warmup: int) -> N
                 per_fit.append(
                     {
                         "seconds": elapsed,
+                        "cpu_seconds": cpu,
                         "optimizer": info.get("optimizer"),
                         "evaluations": info.get("evaluations"),
                         "criterion": info.get("criterion"),
@@ -302,6 +299,7 @@ def run_python_worker(peer: str, data_path: str, repeats: int, warmup: int) -> N
         out["per_fit"] = per_fit
         out["seconds_all"] = seconds
         out["seconds"] = statistics.median(seconds)
+        out["cpu_seconds"] = statistics.median(f["cpu_seconds"] for f in per_fit)
         out["warnings"] = caught
     except Exception as exc:  # noqa: BLE001 - any peer failure is recorded, not raised
         out["status"] = "error"
@@ -326,6 +324,7 @@ if (!suppressWarnings(requireNamespace("lme4", quietly = TRUE))) {
 suppressPackageStartupMessages(library(lme4))
 emit("lme4_version", as.character(packageVersion("lme4")))
 emit("matrix_version", as.character(packageVersion("Matrix")))
+emit("blas", sessionInfo()$BLAS)
 if (requireNamespace("data.table", quietly = TRUE)) {
   d <- as.data.frame(data.table::fread(path))
 } else {
@@ -337,10 +336,11 @@ emit("rows", nrow(d))
 f <- as.formula(formula_str)
 invisible(gc(reset = TRUE))
 secs <- numeric(0)
+cpus <- numeric(0)
 msgs <- character(0)
 m <- NULL
 for (i in seq_len(warmup + repeats)) {
-  t0 <- proc.time()[["elapsed"]]
+  p0 <- proc.time()
   m <- withCallingHandlers(
     lmer(f, data = d, REML = TRUE),
     warning = function(cond) {
@@ -352,11 +352,15 @@ for (i in seq_len(warmup + repeats)) {
       invokeRestart("muffleMessage")
     }
   )
-  el <- proc.time()[["elapsed"]] - t0
-  if (i > warmup) secs <- c(secs, el)
+  dp <- proc.time() - p0
+  if (i > warmup) {
+    secs <- c(secs, dp[["elapsed"]])
+    cpus <- c(cpus, dp[["user.self"]] + dp[["sys.self"]])
+  }
 }
 g <- gc()
 emit("seconds_all", sprintf("%.6f", secs))
+emit("cpu_seconds_all", sprintf("%.6f", cpus))
 emit("criterion", sprintf("%.10f", REMLcrit(m)))
 fe <- fixef(m)
 emit("fixef_names", names(fe))
@@ -366,13 +370,29 @@ emit("optimizer", m@optinfo$optimizer)
 conv_msgs <- m@optinfo$conv$lme4$messages
 emit("converged", if (m@optinfo$conv$opt == 0 && length(conv_msgs) == 0) "TRUE" else "FALSE")
 emit("singular", isSingular(m))
-emit("warnings", unique(c(msgs, conv_msgs)))
+emit("warnings", unique(c(msgs, setdiff(conv_msgs, sub("^warning: ", "", msgs)))))
 emit("gc_max_used_mb", sprintf("%.1f", sum(g[, 6])))
 """
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
+
+
+def worker_env(threads: int | None) -> dict[str, str]:
+    """Environment for a peer subprocess; ``threads`` caps BLAS/OpenMP/Rayon thread pools."""
+    env = dict(os.environ)
+    if threads is not None:
+        env.update({k: str(threads) for k in THREAD_VARS})
+    return env
+
+
 def run_lme4(
-    data_csv: Path, workdir: Path, repeats: int, warmup: int, timeout: float
+    data_csv: Path,
+    workdir: Path,
+    repeats: int,
+    warmup: int,
+    timeout: float,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Fit with lme4 through Rscript (wrapped in /usr/bin/time -v for the peak RSS)."""
     out: dict[str, Any] = {"peer": "lme4", "status": "ok"}
@@ -386,7 +406,7 @@ def run_lme4(
     if gnu_time.exists():
         cmd = [str(gnu_time), "-v", *cmd]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=worker_env(threads))
     except subprocess.TimeoutExpired:
         return {**out, "status": "error", "error": f"timeout after {timeout:.0f} s"}
     fields: dict[str, list[str]] = {}
@@ -399,6 +419,7 @@ def run_lme4(
     out["r_version"] = fields.get("r_version", [None])[0]
     out["lme4_version"] = fields.get("lme4_version", [None])[0]
     out["matrix_version"] = fields.get("matrix_version", [None])[0]
+    out["r_blas"] = fields.get("blas", [None])[0]
     if "criterion" not in fields:
         err = fields.get("error", [""])[0]
         tail = "\n".join(ln for ln in proc.stderr.splitlines()[-15:] if not ln.startswith("\t"))
@@ -411,10 +432,9 @@ def run_lme4(
             "rows": int(fields["rows"][0]),
             "seconds_all": secs,
             "seconds": statistics.median(secs),
+            "cpu_seconds": statistics.median(float(c) for c in fields["cpu_seconds_all"]),
             "criterion": float(fields["criterion"][0]),
-            "fixed_effects": dict(
-                zip(fields["fixef_names"], map(float, fields["fixef_values"]), strict=True)
-            ),
+            "fixed_effects": dict(zip(fields["fixef_names"], map(float, fields["fixef_values"]), strict=True)),
             "evaluations": int(float(fields["evaluations"][0])),
             "optimizer": fields["optimizer"][0],
             "converged": fields["converged"][0] == "TRUE",
@@ -427,7 +447,12 @@ def run_lme4(
 
 
 def run_python_peer(
-    peer: str, data_parquet: Path, repeats: int, warmup: int, timeout: float
+    peer: str,
+    data_parquet: Path,
+    repeats: int,
+    warmup: int,
+    timeout: float,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run one Python peer in a fresh subprocess and collect its tagged JSON result."""
     cmd = [
@@ -443,7 +468,7 @@ def run_python_peer(
         str(warmup),
     ]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=worker_env(threads))
     except subprocess.TimeoutExpired:
         return {"peer": peer, "status": "error", "error": f"timeout after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
@@ -489,11 +514,20 @@ def machine_info() -> dict[str, Any]:
         "total_ram_gb": mem_gb,
         "python": platform.python_version(),
         "thread_env": {
-            k: os.environ[k]
-            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-            if k in os.environ
+            k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
         },
     }
+
+
+def python_blas() -> str | None:
+    """numpy's BLAS (name, version) as numpy reports it."""
+    try:
+        import numpy
+
+        blas = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # noqa: BLE001 - informational only
+        return None
 
 
 def package_versions() -> dict[str, str | None]:
@@ -526,9 +560,7 @@ def add_comparisons(results: list[dict[str, Any]]) -> None:
         best = min(ok, key=lambda r: r["criterion"]) if ok else None
         for r in rows:
             r["ratio_to_theralens"] = (
-                r["seconds"] / base["seconds"]
-                if base is not None and r.get("seconds") is not None
-                else None
+                r["seconds"] / base["seconds"] if base is not None and r.get("seconds") is not None else None
             )
             if best is None or r not in ok:
                 r["criterion_diff_to_best"] = None
@@ -537,16 +569,14 @@ def add_comparisons(results: list[dict[str, Any]]) -> None:
             r["criterion_diff_to_best"] = r["criterion"] - best["criterion"]
             fe, fb = r.get("fixed_effects") or {}, best.get("fixed_effects") or {}
             common = [k for k in FIXED_NAMES if k in fe and k in fb]
-            r["max_abs_fixef_diff_to_best"] = (
-                max(abs(fe[k] - fb[k]) for k in common) if common else None
-            )
+            r["max_abs_fixef_diff_to_best"] = max(abs(fe[k] - fb[k]) for k in common) if common else None
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
     """Print the size x peer table."""
     header = (
         f"{'size':<7}{'peer':<12}{'rows':>8}{'s/fit':>10}{'ratio':>8}"
-        f"{'REMLcrit':>17}{'Δbest':>11}{'|Δβ|max':>10}{'peakMB':>9}{'evals':>7}  notes"
+        f"{'cpu s':>9}{'REMLcrit':>17}{'Δbest':>11}{'|Δβ|max':>10}{'peakMB':>9}{'evals':>7}  notes"
     )
     print(header)
     print("-" * len(header))
@@ -566,6 +596,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         print(
             f"{r['size']:<7}{r['peer']:<12}{_fmt(r.get('rows'), 'd'):>8}"
             f"{_fmt(r.get('seconds'), '.3f'):>10}{_fmt(r.get('ratio_to_theralens'), '.2f'):>8}"
+            f"{_fmt(r.get('cpu_seconds'), '.3f'):>9}"
             f"{_fmt(r.get('criterion'), '.4f'):>17}"
             f"{_fmt(r.get('criterion_diff_to_best'), '.2e'):>11}"
             f"{_fmt(r.get('max_abs_fixef_diff_to_best'), '.1e'):>10}"
@@ -598,18 +629,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(ALL_PEERS),
         help="comma list of theralens,mixedlm,statsmodels,lme4 (default: all)",
     )
-    p.add_argument(
-        "--repeats", type=int, default=None, help="timed fits per peer (default 3; 1 for large)"
-    )
+    p.add_argument("--repeats", type=int, default=None, help="timed fits per peer (default 3; 1 for large)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up fits (default 1)")
     p.add_argument("--out", default="benchmarks/results_engine.json", help="JSON output file")
-    p.add_argument(
-        "--timeout", type=float, default=3600.0, help="seconds before a peer's run is abandoned"
-    )
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds before a peer's run is abandoned")
     p.add_argument(
         "--statsmodels-large",
         action="store_true",
         help="also run statsmodels on the large size (skipped by default: too slow)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="set OMP/OPENBLAS/MKL/RAYON_NUM_THREADS to N in every peer's process "
+        "(default: leave the libraries' defaults)",
     )
     p.add_argument("--seed", type=int, default=SEED, help="simulation seed")
     # Internal: worker mode.
@@ -632,13 +666,17 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "python_packages": package_versions(),
         "warmup": args.warmup,
+        "threads": args.threads,
+        "python_blas": python_blas(),
         "sizes": {s: vars(SIZES[s]) for s in args.sizes},
         "peers": args.peers,
     }
     print(f"theralens engine benchmark  {meta['date']}")
     m = meta["machine"]
     print(f"machine: {m['cpu_model']}, {m['nproc']} cpus, {m['total_ram_gb']} GB, {m['platform']}")
-    print(f"formula: {FORMULA}\n")
+    print(f"formula: {FORMULA}")
+    threads = "library defaults" if args.threads is None else args.threads
+    print(f"threads per peer process: {threads}; numpy BLAS: {meta['python_blas']}\n")
 
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="theralens-bench-") as tmp:
@@ -671,13 +709,12 @@ def main(argv: list[str] | None = None) -> int:
                 if peer == "statsmodels" and size_name == "large" and not args.statsmodels_large:
                     res = {
                         "status": "skipped",
-                        "error": "statsmodels skipped on large by default (too slow); "
-                        "use --statsmodels-large",
+                        "error": "statsmodels skipped on large by default (too slow); use --statsmodels-large",
                     }
                 elif peer == "lme4":
-                    res = run_lme4(csv, tmpdir, repeats, args.warmup, args.timeout)
+                    res = run_lme4(csv, tmpdir, repeats, args.warmup, args.timeout, args.threads)
                 else:
-                    res = run_python_peer(peer, parquet, repeats, args.warmup, args.timeout)
+                    res = run_python_peer(peer, parquet, repeats, args.warmup, args.timeout, args.threads)
                 res = {**base, **res}
                 results.append(res)
                 shown = (
@@ -693,13 +730,15 @@ def main(argv: list[str] | None = None) -> int:
             "R": r_info.get("r_version"),
             "lme4": r_info.get("lme4_version"),
             "Matrix": r_info.get("matrix_version"),
+            "BLAS": r_info.get("r_blas"),
         }
     meta["wall_seconds"] = round((_dt.datetime.now(_dt.timezone.utc) - started).total_seconds(), 1)
     print()
     print_table(results)
     print(
         "\nseconds: median of timed fits after warm-up (model building included, data loading"
-        " excluded); ratio = peer s / theralens s; Δbest = REMLcrit - lowest REMLcrit of the"
+        " excluded); cpu s = process CPU time per fit (> s/fit: multithreaded); ratio = peer s /"
+        " theralens s; Δbest = REMLcrit - lowest REMLcrit of the"
         " size; |Δβ|max = largest fixed-effect difference to the best peer; peakMB = peak RSS"
         " of the peer's process (includes interpreter and data)."
     )
