@@ -188,16 +188,12 @@ def _check_value(section: str, key: str, value: Any, source: str | None) -> Any:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise InputError(
-                f'{where} must be a list of column names, e.g. {key} = ["a", "b"]; got {value!r}'
-            )
+            raise InputError(f'{where} must be a list of column names, e.g. {key} = ["a", "b"]; got {value!r}')
         if len(set(value)) != len(value):
             dup = sorted({v for v in value if value.count(v) > 1})
             raise InputError(f"{where} lists {', '.join(dup)} twice; name each column once")
         if key == "process" and not value:
-            raise InputError(
-                f'{where} is empty; name at least one process column, e.g. ["alliance"]'
-            )
+            raise InputError(f'{where} is empty; name at least one process column, e.g. ["alliance"]')
         return tuple(value)
     if (section, key) in _BOOL_KEYS:
         if not isinstance(value, bool):
@@ -229,22 +225,17 @@ def config_from_dict(data: dict[str, Any], source: str | None = None) -> StudyCo
     sections: dict[str, Any] = {}
     for section, values in data.items():
         if section not in _SECTIONS:
-            raise InputError(
-                f"{_where(source)}: unknown section [{section}]{_closest(section, list(_SECTIONS))}"
-            )
+            raise InputError(f"{_where(source)}: unknown section [{section}]{_closest(section, list(_SECTIONS))}")
         if not isinstance(values, dict):
             raise InputError(
-                f"{_where(source)}: {section} must be a section written [{section}] "
-                "followed by key = value lines"
+                f"{_where(source)}: {section} must be a section written [{section}] followed by key = value lines"
             )
         cls = _SECTIONS[section]
         valid = list(cls.__dataclass_fields__)
         kwargs = {}
         for key, value in values.items():
             if key not in valid:
-                raise InputError(
-                    f"{_where(source)}: unknown key {key!r} in [{section}]{_closest(key, valid)}"
-                )
+                raise InputError(f"{_where(source)}: unknown key {key!r} in [{section}]{_closest(key, valid)}")
             kwargs[key] = _check_value(section, key, value, source)
         sections[section] = cls(**kwargs)
     config = StudyConfig(**sections, source=source)
@@ -292,15 +283,11 @@ def load_config(path: str | Path | None = None) -> StudyConfig:
     try:
         raw = p.read_bytes()
     except OSError as exc:
-        raise InputError(
-            f"config {p} cannot be read ({exc.strerror}); check its permissions"
-        ) from exc
+        raise InputError(f"config {p} cannot be read ({exc.strerror}); check its permissions") from exc
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(
-            f"config {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8 plain text"
-        ) from exc
+        raise InputError(f"config {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8 plain text") from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -213,9 +213,7 @@ def reliability_table(
             )
         )
         icc = tau2 / (tau2 + msw) if np.isfinite(tau2) and (tau2 + msw) > 0 else np.nan
-        mean_rel = (
-            float(np.nanmean(lam)) if np.isfinite(np.asarray(lam, dtype=float)).any() else np.nan
-        )
+        mean_rel = float(np.nanmean(lam)) if np.isfinite(np.asarray(lam, dtype=float)).any() else np.nan
         summary.append(
             {
                 "process": p,
@@ -243,9 +241,7 @@ def reliability_table(
                 "(Luedtke et al., 2008)."
             )
     cols = ["therapist", "process", "n_patients", "tau2", "sigma2", "reliability"]
-    table = (
-        pd.concat(per_therapist, ignore_index=True) if per_therapist else pd.DataFrame(columns=cols)
-    )
+    table = pd.concat(per_therapist, ignore_index=True) if per_therapist else pd.DataFrame(columns=cols)
     return table, pd.DataFrame(summary), warnings
 
 
@@ -268,9 +264,7 @@ def _caseload_means(
     return pd.DataFrame(out)
 
 
-def _add_exclusion(
-    exclusions: list[Exclusion], mask: pd.Series, reason: str, rows_per_patient: pd.Series
-) -> None:
+def _add_exclusion(exclusions: list[Exclusion], mask: pd.Series, reason: str, rows_per_patient: pd.Series) -> None:
     """Record patients (index of ``mask``) dropped for ``reason``."""
     ids = mask.index[mask.to_numpy()]
     if len(ids) == 0:
@@ -286,20 +280,21 @@ def _add_exclusion(
     )
 
 
-def _single_patient_warning(n_patients: pd.Series, within: str) -> list[str]:
+def _single_patient_warning(n_patients: pd.Series, level: str) -> list[str]:
     singles = int((n_patients == 1).sum())
     if not singles:
         return []
+    if level == "patient":
+        tail = "their within-therapist component is 0 and they get no slope of their own."
+    else:
+        tail = "their between-patient component is 0."
     return [
         f"{singles} therapist(s) have a single analysed patient: they contribute to the "
-        f"between-therapist part, but their {within} component is 0 and they get no slope of "
-        "their own."
+        f"between-therapist part, but {tail}"
     ]
 
 
-def _check_enough(
-    table: pd.DataFrame, data: ValidatedData, level: str, exclusions: list[Exclusion]
-) -> None:
+def _check_enough(table: pd.DataFrame, data: ValidatedData, level: str, exclusions: list[Exclusion]) -> None:
     n_t = table["therapist"].nunique()
     lost = sum(e.patients_removed for e in exclusions)
     if n_t < 3:
@@ -376,15 +371,11 @@ def patient_level(data: ValidatedData, config: StudyConfig | None = None) -> Pat
     window = f" in the first {design.process_sessions} ratings" if design.process_sessions else ""
     for p in processes:
         miss = keep & pt[p].isna()
-        _add_exclusion(
-            exclusions, miss, f"no {data.labels.get(p, p)} rating{window}", rows_per_patient
-        )
+        _add_exclusion(exclusions, miss, f"no {data.labels.get(p, p)} rating{window}", rows_per_patient)
         keep &= ~miss
     for c in covariates:
         miss = keep & pt[c].isna()
-        _add_exclusion(
-            exclusions, miss, f"covariate {data.labels.get(c, c)} missing", rows_per_patient
-        )
+        _add_exclusion(exclusions, miss, f"covariate {data.labels.get(c, c)} missing", rows_per_patient)
         keep &= ~miss
     pt = pt.loc[keep].copy()
     pt.index.name = "patient"
@@ -404,7 +395,7 @@ def patient_level(data: ValidatedData, config: StudyConfig | None = None) -> Pat
 
     rel, rel_sum, warnings = reliability_table(pt, processes, data.labels)
     n_pat = pt.groupby("therapist").size()
-    warnings += _single_patient_warning(n_pat, "within-therapist")
+    warnings += _single_patient_warning(n_pat, "patient")
     dropped_t = sorted(set(s["therapist"]) - set(pt["therapist"]))
     if dropped_t:
         warnings.append(
@@ -417,9 +408,7 @@ def patient_level(data: ValidatedData, config: StudyConfig | None = None) -> Pat
                 f"{data.source}: process {data.labels.get(p, p)!r} has the same score for all "
                 "patients of each therapist; its within-therapist effect cannot be estimated"
             )
-    response = {"residualized": "final", "slope": "slope", "post_minus_pre": "change"}[
-        design.change
-    ]
+    response = {"residualized": "final", "slope": "slope", "post_minus_pre": "change"}[design.change]
     counts = {
         "therapists": int(pt["therapist"].nunique()),
         "patients": len(pt),
@@ -474,9 +463,7 @@ def session_level(data: ValidatedData, config: StudyConfig | None = None) -> Ses
     exclusions = list(data.exclusions)
     n_occ = occ.groupby("patient").size().reindex(rows_per_patient.index).fillna(0)
     few = n_occ < 2
-    _add_exclusion(
-        exclusions, few, "fewer than two outcome assessments (no lagged pair)", rows_per_patient
-    )
+    _add_exclusion(exclusions, few, "fewer than two outcome assessments (no lagged pair)", rows_per_patient)
     lag = occ.loc[occ["outcome_next"].notna()].copy()
     patients_before = set(lag["patient"])
     for p in processes:
@@ -484,8 +471,7 @@ def session_level(data: ValidatedData, config: StudyConfig | None = None) -> Ses
         if miss.any():
             exclusions.append(
                 Exclusion(
-                    reason=f"no {data.labels.get(p, p)} rating at the assessment that predicts "
-                    "the next outcome",
+                    reason=f"no {data.labels.get(p, p)} rating at the assessment that predicts the next outcome",
                     rows=int(miss.sum()),
                     patients=int(lag.loc[miss, "patient"].nunique()),
                     patients_removed=len(patients_before - set(lag.loc[~miss, "patient"])),
@@ -533,12 +519,10 @@ def session_level(data: ValidatedData, config: StudyConfig | None = None) -> Ses
     lag["n_patients"] = lag["therapist"].map(pm.groupby("therapist").size()).astype(int)
 
     rel, rel_sum, warnings = reliability_table(pm, processes, data.labels)
-    warnings += _single_patient_warning(pm.groupby("therapist").size(), "between-patient")
+    warnings += _single_patient_warning(pm.groupby("therapist").size(), "session")
     singles = int((pm["patient"].map(lag.groupby("patient").size()) == 1).sum())
     if singles:
-        warnings.append(
-            f"{singles} patient(s) have a single lagged pair: their within-patient component is 0."
-        )
+        warnings.append(f"{singles} patient(s) have a single lagged pair: their within-patient component is 0.")
     counts = {
         "therapists": int(lag["therapist"].nunique()),
         "patients": int(lag["patient"].nunique()),

@@ -66,9 +66,7 @@ def _name(what: str, path: Path) -> str:
     return f"{what} file {path}"
 
 
-def read_table(
-    path: str | Path, *, sheet: str | int | None = None, what: str = "sessions"
-) -> pd.DataFrame:
+def read_table(path: str | Path, *, sheet: str | int | None = None, what: str = "sessions") -> pd.DataFrame:
     """Read one table into a DataFrame, chosen by the file's extension.
 
     ``sheet`` picks the worksheet of an Excel workbook (name or 0-based position); it is
@@ -157,15 +155,14 @@ def _read_text(p: Path, label: str, ext: str, head: bytes) -> pd.DataFrame:
     raw = p.read_bytes()
     if b"\x00" in raw[:65536]:
         raise InputError(
-            f"{label} is not a text table (it contains binary data); "
-            "export it again as CSV (comma-separated values)"
+            f"{label} is not a text table (it contains binary data); export it again as CSV (comma-separated values)"
         )
     text, encoding = _decode(raw, label)
     if not text.strip():
         raise InputError(f"{label} holds only blank lines; export the data again")
     sep = _sniff_delimiter(text, ext)
     try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, skipinitialspace=True)
+        df = pd.read_csv(io.StringIO(text), sep=sep, skipinitialspace=True, skip_blank_lines=False)
     except pd.errors.EmptyDataError as exc:
         raise InputError(f"{label} holds no table; export the data again") from exc
     except (pd.errors.ParserError, csv.Error) as exc:
@@ -175,8 +172,7 @@ def _read_text(p: Path, label: str, ext: str, head: bytes) -> pd.DataFrame:
             f"number of {_sep_name(sep)}-separated fields"
         ) from exc
     df = df.loc[:, [not (str(c).startswith("Unnamed:") and df[c].isna().all()) for c in df.columns]]
-    df = df.dropna(how="all")
-    df = df.reset_index(drop=True)
+    df = _drop_trailing_blank(df)
     if encoding != "utf-8-sig":
         df.attrs["notes"] = [f"{p.name} was read as {encoding} text (it is not UTF-8)."]
     return df
@@ -190,9 +186,7 @@ def _read_parquet(p: Path, label: str) -> pd.DataFrame:
     try:
         return pd.read_parquet(p, engine="pyarrow")
     except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise InputError(
-            f"{label} is not a readable Parquet file ({type(exc).__name__}); export it again"
-        ) from exc
+        raise InputError(f"{label} is not a readable Parquet file ({type(exc).__name__}); export it again") from exc
 
 
 def _read_excel(p: Path, label: str, ext: str, sheet: str | int | None, what: str) -> pd.DataFrame:
@@ -235,21 +229,25 @@ def _read_excel(p: Path, label: str, ext: str, sheet: str | int | None, what: st
             if str(sheet) not in names:
                 match = difflib.get_close_matches(str(sheet), names, n=1, cutoff=0.4)
                 hint = (
-                    f'did you mean "{match[0]}"?'
-                    if match
-                    else "its sheets are " + ", ".join(f'"{s}"' for s in names)
+                    f'did you mean "{match[0]}"?' if match else "its sheets are " + ", ".join(f'"{s}"' for s in names)
                 )
                 raise InputError(f'{label} has no sheet "{sheet}"; {hint}')
             chosen = str(sheet)
         try:
-            df = book.parse(chosen)
+            df = pd.read_excel(book, sheet_name=chosen)
         except Exception as exc:
             raise InputError(
-                f"{label}: sheet {chosen!r} cannot be read ({type(exc).__name__}); "
-                "save the workbook again as .xlsx"
+                f"{label}: sheet {chosen!r} cannot be read ({type(exc).__name__}); save the workbook again as .xlsx"
             ) from exc
     df = df.loc[:, [not (str(c).startswith("Unnamed:") and df[c].isna().all()) for c in df.columns]]
-    return df.dropna(how="all").reset_index(drop=True)
+    return _drop_trailing_blank(df)
+
+
+def _drop_trailing_blank(df: pd.DataFrame) -> pd.DataFrame:
+    """Drop empty rows at the end only, so that row k is still the file's row k + 2."""
+    filled = df.notna().any(axis=1).to_numpy()
+    last = int(filled.nonzero()[0].max()) + 1 if filled.any() else 0
+    return df.iloc[:last].reset_index(drop=True)
 
 
 def _read_stat(p: Path, label: str, ext: str) -> pd.DataFrame:
@@ -258,7 +256,7 @@ def _read_stat(p: Path, label: str, ext: str) -> pd.DataFrame:
     reader = pyreadstat.read_dta if ext == ".dta" else pyreadstat.read_sav
     kind = "Stata" if ext == ".dta" else "SPSS"
     try:
-        df, meta = reader(str(p), apply_value_labels=False)
+        df, meta = reader(str(p))  # numeric codes; labels are in meta
     except Exception as exc:  # pyreadstat.ReadstatError and friends
         raise InputError(
             f"{label} is not a readable {kind} file ({str(exc).strip() or type(exc).__name__}); "

@@ -66,9 +66,7 @@ RESERVED_NAMES = frozenset(
     {"row", "therapist", "patient", "time", "date", "outcome", "n_patients", "baseline", "final"}
 )
 
-_MISSING_TOKENS = frozenset(
-    {"", "na", "n/a", "nan", "null", "none", ".", "-", "--", "missing", "#n/a", "?"}
-)
+_MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", ".", "-", "--", "missing", "#n/a", "?"})
 _TRUE_LEVELS = {"yes", "true", "y", "ja", "si", "oui", "1"}
 _FALSE_LEVELS = {"no", "false", "n", "nein", "non", "0"}
 MAX_CATEGORIES = 10
@@ -80,7 +78,8 @@ class Exclusion:
 
     Fields: ``reason``; ``rows`` (number of rows dropped); ``patients`` (patients who lost at
     least one row); ``patients_removed`` (patients left with no row at all);
-    ``examples`` (up to 5 row numbers as the user sees them, or patient ids).
+    ``examples`` (up to 5 row numbers as the user sees them, or patient ids: keep them out
+    of shared outputs unless ``[report] show_patient_ids`` is true).
     """
 
     reason: str
@@ -89,15 +88,17 @@ class Exclusion:
     patients_removed: int = 0
     examples: tuple[Any, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
+    def to_dict(self, *, examples: bool = False) -> dict[str, Any]:
+        """JSON-ready form; ``examples`` (row numbers or patient ids) only when asked."""
+        out: dict[str, Any] = {
             "reason": self.reason,
             "rows": int(self.rows),
             "patients": int(self.patients),
             "patients_removed": int(self.patients_removed),
-            "examples": [e if isinstance(e, str) else int(e) for e in self.examples],
         }
+        if examples:
+            out["examples"] = [e if isinstance(e, str) else int(e) for e in self.examples]
+        return out
 
 
 @dataclass
@@ -225,8 +226,7 @@ def _to_numeric(
         return series.astype(float)
     if pd.api.types.is_datetime64_any_dtype(series):
         raise InputError(
-            f"{where}: column {column!r} ({role}) holds dates, not numbers; "
-            "point the config at the numeric column"
+            f"{where}: column {column!r} ({role}) holds dates, not numbers; point the config at the numeric column"
         )
     if pd.api.types.is_numeric_dtype(series):
         out = pd.to_numeric(series, errors="coerce").astype(float)
@@ -244,8 +244,7 @@ def _to_numeric(
         if bad.any():
             values = list(text[bad].astype(str))
             extra = (
-                " (its value labels were applied because the file marks it as categorical;"
-                " mark it as a scale variable)"
+                " (its value labels were applied because the file marks it as categorical; mark it as a scale variable)"
                 if labelled
                 else ""
             )
@@ -344,9 +343,7 @@ def _parse_dates(text: pd.Series, column: str, rows: np.ndarray, where: str) -> 
     return out
 
 
-def _parse_time(
-    series: pd.Series, column: str, rows: np.ndarray, where: str
-) -> tuple[pd.Series, pd.Series | None]:
+def _parse_time(series: pd.Series, column: str, rows: np.ndarray, where: str) -> tuple[pd.Series, pd.Series | None]:
     """(numeric time, dates or None)."""
     if pd.api.types.is_datetime64_any_dtype(series):
         dates = pd.to_datetime(series)
@@ -451,8 +448,7 @@ def _dummies(
         out[name] = (text == one).astype(float).mask(missing)
         labels[name] = column if yes_no else f"{column} = {one}"
         notes.append(
-            f"{where}: {role} {column!r} is text with two levels; coded {name} = 1 for "
-            f"{one!r} and 0 for {zero!r}."
+            f"{where}: {role} {column!r} is text with two levels; coded {name} = 1 for {one!r} and 0 for {zero!r}."
         )
         return out, labels
     reference = levels.sort_values(ascending=False, kind="stable").index[0]
@@ -585,9 +581,7 @@ def validate_sessions(
     if dates is not None:
         first = out.groupby("patient")["date"].transform("min")
         out["time"] = (out["date"] - first).dt.total_seconds() / (7 * 86400.0)
-        notes.append(
-            f"{where}: time is given as dates; used as weeks since each patient's first assessment."
-        )
+        notes.append(f"{where}: time is given as dates; used as weeks since each patient's first assessment.")
     _check_duplicates(out, where, cols.time, dates is not None)
 
     n_therapists = out["therapist"].nunique()
@@ -614,10 +608,7 @@ def validate_sessions(
             )
         else:
             fix = "a change needs a baseline and a later outcome assessment for each patient"
-        raise InputError(
-            f"{where}: every patient has at most one outcome assessment in column "
-            f"{cols.outcome!r}; {fix}"
-        )
+        raise InputError(f"{where}: every patient has at most one outcome assessment in column {cols.outcome!r}; {fix}")
 
     out = out.sort_values(["therapist", "patient", "time"], kind="stable").reset_index(drop=True)
     counts = {
@@ -744,7 +735,9 @@ def validate_therapists(
     frame = tdf.loc[:, [id_col, *wanted]].copy()
     frame.index = pd.RangeIndex(len(frame))
     ids = _normalize_ids(frame[id_col])
-    blank = ids.isna().to_numpy() & frame[wanted].isna().all(axis=1).to_numpy()
+    blank = np.ones(len(tdf), dtype=bool)
+    for c in tdf.columns:
+        blank &= _as_text(tdf[c]).isna().to_numpy()
     frame, rows, ids = frame.loc[~blank], rows[~blank], ids[~blank]
     if ids.isna().any():
         raise InputError(
@@ -756,8 +749,7 @@ def validate_therapists(
         tid = ids[dup].iloc[0]
         same = rows[(ids == tid).to_numpy()]
         raise InputError(
-            f"{where}: therapist {tid} is listed {len(same)} times ({_rows_text(same)}); "
-            "keep one row per therapist"
+            f"{where}: therapist {tid} is listed {len(same)} times ({_rows_text(same)}); keep one row per therapist"
         )
     unknown = sorted(set(ids) - set(data_ids))
     if unknown:
@@ -776,9 +768,7 @@ def validate_therapists(
     coded_frame = pd.DataFrame({"therapist": ids.to_numpy()})
     frame = frame.reset_index(drop=True)
     for column in wanted:
-        coded, lab = _code_column(
-            frame[column], column, "moderator", rows, where, taken, notes, column in applied
-        )
+        coded, lab = _code_column(frame[column], column, "moderator", rows, where, taken, notes, column in applied)
         for name, values in coded.items():
             values = values.reset_index(drop=True)
             if values.isna().all():

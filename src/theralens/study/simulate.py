@@ -1,0 +1,665 @@
+"""Simulate studies of patients nested in therapists with known truth.
+
+The generative model (one call of :func:`simulate`; every number is a field of
+:class:`SimulationParameters`, shown here with the ``coyne2022`` values):
+
+**Therapists** j = 1..J (42). Moderators W_j, drawn independently of each other and of
+everything else: ``cbt`` ~ Bernoulli(0.4); ``orientation`` = "CBT" when ``cbt`` = 1,
+otherwise one of "psychodynamic", "integrative", "humanistic"; ``self_rated_alliance_skill``
+and ``self_rated_expectancy_skill`` ~ Normal(5.0, 0.8) on a 1-7 scale (clipped, 2
+decimals). Each moderator enters the model centred at its population mean c_W (0.4 and
+5.0): ``truth["moderator_centers"]``.
+
+**Caseloads**: n_j = 1 + Multinomial(N - J, p) with p ~ Dirichlet(``caseload_shape`` = 1.5),
+so the total is exactly N (212) and caseloads are very uneven (negative-binomial-like,
+1 to 15 or more patients); ``caseload_shape=None`` gives equal caseloads.
+
+**Treatment length and schedule**: patient i attends S_i = min(16, 3 + G) weekly sessions,
+G ~ Geometric (the number of sessions attended before dropping out, hazard 0.06 per
+session; missing completely at random). The process (``alliance`` on 1-7, ``expectancy``
+on 1-5) is rated every session; the outcome every second session (sessions 1, 3, ..., 15,
+about every two weeks over up to 16 weeks). A process rating is missing with probability
+``process_missing_rate``; in the patient design an outcome assessment after baseline is
+missing with probability ``outcome_missing_rate``.
+
+**Process ratings**: X_sij = m + a_j + d_ij + trend * (s - 1) + e_sij, with therapist
+levels a_j ~ N(0, sd_therapist^2), patient deviations d_ij ~ N(0, sd_patient^2) (the two
+processes correlate ``process_corr`` at both levels), session noise e_sij, clipped to the
+scale and rounded to 2 decimals. Processes are exogenous: they do not depend on outcomes.
+
+**Outcome**: TOP-like z-scores, higher = more impaired, improvement = decrease. Baseline
+Y_0 ~ N(1.0, 0.6^2), independent of every random effect. Therapist random effects
+(u0j, u1j for each process) are multivariate normal with SDs ``therapist_intercept_sd``,
+``slope_sd`` and one correlation ``random_corr`` between every pair.
+
+``design="patient"`` (default; models.md patient-level equations). With the observed
+patient score X_ij (mean of the patient's ratings, all sessions) and caseload means
+Xbar_j (over the analysed patients, each weighing once; Xbar the mean of therapist means),
+exactly as :func:`theralens.data.decompose.patient_level` computes them with the default
+config, the final outcome (at the patient's last outcome assessment) is
+
+    Y_final = g00 + g * Y_0 + sum_W g02_W (W_j - c_W) + u0j
+              + sum_p [ b1jp (X_ijp - Xbar_jp)
+                        + (g01_p + sum_W g03_Wp (W_j - c_W)) (Xbar_jp - Xbar_p) ] + e_ij
+    b1jp    = g10_p + sum_W g11_Wp (W_j - c_W) + g12_p (Xbar_jp - Xbar_p) + u1jp
+
+Intermediate outcomes lie on the line from baseline to final plus noise (SD 0.2). The
+patient-level model (residualized change: final ~ baseline, therapist random intercept and
+random slopes on the within components) recovers ``truth["effects"]`` (g10 as
+``within_therapist``, g01 as ``between_therapist``), ``truth["slope_sd"]`` (SD of u1j; with
+no moderator in the model the SD of the therapist slopes is
+``truth["slope_sd_marginal"]`` = sqrt(sd^2 + sum_W g11^2 Var W), population variances),
+``truth["moderators"]`` (g11 for target ``within_slope``, g03 for ``between_association``,
+also when each moderator is fitted alone: moderators are independent) and
+``truth["within_x_between"]`` (g12). These are the parameters of the *observed*
+(manifest) decomposition, so they are exact for that estimator; the latent-variable
+parameters differ by the unreliability of the means.
+
+``design="session"`` (models.md session-level design). Outcomes are generated in time
+order: for consecutive outcome assessments t -> t+1 of a patient,
+
+    Y_t+1 = a0 + a * Y_t + c * session_t + sum_W g02_W (W_j - c_W) + u0j + v0i
+            + sum_p [ b1jp (X_tijp - Xbar_ijp) + h_p (Xbar_ijp - Xbar_jp)
+                      + (k_p + sum_W g03_Wp (W_j - c_W)) (Xbar_jp - Xbar_p) ] + e
+    b1jp  = w_p + sum_W g11_Wp (W_j - c_W) + g12_p (Xbar_jp - Xbar_p) + u1jp
+
+with X_tij the rating at the session of assessment t, Xbar_ij its mean over the patient's
+predictor assessments (all but the last), Xbar_j over patients, v0i ~ N(0,
+``patient_intercept_sd``^2), exactly as :func:`theralens.data.decompose.session_level`
+computes them. The lagged mixed model (Y_t+1 ~ Y_t + session + components, therapist random
+intercept and slopes on the within-patient components, patient random intercept) is then
+correctly specified (the baseline is independent of the random effects, so the lagged
+outcome raises no initial-conditions bias) and recovers ``truth["effects"]`` (components
+``within_patient``, ``between_patient``, ``between_therapist``), ``truth["lag"]``,
+``truth["time"]``, ``truth["slope_sd"]`` and ``truth["moderators"]``. In this design
+process ratings at outcome assessments are never missing and no outcome assessment is
+skipped, so that the pairs the analysis forms are the pairs generated.
+
+One generative model cannot give exact truth for both designs (each analysis conditions
+on different summaries), hence the ``design`` switch. ``truth["therapists"]`` holds each
+therapist's realised effects (u0j, u1j and total within slope b1j per process).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from theralens.data.config import ColumnsConfig, DesignConfig, ModeratorsConfig, StudyConfig
+from theralens.errors import InputError
+
+__all__ = [
+    "PRESETS",
+    "SimulatedStudy",
+    "SimulationParameters",
+    "list_presets",
+    "simulate",
+]
+
+PROCESSES = ("alliance", "expectancy")
+MODERATORS = ("cbt", "self_rated_alliance_skill", "self_rated_expectancy_skill")
+TARGETS = ("within_slope", "between_association")
+
+
+def _pp(alliance: float, expectancy: float) -> dict[str, float]:
+    return {"alliance": alliance, "expectancy": expectancy}
+
+
+def _f(factory: Any) -> Any:
+    return field(default_factory=factory)
+
+
+@dataclass(frozen=True)
+class SimulationParameters:
+    """Every number of the generative model (module docstring); dict fields are per process.
+
+    Design: n_therapists, n_patients, caseload_shape (Dirichlet concentration, None =
+    equal caseloads), max_sessions, min_sessions, dropout_hazard (per session),
+    outcome_every (sessions between outcome assessments), process_missing_rate,
+    outcome_missing_rate (patient design), design ("patient" or "session").
+    Therapists: p_cbt, other_orientations, skill_mean, skill_sd (per process skill).
+    Processes: process_mean, process_range, process_sd_therapist, process_sd_patient,
+    process_sd_session, process_trend (per session), process_corr.
+    Outcome, both designs: baseline_mean, baseline_sd, therapist_intercept_sd,
+    random_corr, moderator_main (g02 per moderator), patient_covariates (adds ``age``),
+    age_effect (per year, centred at 40).
+    Patient design: intercept (g00), baseline_coef (g), within (g10), between (g01),
+    within_x_between (g12), slope_sd (SD u1j), residual_sd, moderator_effects
+    ({(moderator, process, target): value}, target "within_slope" (g11) or
+    "between_association" (g03)).
+    Session design: session_intercept (a0), lag_coef (a), time_coef (c, per session),
+    session_within_patient (w), session_between_patient (h), session_between_therapist
+    (k), session_within_x_between (g12), session_slope_sd, patient_intercept_sd,
+    session_residual_sd, session_moderator_effects.
+    """
+
+    n_therapists: int = 42
+    n_patients: int = 212
+    caseload_shape: float | None = 1.5
+    max_sessions: int = 16
+    min_sessions: int = 3
+    dropout_hazard: float = 0.06
+    outcome_every: int = 2
+    process_missing_rate: float = 0.03
+    outcome_missing_rate: float = 0.05
+    design: str = "patient"
+
+    p_cbt: float = 0.4
+    other_orientations: tuple[str, ...] = ("psychodynamic", "integrative", "humanistic")
+    skill_mean: dict[str, float] = _f(lambda: _pp(5.0, 5.0))
+    skill_sd: dict[str, float] = _f(lambda: _pp(0.8, 0.8))
+
+    process_mean: dict[str, float] = _f(lambda: _pp(5.5, 3.7))
+    process_range: dict[str, tuple[float, float]] = _f(lambda: {"alliance": (1.0, 7.0), "expectancy": (1.0, 5.0)})
+    process_sd_therapist: dict[str, float] = _f(lambda: _pp(0.30, 0.25))
+    process_sd_patient: dict[str, float] = _f(lambda: _pp(0.65, 0.55))
+    process_sd_session: dict[str, float] = _f(lambda: _pp(0.35, 0.35))
+    process_trend: dict[str, float] = _f(lambda: _pp(0.02, 0.01))
+    process_corr: float = 0.4
+
+    baseline_mean: float = 1.0
+    baseline_sd: float = 0.6
+    therapist_intercept_sd: float = 0.10
+    random_corr: float = 0.2
+    moderator_main: dict[str, float] = _f(lambda: dict.fromkeys(MODERATORS, 0.0))
+    patient_covariates: bool = False
+    age_effect: float = 0.0
+
+    intercept: float = 0.05
+    baseline_coef: float = 0.6
+    within: dict[str, float] = _f(lambda: _pp(-0.10, -0.15))
+    between: dict[str, float] = _f(lambda: _pp(-0.45, 0.0))
+    within_x_between: dict[str, float] = _f(lambda: _pp(0.0, 0.0))
+    slope_sd: dict[str, float] = _f(lambda: _pp(0.12, 0.08))
+    residual_sd: float = 0.45
+    moderator_effects: dict[tuple[str, str, str], float] = _f(
+        lambda: {
+            ("self_rated_alliance_skill", "alliance", "within_slope"): 0.08,
+            ("cbt", "alliance", "between_association"): 0.35,
+        }
+    )
+
+    session_intercept: float = 0.15
+    lag_coef: float = 0.75
+    time_coef: float = 0.0
+    session_within_patient: dict[str, float] = _f(lambda: _pp(-0.04, -0.06))
+    session_between_patient: dict[str, float] = _f(lambda: _pp(-0.03, -0.05))
+    session_between_therapist: dict[str, float] = _f(lambda: _pp(-0.12, 0.0))
+    session_within_x_between: dict[str, float] = _f(lambda: _pp(0.0, 0.0))
+    session_slope_sd: dict[str, float] = _f(lambda: _pp(0.04, 0.03))
+    patient_intercept_sd: float = 0.08
+    session_residual_sd: float = 0.30
+    session_moderator_effects: dict[tuple[str, str, str], float] = _f(
+        lambda: {
+            ("self_rated_alliance_skill", "alliance", "within_slope"): 0.03,
+            ("cbt", "alliance", "between_association"): 0.10,
+        }
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (tuple keys become "moderator:process:target")."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, dict):
+                v = {(":".join(k) if isinstance(k, tuple) else k): _plain(x) for k, x in v.items()}
+            out[f.name] = _plain(v)
+        return out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "coyne2022": (
+        "Mirrors Coyne et al. (2022): 42 therapists, 212 patients, very uneven caseloads, "
+        "up to 16 weekly sessions, outcome every second session, dropout; humble therapists "
+        "(lower self-rated alliance skill) have a stronger within alliance slope and CBT "
+        "weakens the between-therapist alliance association.",
+        {},
+    ),
+    "large": (
+        "300 therapists x 10 patients (equal caseloads), otherwise as coyne2022: large "
+        "enough to check that estimates recover the truth.",
+        {"n_therapists": 300, "n_patients": 3000, "caseload_shape": None},
+    ),
+}
+
+
+@dataclass
+class SimulatedStudy:
+    """A simulated study.
+
+    Fields: ``sessions`` (long table: therapist, patient, session, outcome, alliance,
+    expectancy [, age]); ``therapists`` (therapist, orientation, cbt,
+    self_rated_alliance_skill, self_rated_expectancy_skill); ``truth`` (see module
+    docstring); ``parameters`` (:class:`SimulationParameters`); ``preset``; ``seed``.
+    """
+
+    sessions: pd.DataFrame
+    therapists: pd.DataFrame
+    truth: dict[str, Any]
+    parameters: SimulationParameters
+    preset: str
+    seed: int | None
+
+    def config(self, moderators: tuple[str, ...] = ("self_rated_alliance_skill", "cbt")) -> StudyConfig:
+        """A :class:`StudyConfig` matching these data (design level as simulated)."""
+        covs = ("age",) if self.parameters.patient_covariates else ()
+        return StudyConfig(
+            columns=ColumnsConfig(covariates=covs),
+            therapist_moderators=ModeratorsConfig(columns=tuple(moderators)),
+            design=DesignConfig(level=self.parameters.design),
+        )
+
+
+def list_presets() -> dict[str, str]:
+    """Preset names and what each simulates."""
+    return {name: description for name, (description, _) in PRESETS.items()}
+
+
+def _closest(name: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return f' (did you mean "{match[0]}"?)' if match else ""
+
+
+def _parameters(preset: str, overrides: Mapping[str, Any]) -> SimulationParameters:
+    if preset not in PRESETS:
+        raise InputError(
+            f"unknown simulation preset {preset!r}{_closest(preset, list(PRESETS))}; available: {', '.join(PRESETS)}"
+        )
+    base = SimulationParameters()
+    merged: dict[str, Any] = {}
+    names = [f.name for f in dataclasses.fields(SimulationParameters)]
+    for key, value in {**PRESETS[preset][1], **overrides}.items():
+        if key not in names:
+            raise InputError(f"unknown simulation parameter {key!r}{_closest(key, names)}")
+        current = merged.get(key, getattr(base, key))
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            value = {**current, **value}
+        merged[key] = value
+    params = dataclasses.replace(base, **merged)
+    _check(params)
+    return params
+
+
+def _check(p: SimulationParameters) -> None:
+    if p.design not in ("patient", "session"):
+        raise InputError(f'design must be "patient" or "session"; got {p.design!r}')
+    if p.n_therapists < 1 or p.n_patients < p.n_therapists:
+        raise InputError(
+            f"need n_patients >= n_therapists >= 1 (every therapist has a patient); got "
+            f"{p.n_patients} patients and {p.n_therapists} therapists"
+        )
+    if not 1 <= p.min_sessions <= p.max_sessions:
+        raise InputError("need 1 <= min_sessions <= max_sessions")
+    for name in ("dropout_hazard", "process_missing_rate", "outcome_missing_rate", "p_cbt"):
+        if not 0.0 <= getattr(p, name) < 1.0:
+            raise InputError(f"{name} must be in [0, 1); got {getattr(p, name)}")
+    if p.outcome_every < 1:
+        raise InputError("outcome_every must be >= 1")
+    if p.caseload_shape is not None and p.caseload_shape <= 0:
+        raise InputError("caseload_shape must be > 0 (or None for equal caseloads)")
+    for key in list(p.moderator_effects) + list(p.session_moderator_effects):
+        if not (isinstance(key, tuple) and len(key) == 3):
+            raise InputError(f"moderator effect keys are (moderator, process, target); got {key!r}")
+        mod, proc, target = key
+        if mod not in MODERATORS or proc not in PROCESSES or target not in TARGETS:
+            raise InputError(
+                f"moderator effect {key!r}: moderator in {MODERATORS}, process in {PROCESSES}, target in {TARGETS}"
+            )
+    for d in (1, 1 + len(PROCESSES)):
+        corr = np.full((d, d), p.random_corr) + (1 - p.random_corr) * np.eye(d)
+        if np.linalg.eigvalsh(corr).min() <= 0:
+            raise InputError(f"random_corr = {p.random_corr} does not give a valid correlation")
+    if not -1.0 < p.process_corr < 1.0:
+        raise InputError("process_corr must lie in (-1, 1)")
+
+
+def _mvn(rng: np.random.Generator, n: int, sds: np.ndarray, corr: float) -> np.ndarray:
+    d = len(sds)
+    c = np.full((d, d), corr) + (1 - corr) * np.eye(d)
+    z = rng.standard_normal((n, d))
+    return (z @ np.linalg.cholesky(c).T) * np.asarray(sds, dtype=float)[None, :]
+
+
+def _caseloads(rng: np.random.Generator, p: SimulationParameters) -> np.ndarray:
+    J, N = p.n_therapists, p.n_patients
+    if p.caseload_shape is None:
+        n = np.full(J, N // J)
+        n[: N % J] += 1
+        return n
+    w = rng.dirichlet(np.full(J, float(p.caseload_shape)))
+    return 1 + rng.multinomial(N - J, w)
+
+
+def _group_mean(values: np.ndarray, groups: np.ndarray, n_groups: int, mask: np.ndarray) -> np.ndarray:
+    """Mean of values[mask] per group (NaN where a group has none)."""
+    s = np.bincount(groups[mask], weights=values[mask], minlength=n_groups)
+    c = np.bincount(groups[mask], minlength=n_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(c > 0, s / np.maximum(c, 1), np.nan)
+
+
+def simulate(preset: str = "coyne2022", *, seed: int | None = None, **overrides: Any) -> SimulatedStudy:
+    """Simulate one study from ``preset`` with parameters replaced by ``overrides``.
+
+    Dict-valued parameters are merged (``within={"alliance": -0.2}`` changes alliance only).
+    The same ``seed`` gives the same data. See the module docstring for the model and for
+    which parameters each design's analysis recovers.
+    """
+    p = _parameters(preset, overrides)
+    rng = np.random.default_rng(seed)
+    J, N = p.n_therapists, p.n_patients
+    S = p.max_sessions
+
+    # therapists and moderators
+    cbt = (rng.random(J) < p.p_cbt).astype(int)
+    others = np.asarray(p.other_orientations, dtype=object)
+    orientation = np.where(cbt == 1, "CBT", others[rng.integers(0, len(others), J)])
+    skills = {
+        proc: np.round(np.clip(rng.normal(p.skill_mean[proc], p.skill_sd[proc], J), 1, 7), 2) for proc in PROCESSES
+    }
+    W = {
+        "cbt": cbt.astype(float),
+        "self_rated_alliance_skill": skills["alliance"],
+        "self_rated_expectancy_skill": skills["expectancy"],
+    }
+    centers = {
+        "cbt": p.p_cbt,
+        "self_rated_alliance_skill": p.skill_mean["alliance"],
+        "self_rated_expectancy_skill": p.skill_mean["expectancy"],
+    }
+    Wc = {k: W[k] - centers[k] for k in MODERATORS}
+
+    # patients, caseloads, sessions
+    n_j = _caseloads(rng, p)
+    tj = np.repeat(np.arange(J), n_j)
+    extra = rng.geometric(p.dropout_hazard, N) - 1 if p.dropout_hazard > 0 else np.full(N, S)
+    n_sessions = np.minimum(S, p.min_sessions + extra)
+    sess = np.arange(1, S + 1)
+    attended = sess[None, :] <= n_sessions[:, None]
+    is_occ = ((sess - 1) % p.outcome_every == 0)[None, :] & attended
+
+    # process ratings (N x S per process)
+    a_j = _mvn(rng, J, np.array([p.process_sd_therapist[q] for q in PROCESSES]), p.process_corr)
+    d_i = _mvn(rng, N, np.array([p.process_sd_patient[q] for q in PROCESSES]), p.process_corr)
+    X: dict[str, np.ndarray] = {}
+    for k, q in enumerate(PROCESSES):
+        lo, hi = p.process_range[q]
+        raw = (
+            p.process_mean[q]
+            + a_j[tj, k][:, None]
+            + d_i[:, k][:, None]
+            + p.process_trend[q] * (sess - 1)[None, :]
+            + rng.normal(0.0, p.process_sd_session[q], (N, S))
+        )
+        x = np.round(np.clip(raw, lo, hi), 2)
+        missing = rng.random((N, S)) < p.process_missing_rate
+        if p.design == "session":
+            missing &= ~is_occ
+        X[q] = np.where(attended & ~missing, x, np.nan)
+
+    age = np.round(rng.normal(40, 12, N).clip(18, 80)) if p.patient_covariates else None
+
+    # therapist random effects: intercept and one slope per process
+    if p.design == "patient":
+        sds = np.array([p.therapist_intercept_sd] + [p.slope_sd[q] for q in PROCESSES])
+    else:
+        sds = np.array([p.therapist_intercept_sd] + [p.session_slope_sd[q] for q in PROCESSES])
+    u = _mvn(rng, J, sds, p.random_corr)
+    main = np.broadcast_to(sum(p.moderator_main.get(m, 0.0) * Wc[m] for m in MODERATORS), (J,))[tj]
+    y0 = rng.normal(p.baseline_mean, p.baseline_sd, N)
+
+    if p.design == "patient":
+        Y, truth_extra, slopes = _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age)
+    else:
+        Y, truth_extra, slopes = _session_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age)
+
+    # long tables
+    width_t, width_p = len(str(J)), len(str(N))
+    t_ids = np.array([f"T{j + 1:0{max(2, width_t)}d}" for j in range(J)])
+    p_ids = np.array([f"P{i + 1:0{max(3, width_p)}d}" for i in range(N)])
+    ii, ss = np.nonzero(attended)
+    sessions = pd.DataFrame(
+        {
+            "therapist": t_ids[tj[ii]],
+            "patient": p_ids[ii],
+            "session": sess[ss],
+            "outcome": Y[ii, ss],
+            **{q: X[q][ii, ss] for q in PROCESSES},
+        }
+    )
+    if age is not None:
+        sessions["age"] = age[ii]
+    therapists = pd.DataFrame(
+        {
+            "therapist": t_ids,
+            "orientation": orientation.astype(str),
+            "cbt": cbt,
+            "self_rated_alliance_skill": skills["alliance"],
+            "self_rated_expectancy_skill": skills["expectancy"],
+        }
+    )
+    eff = pd.DataFrame({"therapist": t_ids, "n_patients": n_j, "intercept_effect": u[:, 0]})
+    for k, q in enumerate(PROCESSES):
+        eff[f"{q}_random_slope"] = u[:, k + 1]
+        eff[f"{q}_slope"] = slopes[q]
+    truth = {
+        "design": p.design,
+        "preset": preset,
+        "seed": seed,
+        "moderator_centers": centers,
+        "therapist_intercept_sd": p.therapist_intercept_sd,
+        "random_corr": p.random_corr,
+        "moderator_main": {m: p.moderator_main.get(m, 0.0) for m in MODERATORS},
+        **truth_extra,
+        "therapists": eff,
+        "parameters": p.to_dict(),
+    }
+    return SimulatedStudy(sessions, therapists, truth, p, preset, seed)
+
+
+def _moderation(
+    effects: Mapping[tuple[str, str, str], float], Wc: dict[str, np.ndarray], q: str, target: str
+) -> np.ndarray | float:
+    return sum(effects.get((m, q, target), 0.0) * Wc[m] for m in MODERATORS)
+
+
+def _moderator_truth(
+    effects: Mapping[tuple[str, str, str], float],
+) -> list[dict[str, Any]]:
+    return [
+        {"moderator": m, "process": q, "target": t, "estimate": float(effects.get((m, q, t), 0.0))}
+        for m in MODERATORS
+        for q in PROCESSES
+        for t in TARGETS
+    ]
+
+
+def _marginal_sd(
+    p: SimulationParameters, sd: Mapping[str, float], effects: Mapping[tuple[str, str, str], float]
+) -> dict[str, float]:
+    var_w = {
+        "cbt": p.p_cbt * (1 - p.p_cbt),
+        "self_rated_alliance_skill": p.skill_sd["alliance"] ** 2,
+        "self_rated_expectancy_skill": p.skill_sd["expectancy"] ** 2,
+    }
+    return {
+        q: float(
+            np.sqrt(sd[q] ** 2 + sum(effects.get((m, q, "within_slope"), 0.0) ** 2 * var_w[m] for m in MODERATORS))
+        )
+        for q in PROCESSES
+    }
+
+
+def _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age):
+    N, S = is_occ.shape
+    # outcome assessments after baseline may be missed
+    observed = is_occ.copy()
+    later = is_occ.copy()
+    later[:, 0] = False
+    observed &= ~(later & (rng.random((N, S)) < p.outcome_missing_rate))
+    n_obs = observed.sum(axis=1)
+    last = S - 1 - np.argmax(observed[:, ::-1], axis=1)
+    counts = {q: (~np.isnan(X[q])).sum(axis=1) for q in PROCESSES}
+    xs = {q: np.where(counts[q] > 0, np.nansum(X[q], axis=1) / np.maximum(counts[q], 1), np.nan) for q in PROCESSES}
+    analysed = n_obs >= 2
+    for q in PROCESSES:
+        analysed &= ~np.isnan(xs[q])
+
+    y_final = p.intercept + p.baseline_coef * y0 + main + u[tj, 0]
+    slopes = {}
+    for k, q in enumerate(PROCESSES):
+        xbar_j = _group_mean(xs[q], tj, J, analysed)
+        grand = float(np.nanmean(xbar_j))
+        between_j = xbar_j - grand
+        within = xs[q] - xbar_j[tj]
+        b1 = (
+            p.within[q]
+            + _moderation(p.moderator_effects, Wc, q, "within_slope")
+            + p.within_x_between[q] * between_j
+            + u[:, k + 1]
+        )
+        g01 = p.between[q] + _moderation(p.moderator_effects, Wc, q, "between_association")
+        g01 = np.broadcast_to(g01, (J,))
+        contrib = b1[tj] * within + g01[tj] * between_j[tj]
+        y_final = y_final + np.where(analysed, contrib, 0.0)
+        slopes[q] = b1
+    if age is not None:
+        y_final = y_final + p.age_effect * (age - 40.0)
+    y_final = y_final + rng.normal(0.0, p.residual_sd, N)
+
+    sess = np.arange(S)
+    frac = sess[None, :] / np.maximum(last, 1)[:, None]
+    Y = y0[:, None] + (y_final - y0)[:, None] * frac + rng.normal(0.0, 0.2, (N, S))
+    Y[:, 0] = y0
+    Y[np.arange(N), last] = np.where(n_obs >= 2, y_final, y0)
+    Y = np.where(observed, Y, np.nan)
+
+    effects = []
+    for q in PROCESSES:
+        effects.append({"process": q, "component": "within_therapist", "estimate": p.within[q]})
+        effects.append({"process": q, "component": "between_therapist", "estimate": p.between[q]})
+    extra = {
+        "level": "patient",
+        "response": "final outcome, adjusted for baseline (residualized change)",
+        "effects": effects,
+        "fixed": {
+            "(Intercept)": p.intercept,
+            "baseline": p.baseline_coef,
+            **{f"{q}_within": p.within[q] for q in PROCESSES},
+            **{f"{q}_between": p.between[q] for q in PROCESSES},
+        },
+        "slope_sd": dict(p.slope_sd),
+        "slope_sd_marginal": _marginal_sd(p, p.slope_sd, p.moderator_effects),
+        "residual_sd": p.residual_sd,
+        "within_x_between": dict(p.within_x_between),
+        "moderators": _moderator_truth(p.moderator_effects),
+        "age_effect": p.age_effect if age is not None else None,
+        "n_analysed_patients": int(analysed.sum()),
+    }
+    return Y, extra, slopes
+
+
+def _session_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age):
+    N, S = is_occ.shape
+    occ_idx = [np.nonzero(row)[0] for row in is_occ]
+    K = np.array([len(o) for o in occ_idx])
+    Kmax = int(K.max())
+    occ = np.full((N, Kmax), -1)
+    for i, o in enumerate(occ_idx):
+        occ[i, : len(o)] = o
+    pred = np.arange(Kmax)[None, :] < (K - 1)[:, None]  # predictor occasions: all but last
+    analysed = K >= 2
+    v0 = rng.normal(0.0, p.patient_intercept_sd, N)
+    base = p.session_intercept + main + u[tj, 0] + v0
+    if age is not None:
+        base = base + p.age_effect * (age - 40.0)
+
+    comp = {}
+    slopes = {}
+    for k, q in enumerate(PROCESSES):
+        xo = np.where(occ >= 0, X[q][np.arange(N)[:, None], np.maximum(occ, 0)], np.nan)
+        with np.errstate(invalid="ignore"):
+            xbar_i = np.nansum(np.where(pred, xo, 0.0), axis=1) / np.maximum(pred.sum(axis=1), 1)
+        xbar_i = np.where(analysed, xbar_i, np.nan)
+        xbar_j = _group_mean(np.nan_to_num(xbar_i), tj, J, analysed)
+        grand = float(np.nanmean(xbar_j))
+        btw_t = xbar_j - grand
+        b1 = (
+            p.session_within_patient[q]
+            + _moderation(p.session_moderator_effects, Wc, q, "within_slope")
+            + p.session_within_x_between[q] * btw_t
+            + u[:, k + 1]
+        )
+        kt = p.session_between_therapist[q] + _moderation(p.session_moderator_effects, Wc, q, "between_association")
+        kt = np.broadcast_to(kt, (J,))
+        comp[q] = (xo, xbar_i, xbar_j, btw_t, b1, kt)
+        slopes[q] = b1
+
+    y_occ = np.full((N, Kmax), np.nan)
+    y_occ[:, 0] = y0
+    sess_number = occ + 1
+    for t in range(Kmax - 1):
+        active = t + 1 < K
+        mean = base + p.lag_coef * y_occ[:, t] + p.time_coef * sess_number[:, t]
+        for q in PROCESSES:
+            xo, xbar_i, xbar_j, btw_t, b1, kt = comp[q]
+            mean = (
+                mean
+                + b1[tj] * (xo[:, t] - xbar_i)
+                + p.session_between_patient[q] * (xbar_i - xbar_j[tj])
+                + kt[tj] * btw_t[tj]
+            )
+        new = mean + rng.normal(0.0, p.session_residual_sd, N)
+        y_occ[:, t + 1] = np.where(active, new, np.nan)
+
+    Y = np.full((N, S), np.nan)
+    rows, ks = np.nonzero(occ >= 0)
+    Y[rows, occ[rows, ks]] = y_occ[rows, ks]
+
+    effects = []
+    for q in PROCESSES:
+        effects += [
+            {"process": q, "component": "within_patient", "estimate": p.session_within_patient[q]},
+            {"process": q, "component": "between_patient", "estimate": p.session_between_patient[q]},
+            {
+                "process": q,
+                "component": "between_therapist",
+                "estimate": p.session_between_therapist[q],
+            },
+        ]
+    extra = {
+        "level": "session",
+        "response": "outcome at the next assessment, adjusted for the current outcome",
+        "effects": effects,
+        "lag": p.lag_coef,
+        "time": p.time_coef,
+        "fixed": {
+            "(Intercept)": p.session_intercept,
+            "outcome": p.lag_coef,
+            "time": p.time_coef,
+            **{f"{q}_within_patient": p.session_within_patient[q] for q in PROCESSES},
+            **{f"{q}_between_patient": p.session_between_patient[q] for q in PROCESSES},
+            **{f"{q}_between_therapist": p.session_between_therapist[q] for q in PROCESSES},
+        },
+        "slope_sd": dict(p.session_slope_sd),
+        "slope_sd_marginal": _marginal_sd(p, p.session_slope_sd, p.session_moderator_effects),
+        "patient_intercept_sd": p.patient_intercept_sd,
+        "residual_sd": p.session_residual_sd,
+        "within_x_between": dict(p.session_within_x_between),
+        "moderators": _moderator_truth(p.session_moderator_effects),
+        "age_effect": p.age_effect if age is not None else None,
+        "n_analysed_patients": int(analysed.sum()),
+    }
+    return Y, extra, slopes

@@ -1,0 +1,185 @@
+"""The simulator: reproducible, the published design, and truth that the decomposition
+recovers exactly when the noise is switched off (study/simulate.py)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from theralens.data.decompose import patient_level, session_level
+from theralens.data.validate import validate_sessions, validate_therapists
+from theralens.datasets import demo_from_simulator, load_demo
+from theralens.errors import InputError
+from theralens.study.simulate import list_presets, simulate
+
+
+def test_reproducible_with_seed():
+    a, b = simulate(seed=11), simulate(seed=11)
+    pd.testing.assert_frame_equal(a.sessions, b.sessions)
+    pd.testing.assert_frame_equal(a.therapists, b.therapists)
+    c = simulate(seed=12)
+    assert not a.sessions["outcome"].equals(c.sessions["outcome"])
+
+
+def test_coyne2022_design():
+    s = simulate("coyne2022", seed=1)
+    sess, th = s.sessions, s.therapists
+    assert list(sess.columns) == ["therapist", "patient", "session", "outcome", "alliance", "expectancy"]
+    assert list(th.columns) == [
+        "therapist",
+        "orientation",
+        "cbt",
+        "self_rated_alliance_skill",
+        "self_rated_expectancy_skill",
+    ]
+    assert sess["therapist"].nunique() == 42 and len(th) == 42
+    assert sess["patient"].nunique() == 212
+    assert sess.groupby("patient")["therapist"].nunique().max() == 1
+    assert sess["session"].between(1, 16).all()
+    # outcome about every two weeks (odd sessions), process every session
+    assert set(sess.loc[sess["outcome"].notna(), "session"]) <= set(range(1, 17, 2))
+    assert sess["alliance"].notna().mean() > 0.9
+    assert sess["alliance"].between(1, 7).all() or sess["alliance"].isna().any()
+    # dropout: treatment lengths vary
+    length = sess.groupby("patient")["session"].max()
+    assert length.min() < 16 and length.max() == 16
+    assert set(th["orientation"]) <= {"CBT", "psychodynamic", "integrative", "humanistic"}
+    assert ((th["orientation"] == "CBT") == (th["cbt"] == 1)).all()
+
+
+def test_caseloads_are_very_uneven():
+    sizes = simulate(seed=3).sessions.groupby("therapist")["patient"].nunique()
+    assert sizes.sum() == 212 and sizes.min() >= 1
+    assert sizes.std() / sizes.mean() > 0.5
+    assert sizes.max() >= 3 * sizes.median()
+
+
+def test_large_preset_shapes():
+    t0 = time.perf_counter()
+    s = simulate("large", seed=1)
+    assert time.perf_counter() - t0 < 2.0
+    sizes = s.sessions.groupby("therapist")["patient"].nunique()
+    assert len(sizes) == 300 and (sizes == 10).all()
+
+
+def test_truth_keys_both_designs():
+    for design, components in [
+        ("patient", {"within_therapist", "between_therapist"}),
+        ("session", {"within_patient", "between_patient", "between_therapist"}),
+    ]:
+        truth = simulate(seed=1, design=design).truth
+        assert truth["design"] == design
+        for key in (
+            "effects",
+            "fixed",
+            "slope_sd",
+            "slope_sd_marginal",
+            "therapist_intercept_sd",
+            "residual_sd",
+            "moderators",
+            "moderator_centers",
+            "within_x_between",
+            "therapists",
+            "parameters",
+        ):
+            assert key in truth, key
+        assert {e["component"] for e in truth["effects"]} == components
+        assert {m["target"] for m in truth["moderators"]} == {"within_slope", "between_association"}
+        assert len(truth["therapists"]) == 42
+    truth = simulate(seed=1).truth
+    mods = {(m["moderator"], m["process"], m["target"]): m["estimate"] for m in truth["moderators"]}
+    assert mods[("self_rated_alliance_skill", "alliance", "within_slope")] > 0  # humility
+    assert mods[("cbt", "alliance", "between_association")] != 0
+    assert truth["slope_sd_marginal"]["alliance"] > truth["slope_sd"]["alliance"]
+    assert "lag" in simulate(seed=1, design="session").truth
+
+
+def test_overrides_and_errors():
+    s = simulate(seed=1, within={"alliance": -0.3}, n_therapists=10, n_patients=30)
+    assert s.parameters.within == {"alliance": -0.3, "expectancy": -0.15}
+    assert s.sessions["therapist"].nunique() == 10
+    with pytest.raises(InputError, match='did you mean "n_therapists"'):
+        simulate(n_therapist=5)
+    with pytest.raises(InputError, match='did you mean "coyne2022"'):
+        simulate("coyne2021")
+    with pytest.raises(InputError, match="n_patients >= n_therapists"):
+        simulate(n_therapists=10, n_patients=5)
+    assert set(list_presets()) == {"coyne2022", "large"}
+
+
+def test_patient_covariates():
+    s = simulate(seed=2, patient_covariates=True, age_effect=0.01)
+    assert "age" in s.sessions.columns
+    assert s.config().columns.covariates == ("age",)
+
+
+def _noiseless(design: str, **extra):
+    zero = {"alliance": 0.0, "expectancy": 0.0}
+    if design == "patient":
+        noise = {"residual_sd": 0.0, "slope_sd": zero}
+    else:
+        noise = {"session_residual_sd": 0.0, "session_slope_sd": zero, "patient_intercept_sd": 0.0}
+    return simulate(seed=5, design=design, therapist_intercept_sd=0.0, **noise, **extra)
+
+
+def test_patient_design_truth_is_exact_for_the_decomposition():
+    s = _noiseless("patient", within_x_between={"alliance": 0.2}, moderator_main={"cbt": 0.1})
+    cfg = s.config(("cbt", "self_rated_alliance_skill"))
+    data = validate_sessions(s.sessions, cfg, source="sim")
+    th = validate_therapists(s.therapists, data, cfg, source="sim")
+    t = patient_level(data, cfg).table.merge(th, on="therapist")
+    p, c = s.parameters, s.truth["moderator_centers"]
+    wa = t["self_rated_alliance_skill"] - c["self_rated_alliance_skill"]
+    wc = t["cbt"] - c["cbt"]
+    slope_a = p.within["alliance"] + 0.08 * wa + 0.2 * t["alliance_between"]
+    expected = (
+        p.intercept
+        + p.baseline_coef * t["baseline"]
+        + 0.1 * wc
+        + slope_a * t["alliance_within"]
+        + (p.between["alliance"] + 0.35 * wc) * t["alliance_between"]
+        + p.within["expectancy"] * t["expectancy_within"]
+        + p.between["expectancy"] * t["expectancy_between"]
+    )
+    np.testing.assert_allclose(t["final"], expected, atol=1e-9)
+    assert len(t) == s.truth["n_analysed_patients"]
+
+
+def test_session_design_truth_is_exact_for_the_decomposition():
+    s = _noiseless("session", time_coef=-0.01)
+    cfg = s.config(("cbt", "self_rated_alliance_skill"))
+    data = validate_sessions(s.sessions, cfg, source="sim")
+    th = validate_therapists(s.therapists, data, cfg, source="sim")
+    t = session_level(data, cfg).table.merge(th, on="therapist")
+    p, c = s.parameters, s.truth["moderator_centers"]
+    wa = t["self_rated_alliance_skill"] - c["self_rated_alliance_skill"]
+    wc = t["cbt"] - c["cbt"]
+    expected = p.session_intercept + p.lag_coef * t["outcome"] - 0.01 * t["time"]
+    for q in ("alliance", "expectancy"):
+        slope = p.session_within_patient[q] + (0.03 * wa if q == "alliance" else 0.0)
+        between_t = p.session_between_therapist[q] + (0.10 * wc if q == "alliance" else 0.0)
+        expected = (
+            expected
+            + slope * t[f"{q}_within_patient"]
+            + p.session_between_patient[q] * t[f"{q}_between_patient"]
+            + between_t * t[f"{q}_between_therapist"]
+        )
+    np.testing.assert_allclose(t["outcome_next"], expected, atol=1e-9)
+    assert t["patient"].nunique() == s.truth["n_analysed_patients"]
+
+
+def test_fast():
+    t0 = time.perf_counter()
+    for seed in range(20):
+        simulate(seed=seed)
+    assert (time.perf_counter() - t0) / 20 < 0.05
+
+
+def test_shipped_demo_equals_simulator():
+    shipped_sessions, shipped_therapists = load_demo()
+    sessions, therapists = demo_from_simulator()
+    pd.testing.assert_frame_equal(shipped_sessions, sessions, check_dtype=False, atol=1e-9)
+    pd.testing.assert_frame_equal(shipped_therapists, therapists, check_dtype=False)
