@@ -236,6 +236,9 @@ def test_covariates_dummy_coded():
     assert v.covariates == ("sex_m",)
     assert v.labels["sex_m"] == "sex = m"
     assert set(v.sessions["sex_m"]) == {0.0, 1.0}
+    df["age"] = 40
+    cfg = config_from_dict({"columns": {"covariates": ["age"]}})
+    fails(df, "'age'", "same value", config=cfg)
 
 
 # ----------------------------------------------------------------------------- therapists

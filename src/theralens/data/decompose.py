@@ -172,6 +172,57 @@ class SessionTable:
 
 
 # ---------------------------------------------------------------------------- helpers
+# Group operations run on integer codes with numpy (bincount), not pandas groupby: the
+# decomposition runs once per replicate in power simulations, so it must be cheap.
+
+
+def _first_last(codes: np.ndarray, mask: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row index of the first and last masked row of each group (-1 if none).
+
+    Rows must be ordered by group and time."""
+    first = np.full(n, -1)
+    last = np.full(n, -1)
+    idx = np.flatnonzero(mask)
+    if len(idx):
+        c = codes[idx]
+        start = np.r_[True, c[1:] != c[:-1]]
+        end = np.r_[c[1:] != c[:-1], True]
+        first[c[start]] = idx[start]
+        last[c[end]] = idx[end]
+    return first, last
+
+
+def _take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    out = np.full(len(index), np.nan)
+    ok = index >= 0
+    out[ok] = values[index[ok]]
+    return out
+
+
+def _group_mean(codes: np.ndarray, x: np.ndarray, n: int, w: np.ndarray | None = None) -> np.ndarray:
+    w = np.ones(len(x)) if w is None else w
+    num = np.bincount(codes, weights=x * w, minlength=n)
+    den = np.bincount(codes, weights=w, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den
+
+
+def _anova(codes: np.ndarray, x: np.ndarray, n: int) -> tuple[np.ndarray, float, float]:
+    """(n_j, tau2, sigma2): one-way random-effects ANOVA (method of moments), see module doc."""
+    n_j = np.bincount(codes, minlength=n).astype(float)
+    N, J = float(n_j.sum()), int((n_j > 0).sum())
+    m_j = _group_mean(codes, x, n)
+    m = float(x.mean()) if len(x) else np.nan
+    ssw = float(((x - m_j[codes]) ** 2).sum())
+    msw = ssw / (N - J) if N > J else np.nan
+    if J > 1:
+        ok = n_j > 0
+        msb = float((n_j[ok] * (m_j[ok] - m) ** 2).sum()) / (J - 1)
+        n0 = (N - float((n_j**2).sum()) / N) / (J - 1)
+        tau2 = max(0.0, (msb - msw) / n0) if np.isfinite(msw) and n0 > 0 else np.nan
+    else:
+        tau2 = np.nan
+    return n_j, tau2, msw
 
 
 def reliability_table(
@@ -180,50 +231,49 @@ def reliability_table(
     """Reliability of therapist means of patient scores (one-way random-effects ANOVA).
 
     ``scores`` has one row per patient: ``therapist`` and one column per process.
-    Returns (per-therapist table, per-process summary, warnings); see module docstring.
+    lambda_j = tau2 / (tau2 + sigma2 / n_j) (models.md). Returns (per-therapist table:
+    therapist, process, n_patients, tau2, sigma2, reliability; per-process summary:
+    process, n_therapists, n_patients, tau2, sigma2, icc, mean_reliability,
+    min_reliability; warnings).
     """
     per_therapist = []
     summary = []
     warnings: list[str] = []
     for p in processes:
-        d = scores[["therapist", p]].dropna()
-        g = d.groupby("therapist", sort=True)[p]
-        n_j = g.size()
-        m_j = g.mean()
-        N, J = int(n_j.sum()), len(n_j)
-        m = float(d[p].mean())
-        ssw = float(((d[p] - g.transform("mean")) ** 2).sum())
-        msw = ssw / (N - J) if N > J else np.nan
-        msb = float((n_j * (m_j - m) ** 2).sum()) / (J - 1) if J > 1 else np.nan
-        n0 = (N - float((n_j**2).sum()) / N) / (J - 1) if J > 1 else np.nan
-        tau2 = max(0.0, (msb - msw) / n0) if np.isfinite(msb - msw) and n0 > 0 else np.nan
-        lam = tau2 / (tau2 + msw / n_j) if np.isfinite(tau2) and np.isfinite(msw) else n_j * np.nan
-        if np.isfinite(tau2) and tau2 == 0.0:
-            lam = n_j * 0.0
+        x_all = scores[p].to_numpy(float)
+        ok = ~np.isnan(x_all)
+        codes, therapists = pd.factorize(scores["therapist"].to_numpy()[ok], sort=True)
+        J = len(therapists)
+        n_j, tau2, msw = _anova(codes, x_all[ok], J)
+        if np.isfinite(tau2) and np.isfinite(msw):
+            lam = tau2 / (tau2 + msw / n_j) if tau2 > 0 else np.zeros(J)
+        else:
+            lam = np.full(J, np.nan)
         per_therapist.append(
             pd.DataFrame(
                 {
-                    "therapist": n_j.index.astype(str),
+                    "therapist": np.asarray(therapists, dtype=object).astype(str),
                     "process": p,
-                    "n_patients": n_j.to_numpy(),
+                    "n_patients": n_j.astype(int),
                     "tau2": tau2,
                     "sigma2": msw,
-                    "reliability": np.asarray(lam, dtype=float),
+                    "reliability": lam,
                 }
             )
         )
-        icc = tau2 / (tau2 + msw) if np.isfinite(tau2) and (tau2 + msw) > 0 else np.nan
-        mean_rel = float(np.nanmean(lam)) if np.isfinite(np.asarray(lam, dtype=float)).any() else np.nan
+        icc = tau2 / (tau2 + msw) if np.isfinite(tau2) and np.isfinite(msw) and tau2 + msw > 0 else np.nan
+        finite = np.isfinite(lam)
+        mean_rel = float(lam[finite].mean()) if finite.any() else np.nan
         summary.append(
             {
                 "process": p,
                 "n_therapists": J,
-                "n_patients": N,
+                "n_patients": int(n_j.sum()),
                 "tau2": tau2,
                 "sigma2": msw,
                 "icc": icc,
                 "mean_reliability": mean_rel,
-                "min_reliability": float(np.nanmin(lam)) if np.isfinite(mean_rel) else np.nan,
+                "min_reliability": float(lam[finite].min()) if finite.any() else np.nan,
             }
         )
         name = labels.get(p, p)
@@ -236,7 +286,7 @@ def reliability_table(
         elif np.isfinite(mean_rel) and mean_rel < LOW_RELIABILITY:
             warnings.append(
                 f"Therapist means of {name!r} have low reliability (mean {mean_rel:.2f} < "
-                f"{LOW_RELIABILITY:.2f}; ICC {icc:.2f}, median caseload {float(n_j.median()):g}): "
+                f"{LOW_RELIABILITY:.2f}; ICC {icc:.2f}, median caseload {float(np.median(n_j)):g}): "
                 "observed between-therapist and cross-level effects are biased toward zero "
                 "(Luedtke et al., 2008)."
             )
@@ -245,42 +295,24 @@ def reliability_table(
     return table, pd.DataFrame(summary), warnings
 
 
-def _caseload_means(
-    patient_means: pd.DataFrame,
-    weights: pd.DataFrame | None,
-    processes: tuple[str, ...],
-) -> pd.DataFrame:
-    """Therapist means of patient means; ``weights`` (per patient and process) gives
-    session weighting: weighted by the number of ratings."""
-    out = {}
-    for p in processes:
-        if weights is None:
-            out[p] = patient_means.groupby("therapist")[p].mean()
-        else:
-            w = weights[p]
-            num = (patient_means[p] * w).groupby(patient_means["therapist"]).sum()
-            den = w.groupby(patient_means["therapist"]).sum()
-            out[p] = num / den
-    return pd.DataFrame(out)
-
-
-def _add_exclusion(exclusions: list[Exclusion], mask: pd.Series, reason: str, rows_per_patient: pd.Series) -> None:
-    """Record patients (index of ``mask``) dropped for ``reason``."""
-    ids = mask.index[mask.to_numpy()]
-    if len(ids) == 0:
+def _patient_exclusion(
+    exclusions: list[Exclusion], mask: np.ndarray, reason: str, patients: np.ndarray, rows: np.ndarray
+) -> None:
+    """Record the patients in ``mask`` (whole patients) as left out for ``reason``."""
+    if not mask.any():
         return
     exclusions.append(
         Exclusion(
             reason=reason,
-            rows=int(rows_per_patient.reindex(ids).fillna(0).sum()),
-            patients=len(ids),
-            patients_removed=len(ids),
-            examples=tuple(str(i) for i in ids[:5]),
+            rows=int(rows[mask].sum()),
+            patients=int(mask.sum()),
+            patients_removed=int(mask.sum()),
+            examples=tuple(str(p) for p in patients[mask][:5]),
         )
     )
 
 
-def _single_patient_warning(n_patients: pd.Series, level: str) -> list[str]:
+def _single_patient_warning(n_patients: np.ndarray, level: str) -> list[str]:
     singles = int((n_patients == 1).sum())
     if not singles:
         return []
@@ -294,8 +326,8 @@ def _single_patient_warning(n_patients: pd.Series, level: str) -> list[str]:
     ]
 
 
-def _check_enough(table: pd.DataFrame, data: ValidatedData, level: str, exclusions: list[Exclusion]) -> None:
-    n_t = table["therapist"].nunique()
+def _check_enough(n_per_therapist: np.ndarray, data: ValidatedData, level: str, exclusions: list[Exclusion]) -> None:
+    n_t = int((n_per_therapist > 0).sum())
     lost = sum(e.patients_removed for e in exclusions)
     if n_t < 3:
         raise InputError(
@@ -303,13 +335,42 @@ def _check_enough(table: pd.DataFrame, data: ValidatedData, level: str, exclusio
             f"{n_t} therapist(s) remain for the {level}-level design; at least 3 are needed "
             "(check the exclusions: missing outcome or process values)"
         )
-    per = table.groupby("therapist")["patient"].nunique()
-    if level == "patient" and (per >= 2).sum() == 0:
+    if level == "patient" and (n_per_therapist >= 2).sum() == 0:
         raise InputError(
             f"{data.source}: every therapist has a single analysed patient, so nothing varies "
             "within therapists; the patient-level design needs therapists with two or more "
             "patients"
         )
+
+
+class _Sessions:
+    """The validated sessions as numpy arrays ordered by patient and time."""
+
+    def __init__(self, data: ValidatedData) -> None:
+        s = data.sessions
+        pcode, patients = pd.factorize(s["patient"].to_numpy(), sort=True)
+        time = s["time"].to_numpy(float)
+        order = np.lexsort((time, pcode))
+        self.order = order
+        self.pcode = pcode[order]
+        self.patients = np.asarray(patients, dtype=object)
+        self.n = len(self.patients)
+        self.time = time[order]
+        self.therapist = s["therapist"].to_numpy(dtype=object)[order]
+        self.row = s["row"].to_numpy()[order] if "row" in s else np.arange(len(s))[order] + 2
+        self.frame = s
+        self.rows_per_patient = np.bincount(self.pcode, minlength=self.n)
+        first, _ = _first_last(self.pcode, np.ones(len(order), dtype=bool), self.n)
+        self.therapist_of = self.therapist[first]
+
+    def column(self, name: str) -> np.ndarray:
+        return self.frame[name].to_numpy(float)[self.order]
+
+    def first_value(self, name: str) -> np.ndarray:
+        """The patient's first non-missing value of ``name`` (NaN if none)."""
+        x = self.column(name)
+        first, _ = _first_last(self.pcode, ~np.isnan(x), self.n)
+        return _take(x, first)
 
 
 # ----------------------------------------------------------------------- patient level
@@ -326,96 +387,115 @@ def patient_level(data: ValidatedData, config: StudyConfig | None = None) -> Pat
     """
     config = config or data.config
     design = config.design
-    s = data.sessions
     processes, covariates = data.processes, data.covariates
-    rows_per_patient = s.groupby("patient").size()
-    therapist_of = s.groupby("patient")["therapist"].first()
+    S = _Sessions(data)
+    n, pc, t = S.n, S.pcode, S.time
 
-    y = s.loc[s["outcome"].notna(), ["patient", "time", "outcome"]]
-    g = y.groupby("patient")
-    pt = pd.DataFrame({"therapist": therapist_of})
-    pt["n_outcome"] = g.size().reindex(pt.index).fillna(0).astype(int)
-    pt["time_baseline"] = g["time"].first()
-    pt["time_final"] = g["time"].last()
-    pt["baseline"] = g["outcome"].first()
-    pt["final"] = g["outcome"].last()
-    pt["change"] = pt["final"] - pt["baseline"]
-    t_c = y["time"] - g["time"].transform("mean")
-    y_c = y["outcome"] - g["outcome"].transform("mean")
-    sxy = (t_c * y_c).groupby(y["patient"]).sum()
-    sxx = (t_c * t_c).groupby(y["patient"]).sum()
-    pt["slope"] = (sxy / sxx.where(sxx > 0)).reindex(pt.index)
+    y = S.column("outcome")
+    ym = ~np.isnan(y)
+    n_out = np.bincount(pc[ym], minlength=n)
+    first, last = _first_last(pc, ym, n)
+    cols: dict[str, np.ndarray] = {
+        "therapist": S.therapist_of,
+        "patient": S.patients,
+        "n_outcome": n_out,
+        "time_baseline": _take(t, first),
+        "time_final": _take(t, last),
+        "baseline": _take(y, first),
+        "final": _take(y, last),
+    }
+    cols["change"] = cols["final"] - cols["baseline"]
+    tm = _group_mean(pc[ym], t[ym], n)
+    ymean = _group_mean(pc[ym], y[ym], n)
+    dt = t[ym] - tm[pc[ym]]
+    sxy = np.bincount(pc[ym], weights=dt * (y[ym] - ymean[pc[ym]]), minlength=n)
+    sxx = np.bincount(pc[ym], weights=dt * dt, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cols["slope"] = np.where(sxx > 0, sxy / np.where(sxx > 0, sxx, 1.0), np.nan)
     for c in covariates:
-        pt[c] = s.groupby("patient")[c].first()
-
-    weights = {}
+        cols[c] = S.first_value(c)
+    k = design.process_sessions
     for p in processes:
-        r = s.loc[s[p].notna(), ["patient", "time", p]]
-        if design.process_sessions > 0:
-            r = r.groupby("patient", sort=False).head(design.process_sessions)
-        gp = r.groupby("patient")[p]
-        pt[p] = gp.mean()
-        pt[f"{p}_n"] = gp.size().reindex(pt.index).fillna(0).astype(int)
-        weights[p] = pt[f"{p}_n"]
+        x = S.column(p)
+        xm = ~np.isnan(x)
+        if k > 0:
+            idx = np.flatnonzero(xm)
+            c = pc[idx]
+            start = np.r_[0, np.flatnonzero(c[1:] != c[:-1]) + 1]
+            group_start = np.repeat(start, np.diff(np.r_[start, len(idx)]))
+            xm[idx[(np.arange(len(idx)) - group_start) >= k]] = False
+        cnt = np.bincount(pc[xm], minlength=n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cols[p] = np.bincount(pc[xm], weights=x[xm], minlength=n) / cnt
+        cols[f"{p}_n"] = cnt
 
     exclusions = list(data.exclusions)
-    keep = pd.Series(True, index=pt.index)
-    few = keep & (pt["n_outcome"] < 2)
-    _add_exclusion(
+    keep = np.ones(n, dtype=bool)
+    few = n_out < 2
+    _patient_exclusion(
         exclusions,
         few,
         "fewer than two outcome assessments (no change can be computed)",
-        rows_per_patient,
+        S.patients,
+        S.rows_per_patient,
     )
     keep &= ~few
-    window = f" in the first {design.process_sessions} ratings" if design.process_sessions else ""
+    window = f" in the first {k} ratings" if k else ""
     for p in processes:
-        miss = keep & pt[p].isna()
-        _add_exclusion(exclusions, miss, f"no {data.labels.get(p, p)} rating{window}", rows_per_patient)
+        miss = keep & np.isnan(cols[p])
+        _patient_exclusion(
+            exclusions, miss, f"no {data.labels.get(p, p)} rating{window}", S.patients, S.rows_per_patient
+        )
         keep &= ~miss
     for c in covariates:
-        miss = keep & pt[c].isna()
-        _add_exclusion(exclusions, miss, f"covariate {data.labels.get(c, c)} missing", rows_per_patient)
-        keep &= ~miss
-    pt = pt.loc[keep].copy()
-    pt.index.name = "patient"
-    pt = pt.reset_index()
-    _check_enough(pt, data, "patient", exclusions)
-
-    w = pd.DataFrame({p: pt[f"{p}_n"] for p in processes})
-    means = _caseload_means(pt, w if design.caseload_weighting == "session" else None, processes)
-    for p in processes:
-        xbar_j = pt["therapist"].map(means[p])
-        grand = float(means[p].mean())
-        pt[f"{p}_caseload_mean"] = xbar_j
-        pt[f"{p}_within"] = pt[p] - xbar_j
-        pt[f"{p}_between"] = xbar_j - grand
-    pt["n_patients"] = pt.groupby("therapist")["patient"].transform("size").astype(int)
-    pt = pt.sort_values(["therapist", "patient"], kind="stable").reset_index(drop=True)
-
-    rel, rel_sum, warnings = reliability_table(pt, processes, data.labels)
-    n_pat = pt.groupby("therapist").size()
-    warnings += _single_patient_warning(n_pat, "patient")
-    dropped_t = sorted(set(s["therapist"]) - set(pt["therapist"]))
-    if dropped_t:
-        warnings.append(
-            f"{len(dropped_t)} therapist(s) have no analysed patient left and are not in the "
-            f"analysis ({', '.join(dropped_t[:5])}{', ...' if len(dropped_t) > 5 else ''})."
+        miss = keep & np.isnan(cols[c])
+        _patient_exclusion(
+            exclusions, miss, f"covariate {data.labels.get(c, c)} missing", S.patients, S.rows_per_patient
         )
+        keep &= ~miss
+
+    tcode, therapists = pd.factorize(S.therapist_of[keep], sort=True)
+    J = len(therapists)
+    order = np.lexsort((np.flatnonzero(keep), tcode))  # therapist, then patient id
+    tcode = tcode[order]
+    kept = {name: np.asarray(v)[keep][order] for name, v in cols.items()}
+    n_per = np.bincount(tcode, minlength=J)
+    _check_enough(n_per, data, "patient", exclusions)
+
+    table = pd.DataFrame(kept)
+    weighted = design.caseload_weighting == "session"
     for p in processes:
-        if float(pt[f"{p}_within"].abs().max()) == 0.0:
+        x = kept[p]
+        xbar_j = _group_mean(tcode, x, J, kept[f"{p}_n"].astype(float) if weighted else None)
+        grand = float(xbar_j.mean())
+        table[f"{p}_caseload_mean"] = xbar_j[tcode]
+        table[f"{p}_within"] = x - xbar_j[tcode]
+        table[f"{p}_between"] = xbar_j[tcode] - grand
+        if float(np.abs(table[f"{p}_within"]).max()) == 0.0:
             raise InputError(
                 f"{data.source}: process {data.labels.get(p, p)!r} has the same score for all "
                 "patients of each therapist; its within-therapist effect cannot be estimated"
             )
+    table["n_patients"] = n_per[tcode]
+    for name in ("n_outcome", *(f"{p}_n" for p in processes)):
+        table[name] = table[name].astype(int)
+
+    rel, rel_sum, warnings = reliability_table(table, processes, data.labels)
+    warnings += _single_patient_warning(n_per, "patient")
+    dropped_t = sorted(set(S.therapist_of) - set(therapists))
+    if dropped_t:
+        warnings.append(
+            f"{len(dropped_t)} therapist(s) have no analysed patient left and are not in the "
+            f"analysis ({', '.join(map(str, dropped_t[:5]))}{', ...' if len(dropped_t) > 5 else ''})."
+        )
     response = {"residualized": "final", "slope": "slope", "post_minus_pre": "change"}[design.change]
     counts = {
-        "therapists": int(pt["therapist"].nunique()),
-        "patients": len(pt),
-        "assessments": int(rows_per_patient.reindex(pt["patient"]).sum()),
+        "therapists": J,
+        "patients": len(table),
+        "assessments": int(S.rows_per_patient[keep].sum()),
     }
     return PatientTable(
-        table=pt,
+        table=table,
         response=response,
         adjust_for=("baseline",) if design.change == "residualized" else (),
         processes=processes,
@@ -448,89 +528,122 @@ def session_level(data: ValidatedData, config: StudyConfig | None = None) -> Ses
     """
     config = config or data.config
     design = config.design
-    s = data.sessions
     processes, covariates = data.processes, data.covariates
-    rows_per_patient = s.groupby("patient").size()
+    S = _Sessions(data)
+    n, pc = S.n, S.pcode
 
-    occ = s.loc[s["outcome"].notna()].copy()
-    occ = occ.sort_values(["therapist", "patient", "time"], kind="stable")
-    nxt = occ.groupby("patient")[["time", "outcome"]].shift(-1)
-    occ["time_next"] = nxt["time"]
-    occ["outcome_next"] = nxt["outcome"]
-    for c in covariates:
-        occ[c] = occ["patient"].map(s.groupby("patient")[c].first())
-
+    y = S.column("outcome")
+    occ = np.flatnonzero(~np.isnan(y))
+    n_occ = np.bincount(pc[occ], minlength=n)
     exclusions = list(data.exclusions)
-    n_occ = occ.groupby("patient").size().reindex(rows_per_patient.index).fillna(0)
-    few = n_occ < 2
-    _add_exclusion(exclusions, few, "fewer than two outcome assessments (no lagged pair)", rows_per_patient)
-    lag = occ.loc[occ["outcome_next"].notna()].copy()
-    patients_before = set(lag["patient"])
-    for p in processes:
-        miss = lag[p].isna()
-        if miss.any():
-            exclusions.append(
-                Exclusion(
-                    reason=f"no {data.labels.get(p, p)} rating at the assessment that predicts the next outcome",
-                    rows=int(miss.sum()),
-                    patients=int(lag.loc[miss, "patient"].nunique()),
-                    patients_removed=len(patients_before - set(lag.loc[~miss, "patient"])),
-                    examples=tuple(int(r) for r in lag.loc[miss, "row"].to_numpy()[:5]),
-                )
+    _patient_exclusion(
+        exclusions,
+        n_occ < 2,
+        "fewer than two outcome assessments (no lagged pair)",
+        S.patients,
+        S.rows_per_patient,
+    )
+    has_next = np.r_[pc[occ][1:] == pc[occ][:-1], False]
+    cur, nxt = occ[has_next], occ[np.flatnonzero(has_next) + 1]
+    keep = np.ones(len(cur), dtype=bool)
+    process_values = {p: S.column(p)[cur] for p in processes}
+    cov_values = {c: S.first_value(c)[pc[cur]] for c in covariates}
+
+    def drop_rows(miss: np.ndarray, reason: str, patient_examples: bool = False) -> None:
+        nonlocal keep
+        miss = keep & miss
+        if not miss.any():
+            return
+        before = set(pc[cur][keep])
+        after = set(pc[cur][keep & ~miss])
+        touched = pc[cur][miss]
+        examples = (
+            tuple(str(S.patients[i]) for i in np.unique(touched)[:5])
+            if patient_examples
+            else tuple(int(r) for r in S.row[cur][miss][:5])
+        )
+        exclusions.append(
+            Exclusion(
+                reason=reason,
+                rows=int(miss.sum()),
+                patients=len(np.unique(touched)),
+                patients_removed=len(before - after),
+                examples=examples,
             )
-            lag = lag.loc[~miss]
-            patients_before = set(lag["patient"])
+        )
+        keep &= ~miss
+
+    for p in processes:
+        drop_rows(
+            np.isnan(process_values[p]),
+            f"no {data.labels.get(p, p)} rating at the assessment that predicts the next outcome",
+        )
     for c in covariates:
-        miss = lag[c].isna()
-        if miss.any():
-            exclusions.append(
-                Exclusion(
-                    reason=f"covariate {data.labels.get(c, c)} missing",
-                    rows=int(miss.sum()),
-                    patients=int(lag.loc[miss, "patient"].nunique()),
-                    patients_removed=int(lag.loc[miss, "patient"].nunique()),
-                    examples=tuple(str(i) for i in lag.loc[miss, "patient"].unique()[:5]),
-                )
-            )
-            lag = lag.loc[~miss]
-    keep_cols = ["therapist", "patient", "row", "time", "time_next", "outcome", "outcome_next"]
-    lag = lag[keep_cols + list(covariates) + list(processes)].reset_index(drop=True)
-    lag.insert(lag.columns.get_loc("time_next") + 1, "gap", lag["time_next"] - lag["time"])
-    _check_enough(lag, data, "session", exclusions)
+        drop_rows(np.isnan(cov_values[c]), f"covariate {data.labels.get(c, c)} missing", True)
+    cur, nxt = cur[keep], nxt[keep]
+    process_values = {p: v[keep] for p, v in process_values.items()}
+    cov_values = {c: v[keep] for c, v in cov_values.items()}
 
-    lag["n_lags"] = lag.groupby("patient")["patient"].transform("size").astype(int)
-    pm = lag.groupby("patient")[list(processes)].mean()
-    pm["therapist"] = lag.groupby("patient")["therapist"].first()
-    pm = pm.reset_index()
-    w = None
-    if design.caseload_weighting == "session":
-        nl = lag.groupby("patient").size()
-        w = pd.DataFrame({p: pm["patient"].map(nl) for p in processes})
-    means = _caseload_means(pm, w, processes)
+    row_p = pc[cur]
+    pcode_l, pat_index = pd.factorize(row_p, sort=True)  # analysed patients
+    n_pat = len(pat_index)
+    pat_ther = S.therapist_of[np.asarray(pat_index, dtype=int)]
+    tcode_p, therapists = pd.factorize(pat_ther, sort=True)
+    J = len(therapists)
+    tcode_r = tcode_p[pcode_l]
+    n_per = np.bincount(tcode_p, minlength=J)
+    _check_enough(n_per, data, "session", exclusions)
+
+    table = pd.DataFrame(
+        {
+            "therapist": S.therapist[cur],
+            "patient": S.patients[row_p],
+            "row": S.row[cur],
+            "time": S.time[cur],
+            "time_next": S.time[nxt],
+        }
+    )
+    table["gap"] = table["time_next"] - table["time"]
+    table["outcome"] = y[cur]
+    table["outcome_next"] = y[nxt]
+    for c in covariates:
+        table[c] = cov_values[c]
+    n_lags = np.bincount(pcode_l, minlength=n_pat)
+    weighted = design.caseload_weighting == "session"
+    pm_frame = {"therapist": pat_ther}
     for p in processes:
-        xbar_ij = lag["patient"].map(pm.set_index("patient")[p])
-        xbar_j = lag["therapist"].map(means[p])
-        grand = float(means[p].mean())
-        lag[f"{p}_within_patient"] = lag[p] - xbar_ij
-        lag[f"{p}_between_patient"] = xbar_ij - xbar_j
-        lag[f"{p}_between_therapist"] = xbar_j - grand
-        lag[f"{p}_patient_mean"] = xbar_ij
-        lag[f"{p}_caseload_mean"] = xbar_j
-    lag["n_patients"] = lag["therapist"].map(pm.groupby("therapist").size()).astype(int)
+        x = process_values[p]
+        xbar_i = _group_mean(pcode_l, x, n_pat)
+        if weighted:
+            xbar_j = _group_mean(tcode_p, xbar_i, J, n_lags.astype(float))
+        else:
+            xbar_j = _group_mean(tcode_p, xbar_i, J)
+        grand = float(xbar_j.mean())
+        table[p] = x
+        table[f"{p}_within_patient"] = x - xbar_i[pcode_l]
+        table[f"{p}_between_patient"] = xbar_i[pcode_l] - xbar_j[tcode_r]
+        table[f"{p}_between_therapist"] = xbar_j[tcode_r] - grand
+        table[f"{p}_patient_mean"] = xbar_i[pcode_l]
+        table[f"{p}_caseload_mean"] = xbar_j[tcode_r]
+        pm_frame[p] = xbar_i
+    table["n_lags"] = n_lags[pcode_l]
+    table["n_patients"] = n_per[tcode_r]
+    order = np.lexsort((table["time"].to_numpy(), pcode_l, tcode_r))
+    table = table.iloc[order].reset_index(drop=True)
 
-    rel, rel_sum, warnings = reliability_table(pm, processes, data.labels)
-    warnings += _single_patient_warning(pm.groupby("therapist").size(), "session")
-    singles = int((pm["patient"].map(lag.groupby("patient").size()) == 1).sum())
+    rel, rel_sum, warnings = reliability_table(pd.DataFrame(pm_frame), processes, data.labels)
+    warnings += _single_patient_warning(n_per, "session")
+    singles = int((n_lags == 1).sum())
     if singles:
         warnings.append(f"{singles} patient(s) have a single lagged pair: their within-patient component is 0.")
     counts = {
-        "therapists": int(lag["therapist"].nunique()),
-        "patients": int(lag["patient"].nunique()),
-        "lagged_rows": len(lag),
-        "assessments": int(rows_per_patient.reindex(lag["patient"].unique()).sum()),
+        "therapists": J,
+        "patients": n_pat,
+        "lagged_rows": len(table),
+        "assessments": int(S.rows_per_patient[np.asarray(pat_index, dtype=int)].sum()),
     }
     return SessionTable(
-        table=lag,
+        table=table,
         response="outcome_next",
         lagged_outcome="outcome",
         processes=processes,

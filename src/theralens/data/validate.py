@@ -190,9 +190,16 @@ def _show(values: list[Any], limit: int = 3) -> str:
 
 
 def _as_text(series: pd.Series) -> pd.Series:
-    """Text view with blanks and common missing-value tokens as NA."""
-    s = series.astype("string").str.strip()
-    return s.mask(s.str.lower().isin(_MISSING_TOKENS))
+    """Text view (object dtype) with blanks and common missing-value tokens as None."""
+    arr = series.to_numpy(dtype=object)
+    missing = pd.isna(arr)
+    out = np.empty(len(arr), dtype=object)
+    for i, (v, m) in enumerate(zip(arr, missing, strict=True)):
+        if not m:
+            t = str(v).strip()
+            if t.lower() not in _MISSING_TOKENS:
+                out[i] = t
+    return pd.Series(out, index=series.index, dtype=object)
 
 
 def _normalize_ids(series: pd.Series) -> pd.Series:
@@ -507,7 +514,9 @@ def validate_sessions(
     # blank lines (all used cells empty) are not data
     blank = np.ones(len(frame), dtype=bool)
     for c in used:
-        blank &= _as_text(frame[c]).isna().to_numpy()
+        col = frame[c]
+        numeric = pd.api.types.is_numeric_dtype(col) or pd.api.types.is_datetime64_any_dtype(col)
+        blank &= col.isna().to_numpy() if numeric else _as_text(col).isna().to_numpy()
     rows_read = int((~blank).sum())
     frame, rows = frame.loc[~blank].reset_index(drop=True), rows[~blank]
     if len(frame) == 0:
@@ -548,6 +557,12 @@ def validate_sessions(
             raise InputError(
                 f"{where}: column {labels[name]!r} has no values (every cell is empty); "
                 "check that the config names the right column"
+            )
+    for name in covariates:
+        if out[name].nunique(dropna=True) < 2:
+            raise InputError(
+                f"{where}: covariate column {labels[name]!r} has the same value in every row; "
+                "it cannot adjust for anything, remove it from [columns] covariates"
             )
     if out["time"].isna().all() and dates is None:
         raise InputError(
@@ -603,8 +618,8 @@ def validate_sessions(
         if config.design.level == "session":
             fix = (
                 "the session-level (lagged) design needs at least two outcome assessments per "
-                'patient; use [design] level = "patient" only if you have baseline and final '
-                "scores, or add the repeated assessments"
+                "patient: check that the column holds the repeated outcome, or add the "
+                "repeated assessments"
             )
         else:
             fix = "a change needs a baseline and a later outcome assessment for each patient"
@@ -638,11 +653,14 @@ def validate_sessions(
 
 
 def _check_one_therapist(out: pd.DataFrame, where: str, patient_col: str) -> None:
-    per = out.groupby("patient")["therapist"].nunique()
-    moved = per[per > 1]
-    if moved.empty:
+    pcode, patients = pd.factorize(out["patient"].to_numpy())
+    tcode, _ = pd.factorize(out["therapist"].to_numpy())
+    pairs = np.unique(pcode.astype(np.int64) * (int(tcode.max()) + 1) + tcode)
+    per = np.bincount(pairs // (int(tcode.max()) + 1), minlength=len(patients))
+    moved = np.flatnonzero(per > 1)
+    if len(moved) == 0:
         return
-    pid = moved.index[0]
+    pid = patients[moved[0]]
     sub = out[out["patient"] == pid]
     parts = []
     for tid, grp in sub.groupby("therapist", sort=False):
@@ -672,16 +690,22 @@ def _check_duplicates(out: pd.DataFrame, where: str, time_col: str, dates: bool)
 
 
 def _check_within_variance(out: pd.DataFrame, name: str, label: str, where: str) -> None:
-    values = out[["therapist", name]].dropna()
-    if values[name].nunique() < 2:
+    x = out[name].to_numpy(float)
+    ok = ~np.isnan(x)
+    x = x[ok]
+    if len(x) == 0 or x.min() == x.max():
         raise InputError(
             f"{where}: process column {label!r} has the same value in every row; "
             "a process without variance cannot predict the outcome; "
             "remove it from [columns] process"
         )
-    centred = values[name] - values.groupby("therapist")[name].transform("mean")
-    scale = max(float(values[name].abs().max()), 1.0)
-    if float((centred**2).max()) <= (1e-12 * scale) ** 2:
+    codes, therapists = pd.factorize(out["therapist"].to_numpy()[ok])
+    n = len(therapists)
+    lo = np.full(n, np.inf)
+    hi = np.full(n, -np.inf)
+    np.minimum.at(lo, codes, x)
+    np.maximum.at(hi, codes, x)
+    if float((hi - lo).max()) <= 1e-12 * max(float(np.abs(x).max()), 1.0):
         raise InputError(
             f"{where}: process column {label!r} does not vary within therapists (each therapist "
             "has one value); it is a therapist characteristic: put it in the therapist table "

@@ -200,14 +200,9 @@ class StudyResult:
         return _clean(doc)
 
     def _exclusions(self) -> list[dict[str, Any]]:
-        """Exclusions; patient ids among the examples only when ``show_patient_ids`` is set."""
-        out = []
-        for e in self.table.exclusions:
-            d = e.to_dict()
-            if not self.config.report.show_patient_ids:
-                d["examples"] = [x for x in d["examples"] if isinstance(x, int)]
-            out.append(d)
-        return out
+        """Exclusions; their examples (row numbers or patient ids) only with ``show_patient_ids``."""
+        show = self.config.report.show_patient_ids
+        return [e.to_dict(examples=show) for e in self.table.exclusions]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
@@ -225,7 +220,8 @@ class StudyResult:
             "therapists.csv": self.therapists(),
             "reliability.csv": self.table.reliability_summary,
             "exclusions.csv": pd.DataFrame(self._exclusions(),
-                                           columns=["reason", "rows", "patients", "patients_removed", "examples"]),
+                                           columns=["reason", "rows", "patients", "patients_removed"]
+                                           + (["examples"] if self.config.report.show_patient_ids else [])),
         }
         for name, df in tables.items():
             written.append(write_text(out / "tables" / name, df.to_csv(index=False)))
