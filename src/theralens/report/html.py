@@ -1,0 +1,62 @@
+"""Write the study report: ``OUT/report.html`` and one ``OUT/therapists/<file>.html`` per
+therapist, linked both ways, plus ``OUT/tables/therapist_profiles.csv``.
+
+Every page is one self-contained file: figures inline as SVG, the stylesheet inline, no
+scripts, and a Content-Security-Policy that forbids loading anything. Numbers come from the
+same ``results.json`` document :meth:`StudyResult.write` saves; data values are escaped;
+patient identifiers never appear unless ``[report] show_patient_ids`` is set.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from theralens.atomic import prepare_dir, write_text
+from theralens.profiles import Profiles, build_profiles
+from theralens.report.formatting import key
+from theralens.report.page import page
+from theralens.report.profile_page import peer_context, profile_filename, profile_page
+from theralens.report.study import ReportContext, report_body
+
+if TYPE_CHECKING:  # pragma: no cover
+    from theralens.study.result import StudyResult
+
+__all__ = ["write_report"]
+
+_OUR_PAGE = re.compile(r"^[A-Za-z0-9_-]*-[0-9a-f]{10}\.html$")
+
+
+def write_report(result: StudyResult, out: str | Path, profiles: Profiles | None = None) -> list[Path]:
+    """Write ``report.html``, the therapist pages and ``tables/therapist_profiles.csv`` into
+    ``out`` (atomically, file by file); returns the paths written.
+
+    ``profiles`` defaults to :func:`theralens.profiles.build_profiles` of ``result``. Profile
+    pages left from an earlier run for therapists no longer in the data are removed.
+    """
+    out = prepare_dir(out)
+    doc = result.to_dict()
+    profiles = profiles if profiles is not None else build_profiles(result)
+    ctx = ReportContext(result=result, doc=doc, profiles=profiles)
+    written = [write_text(out / "report.html", page("theralens study report", report_body(ctx),
+                                                    description="theralens study report"))]
+
+    within = "within_therapist" if doc["design"] == "patient" else "within_patient"
+    avg_keys = {r["process"]: key("aim1", r["process"], within, "estimate") for r in doc["aim1"]
+                if r["component"] == within}
+    peers = peer_context(profiles, n_therapists=int(doc["n"]["therapists"] or 0),
+                         n_patients=int(doc["n"]["patients"] or 0), higher_outcome_is=str(doc["higher_outcome_is"]),
+                         average_slope_keys=avg_keys, version=str(doc["software"].get("theralens", "")))
+    folder = prepare_dir(out / "therapists")
+    names = set()
+    for t in profiles:
+        name = profile_filename(t.therapist)
+        names.add(name)
+        written.append(write_text(folder / name, profile_page(t, peers, profiles.min_caseload)))
+    for old in folder.glob("*.html"):
+        if old.name not in names and _OUR_PAGE.match(old.name):
+            old.unlink(missing_ok=True)
+    frame = profiles.to_frame()
+    written.append(write_text(out / "tables" / "therapist_profiles.csv", frame.to_csv(index=False)))
+    return written

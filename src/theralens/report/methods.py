@@ -1,0 +1,150 @@
+"""The auto-written methods paragraph: states exactly the options a study result used
+(design, change score, process scoring, caseload weighting, moderators, estimation, tests,
+decomposition, software), so it can go into a paper as written.
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from typing import Any
+
+from theralens.report.formatting import esc
+
+__all__ = ["REFERENCES", "methods_paragraphs", "software_versions"]
+
+REFERENCES = [
+    "Bates, D., M\u00e4chler, M., Bolker, B., & Walker, S. (2015). Fitting linear mixed-effects models using lme4. "
+    "<em>Journal of Statistical Software, 67</em>(1), 1\u201348. doi:10.18637/jss.v067.i01",
+    "Coyne, A. E., Constantino, M. J., Boswell, J. F., & Kraus, D. R. (2022). Therapist-level moderation of within- "
+    "and between-therapist process-outcome associations. <em>Journal of Consulting and Clinical Psychology, 90</em>"
+    "(1), 75\u201389. doi:10.1037/ccp0000676",
+    "Kuznetsova, A., Brockhoff, P. B., & Christensen, R. H. B. (2017). lmerTest package: Tests in linear mixed effects "
+    "models. <em>Journal of Statistical Software, 82</em>(13), 1\u201326. doi:10.18637/jss.v082.i13",
+    "L\u00fcdtke, O., Marsh, H. W., Robitzsch, A., Trautwein, U., Asparouhov, T., & Muth\u00e9n, B. (2008). "
+    "The multilevel latent covariate model. <em>Psychological Methods, 13</em>(3), 203\u2013229. doi:10.1037/a0012869",
+    "Mathieu, J. E., Aguinis, H., Culpepper, S. A., & Chen, G. (2012). Understanding and estimating the power to "
+    "detect cross-level interaction effects in multilevel modeling. <em>Journal of Applied Psychology, 97</em>(5), "
+    "951\u2013966. doi:10.1037/a0028380",
+    "Okabe, M., & Ito, K. (2008). <em>Color universal design (CUD): How to make figures and presentations that are "
+    "friendly to colorblind people</em>.",
+    "Satterthwaite, F. E. (1946). An approximate distribution of estimates of variance components. "
+    "<em>Biometrics Bulletin, 2</em>(6), 110\u2013114. doi:10.2307/3002019",
+    "Self, S. G., & Liang, K.-Y. (1987). Asymptotic properties of maximum likelihood estimators and likelihood ratio "
+    "tests under nonstandard conditions. <em>Journal of the American Statistical Association, 82</em>(398), "
+    "605\u2013610. doi:10.1080/01621459.1987.10478472",
+    "Stram, D. O., & Lee, J. W. (1994). Variance components testing in the longitudinal mixed effects model. "
+    "<em>Biometrics, 50</em>(4), 1171\u20131177. doi:10.2307/2533455",
+]
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of theralens, Python and the numerical libraries used."""
+    out = {"theralens": "unknown", "Python": platform.python_version()}
+    for name in ("theralens", "numpy", "scipy", "pandas", "formulaic", "nlopt", "matplotlib"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _list(items: list[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def methods_paragraphs(doc: dict[str, Any], processes: list[str], moderators: list[str],
+                       min_caseload: int, draws: int, seed: int) -> list[str]:
+    """Paragraphs (HTML, data values escaped) describing exactly what was done.
+
+    ``doc`` is the ``results.json`` document; ``processes`` and ``moderators`` the names as
+    the user gave them."""
+    opt = doc["options"]
+    design = opt["design"]
+    cols = opt["columns"]
+    n = doc["n"]
+    procs = _list([f"<em>{esc(p)}</em>" for p in processes])
+    worse = cols.get("higher_outcome_is", "worse") == "worse"
+    direction = ("Higher outcome scores mean more impairment, so a negative coefficient means more improvement."
+                 if worse else "Higher outcome scores mean better functioning, so a positive coefficient means more "
+                               "improvement.")
+    k = int(design.get("process_sessions", 0) or 0)
+    scoring = ("the mean of all of the patient's ratings" if k == 0
+               else f"the mean of the patient's first {k} rating{'s' if k != 1 else ''}")
+    weighting = ("each patient weighing once" if design.get("caseload_weighting") == "patient"
+                 else "each rating weighing once (session weighting)")
+    covs = [esc(c) for c in cols.get("covariates", [])]
+    cov_text = f" Patient covariates: {_list(covs)} (value at the first assessment)." if covs else ""
+    excl = sum(int(e.get("patients_removed", 0)) for e in n.get("exclusions", []))
+    paras = []
+    data = (f"The analysis included {n['therapists']} therapists, {n['patients']} patients and {n['assessments']} "
+            f"assessments after exclusions ({excl} patient{'s' if excl != 1 else ''} removed; reasons in the data "
+            f"section). The process{'es' if len(processes) != 1 else ''} {procs} "
+            f"{'were' if len(processes) != 1 else 'was'} modelled jointly. {direction}{cov_text}")
+    paras.append(data)
+    if doc["design"] == "patient":
+        change = {
+            "residualized": "residualized change (the patient's final outcome score, with the baseline score as a "
+                            "covariate)",
+            "slope": "the patient's ordinary least-squares slope of the outcome over time",
+            "post_minus_pre": "post minus pre (final minus baseline outcome score)",
+        }.get(design.get("change"), esc(design.get("change")))
+        paras.append(
+            "We used the patient-level design of Coyne et al. (2022). The outcome of each patient was "
+            f"{change}. Each patient's process score was {scoring}. Following the observed (manifest) decomposition, "
+            "each process score was split into a within-therapist component (the patient's score minus the "
+            "therapist's caseload mean) and a between-therapist component (the caseload mean minus the mean of all "
+            f"therapists' caseload means), with caseload means computed over patients, {weighting}. No latent "
+            "(multilevel SEM) correction was applied, so between-therapist and cross-level effects may be biased "
+            "toward zero when caseload means are unreliable (L\u00fcdtke et al., 2008); the reliability of the "
+            "therapist means is reported.")
+        model = ("Aims 1 and 2 were estimated in one linear mixed model with the within- and between-therapist "
+                 "components of every process as fixed effects, a random intercept for therapists and therapist-level "
+                 "random slopes for the within-therapist component of every process (unstructured covariance).")
+    else:
+        paras.append(
+            "We used a session-level (lagged) design: the outcome at each assessment was predicted from the "
+            "outcome at the previous assessment, time, and the process rated at the previous assessment, split "
+            "(observed decomposition) into a within-patient component (rating minus the patient's mean), a "
+            "between-patient, within-therapist component (patient mean minus the therapist's caseload mean) and a "
+            f"between-therapist component (caseload mean minus the mean of all caseload means), {weighting}. No "
+            "latent (multilevel SEM) correction was applied (L\u00fcdtke et al., 2008).")
+        model = ("Aims 1 and 2 were estimated in one linear mixed model with all components of every process as "
+                 "fixed effects, a random intercept for therapists, therapist-level random slopes for the "
+                 "within-patient component of every process (unstructured covariance), and a random intercept for "
+                 "patients nested in therapists.")
+    joint = opt.get("therapist_moderators", {}).get("joint", False)
+    if moderators:
+        mods = _list([f"<em>{esc(m)}</em>" for m in moderators])
+        mod_text = (f" For aim 3, the therapist characteristics {mods} were centred at their mean over therapists and "
+                    "entered " + ("together in one model" if joint else "one at a time") + ", each as a main effect "
+                    "and in interaction with the within component (cross-level moderation of the within slope) and "
+                    "the between-therapist component (moderation of the between-therapist association) of every "
+                    "process.")
+    else:
+        mod_text = " No therapist characteristics were given, so aim 3 was not estimated."
+    paras.append(
+        f"{model} Models were fitted by restricted maximum likelihood (REML) with theralens' nested mixed-model "
+        "engine (the lme4 formulation; Bates et al., 2015); fixed effects were tested with t-tests using "
+        "Satterthwaite's (1946) degrees of freedom, as in lmerTest (Kuznetsova et al., 2017), with 95% confidence "
+        "intervals from the same t distribution. For aim 2, each therapist-level slope variance was tested by a REML "
+        "likelihood-ratio test against the model without that random slope (same fixed effects), referred to the "
+        "chi-bar-square mixture of chi-square distributions that applies to a variance on the boundary of its "
+        f"parameter space (Self & Liang, 1987; Stram & Lee, 1994).{mod_text} The ancillary analysis added the "
+        "product of the within and between-therapist components of every process (a within \u00d7 between "
+        "interaction) to the main model.")
+    paras.append(
+        "Therapist-specific slopes are the fixed slope plus the therapist's conditional mode (empirical Bayes "
+        "estimate) with its conditional standard deviation; the probability that a therapist's slope is stronger "
+        "than average is the normal probability of the conditional mode's sign in the benefit direction. Ranks "
+        f"among therapists and their 95% intervals come from {draws} joint draws of the therapists' conditional "
+        f"distributions (seed {seed}). Profiles classify a slope as a strength or growth area only when its whole "
+        "95% interval lies on one side of the average, and call therapists with fewer than "
+        f"{min_caseload} analysed patients too uncertain to interpret.")
+    v = software_versions()
+    soft = ", ".join(f"{esc(k)} {esc(x)}" for k, x in v.items() if k != "theralens")
+    paras.append(f"Software: theralens {esc(v.get('theralens', doc.get('software', {}).get('theralens', '')))} "
+                 f"({soft}); figures with the Okabe-Ito colour-blind-safe palette (Okabe & Ito, 2008).")
+    return paras

@@ -1,0 +1,684 @@
+"""The sections of ``report.html``, in the order of the study: data, decomposition and
+reliability, aims 1-3, the ancillary interaction, therapist profiles, model diagnostics and
+the methods.
+
+Every number that ``results.json`` holds is taken from that document (``doc``) and marked
+with its ``data-key``; figures and diagnostics come from the fitted models. Labels follow
+Coyne et al. (2022): "within-therapist" and "between-therapist" process-outcome associations.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from theralens.profiles import Profiles
+from theralens.report import figures
+from theralens.report.formatting import DASH, esc, is_missing, key, num
+from theralens.report.methods import REFERENCES, methods_paragraphs
+from theralens.report.page import table
+from theralens.report.profile_page import badge, profile_filename
+
+if TYPE_CHECKING:  # pragma: no cover
+    from theralens.study.result import StudyResult
+
+__all__ = ["COMPONENT_LABELS", "ReportContext", "report_body"]
+
+COMPONENT_LABELS = {
+    "within_therapist": "within-therapist association",
+    "between_therapist": "between-therapist association",
+    "within_patient": "within-patient association",
+    "between_patient": "between-patient (within-therapist) association",
+}
+TARGET_LABELS = {
+    "patient": {"within_slope": "within-therapist slope (cross-level interaction)",
+                "between_association": "between-therapist association"},
+    "session": {"within_slope": "within-patient slope (cross-level interaction)",
+                "between_association": "between-therapist association"},
+}
+
+
+@dataclass
+class ReportContext:
+    """What the sections draw on: the result, its ``results.json`` document, the profiles."""
+
+    result: StudyResult
+    doc: dict[str, Any]
+    profiles: Profiles
+    figures_made: int = 0
+    tables_made: int = 0
+
+    def figure_label(self) -> str:
+        """The next figure's label ("Figure 3")."""
+        self.figures_made += 1
+        return f"Figure {self.figures_made}"
+
+    def table_label(self) -> str:
+        """The next table's label ("Table 2")."""
+        self.tables_made += 1
+        return f"Table {self.tables_made}"
+
+    @property
+    def design(self) -> str:
+        return str(self.doc["design"])
+
+    @property
+    def benefit_sign(self) -> int:
+        return int(self.result.benefit_sign)
+
+    @property
+    def within(self) -> str:
+        return "within_therapist" if self.design == "patient" else "within_patient"
+
+    @property
+    def processes(self) -> list[str]:
+        return list(self.profiles.processes)
+
+
+def _fig(svg: figures.Svg, caption: str, fig_id: str) -> str:
+    return f'<figure id="{esc(fig_id)}">{svg.markup}<figcaption>{caption}</figcaption></figure>'
+
+
+def _est_ci(r: dict[str, Any], prefix: str) -> str:
+    return (f"b = {num(r['estimate'], key(prefix, 'estimate'))}, "
+            f"95% CI [{num(r['ci_low'], key(prefix, 'ci_low'))}, {num(r['ci_high'], key(prefix, 'ci_high'))}], "
+            f"p {_p_rel(r['p'])}{num(r['p'], key(prefix, 'p'), kind='p')}")
+
+
+def _p_rel(p: Any) -> str:
+    return "" if not is_missing(p) and float(p) < 0.001 else "= "
+
+
+def _clear(r: dict[str, Any]) -> bool | None:
+    """True if the 95% CI excludes 0."""
+    if is_missing(r.get("ci_low")) or is_missing(r.get("ci_high")):
+        return None
+    return float(r["ci_low"]) > 0 or float(r["ci_high"]) < 0
+
+
+# ----------------------------------------------------------------------------------- header
+def header(ctx: ReportContext) -> str:
+    doc = ctx.doc
+    n = doc["n"]
+    source = getattr(ctx.result.data, "source", "")
+    return (
+        '<header class="top"><h1>theralens study report</h1>'
+        '<p class="subtitle">Which therapist benefits from which therapy process: within- and between-therapist '
+        "process-outcome associations, therapist-specific slopes and their moderators (after Coyne, Constantino, "
+        "Boswell &amp; Kraus, 2022).</p>"
+        f'<p class="meta">Data: {esc(source)}. {num(n["therapists"], "n.therapists", kind="int")} therapists, '
+        f'{num(n["patients"], "n.patients", kind="int")} patients, '
+        f'{num(n["assessments"], "n.assessments", kind="int")} assessments. {esc(ctx.design.capitalize())}-level '
+        f"design; higher outcome is {esc(doc['higher_outcome_is'])}; {esc(doc['decomposition'])} decomposition; "
+        f"theralens {esc(doc['software'].get('theralens', ''))}.</p></header>"
+    )
+
+
+SECTIONS = [
+    ("glance", "At a glance"), ("data", "Data"), ("decomposition", "Decomposition and reliability"),
+    ("aim1", "Aim 1: within- and between-therapist associations"), ("aim2", "Aim 2: therapist slope variance"),
+    ("aim3", "Aim 3: therapist moderators"), ("ancillary", "Ancillary: within \u00d7 between interaction"),
+    ("profiles", "Therapist profiles"), ("diagnostics", "Model diagnostics"), ("methods", "Methods"),
+]
+
+
+def toc() -> str:
+    items = "".join(f'<li><a href="#{k}">{esc(t)}</a></li>' for k, t in SECTIONS)
+    return f'<nav class="toc" aria-label="Contents"><strong>Contents</strong><ol>{items}</ol></nav>'
+
+
+# ----------------------------------------------------------------------------------- glance
+def _aim1_sentence(ctx: ReportContext, r: dict[str, Any]) -> str:
+    p, comp = esc(r["process"]), r["component"]
+    prefix = key("aim1", r["process"], comp)
+    clear = _clear(r)
+    more = (float(r["estimate"]) * ctx.benefit_sign > 0) if not is_missing(r.get("estimate")) else None
+    amount = "more" if more else "less"
+    subject = {
+        "within_therapist": f"Within therapists, patients who rated {p} higher than the therapist's other patients",
+        "between_therapist": f"Between therapists, therapists whose caseloads rated {p} higher on average",
+        "within_patient": f"Within patients, assessments at which {p} was rated higher than the patient's own average",
+        "between_patient": f"Within therapists, patients with higher average {p}",
+    }.get(comp, f"{p} ({esc(comp)})")
+    verb = {"within_patient": "were followed by", "between_therapist": "had"}.get(comp, "showed")
+    what = "caseload-level improvement" if comp == "between_therapist" else "improvement"
+    if clear:
+        return f"{subject} {verb} {amount} {what} ({_est_ci(r, prefix)})."
+    return f"{subject}: no clear association with {what} ({_est_ci(r, prefix)}; the interval includes 0)."
+
+
+def glance(ctx: ReportContext) -> str:
+    doc = ctx.doc
+    items = [f"<li>{_aim1_sentence(ctx, r)}</li>" for r in doc["aim1"]]
+    n_ther = doc["n"]["therapists"]
+    for r in doc["aim2"]:
+        prefix = key("aim2", r["process"])
+        sig = not is_missing(r.get("p")) and float(r["p"]) < 0.05
+        verdict = ("Therapists differed in this slope." if sig else
+                   f"No detectable differences between therapists; with {n_ther} therapists this test has low power, "
+                   "so this is inconclusive rather than evidence that therapists do not differ.")
+        items.append(
+            f"<li>Therapist differences in the {esc(COMPONENT_LABELS[r['component']])} of {esc(r['process'])}: "
+            f"slope SD {num(r['slope_sd'], key(prefix, 'slope_sd'))}, likelihood-ratio "
+            f"\u03c7\u0304\u00b2 = {num(r['lrt_statistic'], key(prefix, 'lrt_statistic'))}, "
+            f"p {_p_rel(r['p'])}{num(r['p'], key(prefix, 'p'), kind='p')}. {verdict}</li>")
+    sig3 = [r for r in doc["aim3"] if not is_missing(r.get("p")) and float(r["p"]) < 0.05]
+    if doc["aim3"]:
+        if sig3:
+            for r in sig3:
+                items.append(f"<li>{_aim3_sentence(ctx, r)}</li>")
+            items.append(f"<li>{len(doc['aim3'])} moderator effects were tested without correction for multiple "
+                         f"testing; about {0.05 * len(doc['aim3']):.1f} would reach p &lt; .05 by chance alone.</li>")
+        else:
+            items.append(f"<li>None of the {len(doc['aim3'])} moderator effects reached p &lt; .05.</li>")
+    counts = ctx.profiles.category_counts()
+    for p in ctx.processes:
+        c = counts.loc[p]
+        items.append(
+            f"<li>Profiles for {esc(p)}: {int(c['strength'])} strength, {int(c['growth area'])} growth area, "
+            f"{int(c['not distinguishable from the average'])} not distinguishable from the average, "
+            f"{int(c['too uncertain to interpret'])} too uncertain to interpret.</li>")
+    warn = ""
+    if doc["warnings"]:
+        warn = ('<div class="box warn" id="warnings"><h3>Warnings</h3><ul>'
+                + "".join(f"<li>{esc(w)}</li>" for w in doc["warnings"]) + "</ul></div>")
+    return (f'<section id="glance"><h2>At a glance</h2><div class="box"><ul>{"".join(items)}</ul></div>{warn}'
+            "</section>")
+
+
+# ------------------------------------------------------------------------------------- data
+def data_section(ctx: ReportContext) -> str:
+    doc, res = ctx.doc, ctx.result
+    n = doc["n"]
+    caseloads = [int(t["n_patients"]) for t in doc["therapists"]]
+    minc = ctx.profiles.min_caseload
+    c = getattr(res.data, "counts", {}) or {}
+    arr = np.asarray(caseloads) if caseloads else np.asarray([0])
+    overview = table(
+        ["Quantity", "Value"],
+        [
+            ["Therapists analysed", num(n["therapists"], "n.therapists", kind="int")],
+            ["Patients analysed", num(n["patients"], "n.patients", kind="int")],
+            ["Assessments of analysed patients", num(n["assessments"], "n.assessments", kind="int")],
+            ["Patients per therapist: median (range)",
+             f"{float(np.median(arr)):g} ({int(arr.min())}\u2013{int(arr.max())})"],
+            ["Therapists with a single analysed patient", str(int((arr == 1).sum()))],
+            [f"Therapists with fewer than {minc} patients (profiles too uncertain)", str(int((arr < minc).sum()))],
+            ["Rows read / used", f"{c.get('rows_read', DASH)} / {c.get('rows_used', DASH)}"],
+        ],
+        caption=ctx.table_label(), title="Data overview", numeric=[False, True], table_id="table-data",
+    )
+    fig = figures.caseload_distribution(caseloads, minc)
+    parts = [f'<section id="data"><h2>Data</h2>{overview}',
+             _fig(fig, f"{ctx.figure_label()}. Number of therapists by analysed caseload. Grey bars: caseloads "
+                       f"below the minimum of {minc} patients for an interpretable profile.", "fig-caseload")]
+    # missing data
+    rows_used = c.get("rows_used")
+    miss_rows = []
+    if rows_used:
+        out_n = c.get("outcome_assessments")
+        if out_n is not None:
+            miss_rows.append(["outcome", str(out_n), f"{100 * (1 - out_n / rows_used):.1f}%"])
+        labels = res.table.labels
+        for p in res.terms.processes:
+            k = f"{p}_ratings"
+            if k in c:
+                miss_rows.append([esc(labels.get(p, p)), str(c[k]), f"{100 * (1 - c[k] / rows_used):.1f}%"])
+    if miss_rows:
+        parts.append(table(["Variable", "Observed rows", "Missing"], miss_rows, caption=ctx.table_label(),
+                           title=f"Missing values among the {rows_used} rows used",
+                           note="Every observed value is used; rows with a missing value are not dropped as a whole "
+                                "(maximum likelihood under missing at random).",
+                           numeric=[False, True, True], table_id="table-missing"))
+    ex = n.get("exclusions", [])
+    if ex:
+        show_ids = bool(res.config.report.show_patient_ids)
+        ex_rows = []
+        for i, e in enumerate(ex):
+            examples = ", ".join(esc(x) for x in e.get("examples", [])) or DASH
+            ex_rows.append([esc(e["reason"]), num(e["rows"], key("n", "exclusions", i, "rows"), kind="int"),
+                            num(e["patients"], key("n", "exclusions", i, "patients"), kind="int"),
+                            num(e["patients_removed"], key("n", "exclusions", i, "patients_removed"), kind="int"),
+                            examples])
+        parts.append(table(["Reason", "Rows", "Patients affected", "Patients removed", "Example rows"], ex_rows,
+                           caption=ctx.table_label(), title="Exclusions", numeric=[False, True, True, True, False],
+                           note="Nothing is dropped silently. " + (
+                               "Examples are row numbers of the input file." if not show_ids else
+                               "Examples are row numbers or patient ids ([report] show_patient_ids = true)."),
+                           table_id="table-exclusions"))
+    else:
+        parts.append("<p>No rows or patients were excluded.</p>")
+    if doc["notes"]:
+        parts.append("<h3>Notes on the data</h3><ul>" + "".join(f"<li>{esc(x)}</li>" for x in doc["notes"]) + "</ul>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------- decomposition
+def decomposition_section(ctx: ReportContext) -> str:
+    doc = ctx.doc
+    design = doc["options"]["design"]
+    if ctx.design == "patient":
+        formula = ("X<sub>ij</sub> = (X<sub>ij</sub> &minus; X&#772;<sub>j</sub>) [within-therapist] + "
+                   "(X&#772;<sub>j</sub> &minus; X&#772;) [between-therapist] + X&#772;")
+    else:
+        formula = ("X<sub>tij</sub> = (X<sub>tij</sub> &minus; X&#772;<sub>ij</sub>) [within-patient] + "
+                   "(X&#772;<sub>ij</sub> &minus; X&#772;<sub>j</sub>) [between-patient] + "
+                   "(X&#772;<sub>j</sub> &minus; X&#772;) [between-therapist] + X&#772;")
+    weighting = ("over patients (each patient weighs once)" if design.get("caseload_weighting") == "patient"
+                 else "over ratings (session weighting)")
+    rows = []
+    for r in doc["reliability"]:
+        pre = key("reliability", r["process"])
+        low = not is_missing(r.get("mean_reliability")) and float(r["mean_reliability"]) < 0.7
+        rows.append([esc(r["process"]), num(r.get("n_therapists"), key(pre, "n_therapists"), kind="int"),
+                     num(r.get("tau2"), key(pre, "tau2")), num(r.get("sigma2"), key(pre, "sigma2")),
+                     num(r.get("icc"), key(pre, "icc")), num(r.get("mean_reliability"), key(pre, "mean_reliability"))
+                     + (" (low)" if low else ""),
+                     num(r.get("min_reliability"), key(pre, "min_reliability"))])
+    rel = table(["Process", "Therapists", "\u03c4\u00b2 (between)", "\u03c3\u00b2 (within)", "ICC", "Mean \u03bb",
+                 "Min \u03bb"], rows, caption=ctx.table_label(), title="Reliability of therapist caseload means",
+                note="\u03bb<sub>j</sub> = \u03c4\u00b2 / (\u03c4\u00b2 + \u03c3\u00b2 / n<sub>j</sub>), one-way "
+                     "random-effects ANOVA of patient process scores. Mean reliability below .70 biases observed "
+                     "between-therapist and cross-level effects toward zero (L\u00fcdtke et al., 2008).",
+                numeric=[False] + [True] * 6, table_id="table-reliability")
+    return (f'<section id="decomposition"><h2>Decomposition and reliability of therapist means</h2>'
+            f"<p>Each process is split into parts that vary at different levels (observed decomposition):</p>"
+            f'<p class="formula">{formula}</p>'
+            f"<p>Caseload means X&#772;<sub>j</sub> are taken {weighting}; the grand mean X&#772; is the mean of the "
+            f"therapist means. The between-therapist part is only as trustworthy as the caseload means are "
+            f"reliable:</p>{rel}</section>")
+
+
+# -------------------------------------------------------------------------------------- aim 1
+def aim1_section(ctx: ReportContext) -> str:
+    doc = ctx.doc
+    rows = []
+    for p in ctx.processes:
+        rows.append([f"<strong>{esc(p)}</strong>"])
+        for r in [r for r in doc["aim1"] if r["process"] == p]:
+            pre = key("aim1", p, r["component"])
+            t = float(r["estimate"]) / float(r["se"]) if not is_missing(r["se"]) and float(r["se"]) > 0 else None
+            rows.append([
+                "&nbsp;&nbsp;" + esc(COMPONENT_LABELS.get(r["component"], r["component"])),
+                num(r["estimate"], key(pre, "estimate")), num(r["se"], key(pre, "se")),
+                num(r["df"], key(pre, "df"), kind="df"), num(t), num(r["p"], key(pre, "p"), kind="p"),
+                f"[{num(r['ci_low'], key(pre, 'ci_low'))}, {num(r['ci_high'], key(pre, 'ci_high'))}]",
+            ])
+    benefit = ("negative" if ctx.benefit_sign < 0 else "positive")
+    tab = table(["Process and component", "<em>b</em>", "<em>SE</em>", "<em>df</em>", "<em>t</em>", "<em>p</em>",
+                 "95% CI"], rows, caption=ctx.table_label(),
+                title="Within- and between-therapist process-outcome associations (aim 1)",
+                note=f"Unstandardized fixed effects of one model with every process. Higher outcome is "
+                     f"{esc(doc['higher_outcome_is'])}: a {benefit} <em>b</em> means more improvement. <em>df</em> by "
+                     "Satterthwaite's method.",
+                numeric=[False, True, True, True, True, True, True], table_id="table-aim1")
+    fr = pd.DataFrame(doc["aim1"])
+    fig = figures.effects_forest(fr, COMPONENT_LABELS, ctx.benefit_sign)
+    sentences = "".join(f"<li>{_aim1_sentence(ctx, r)}</li>" for r in doc["aim1"])
+    return (f'<section id="aim1"><h2>Aim 1: within- and between-therapist process-outcome associations</h2>'
+            f"<p>Are patients who rate a process higher (within therapists) and therapists whose caseloads rate it "
+            f"higher (between therapists) the ones with more improvement?</p>{tab}<ul>{sentences}</ul>"
+            + _fig(fig, f"{ctx.figure_label()}. Aim 1 estimates with 95% confidence intervals.", "fig-aim1")
+            + "</section>")
+
+
+# -------------------------------------------------------------------------------------- aim 2
+def aim2_section(ctx: ReportContext) -> str:
+    doc = ctx.doc
+    rows = []
+    for r in doc["aim2"]:
+        pre = key("aim2", r["process"])
+        rows.append([esc(r["process"]), esc(COMPONENT_LABELS.get(r["component"], r["component"])),
+                     num(r["slope_variance"], key(pre, "slope_variance")), num(r["slope_sd"], key(pre, "slope_sd")),
+                     num(r["lrt_statistic"], key(pre, "lrt_statistic")),
+                     num(r["lrt_df"], key(pre, "lrt_df"), kind="df"), num(r["p"], key(pre, "p"), kind="p"),
+                     esc(r["reference"]), num(r["mean_slope_reliability"], key(pre, "mean_slope_reliability"))])
+    tab = table(["Process", "Random slope of", "\u03c4\u00b2<sub>1</sub>", "SD", "\u03c7\u0304\u00b2", "<em>df</em>",
+                 "<em>p</em>", "Reference distribution", "Mean slope reliability"], rows, caption=ctx.table_label(),
+                title="Therapist-level variance of the within slopes (aim 2)",
+                note="REML likelihood-ratio test of each random slope against the model without it (same fixed "
+                     "effects); the variance lies on the boundary of its parameter space, so the statistic is "
+                     "referred to a chi-bar-square mixture (Self &amp; Liang, 1987; Stram &amp; Lee, 1994); "
+                     "<em>df</em> = parameters removed (variance and covariances). Slope reliability = 1 &minus; "
+                     "conditional variance / slope variance, averaged over therapists with a slope.",
+                numeric=[False, False, True, True, True, True, True, False, True], table_id="table-aim2")
+    parts = [f'<section id="aim2"><h2>Aim 2: do the within slopes differ between therapists?</h2>'
+             "<p>\u201cA technique in the hands of one therapist may look very different in the hands of "
+             "another.\u201d "
+             "Each therapist gets a random slope for every process; its variance says how much therapists differ "
+             f"in how strongly the process goes with improvement.</p>{tab}"]
+    parts.append(random_effects_table(ctx))
+    cats = {p: {t.therapist: t.process(p).category for t in ctx.profiles} for p in ctx.processes}
+    for i, r in enumerate(doc["aim2"]):
+        p = r["process"]
+        d = pd.DataFrame(r["therapists"])
+        avg = next((a["estimate"] for a in doc["aim1"] if a["process"] == p and a["component"] == ctx.within), None)
+        n_est = int(d["estimable"].sum()) if len(d) else 0
+        svg = figures.caterpillar(d[d["estimable"]] if len(d) else d, float(avg) if avg is not None else 0.0, p,
+                                  cats.get(p, {}), ctx.benefit_sign, figures.process_colour(i))
+        parts.append(_fig(svg, f"{ctx.figure_label()}. Therapist slopes of {esc(p)} "
+                               f"(b<sub>1j</sub> = \u03b3<sub>10</sub> + u<sub>1j</sub>) with 95% intervals, {n_est} "
+                               "therapists with at least two patients. "
+                               "Filled triangles: strength or growth area (interval entirely on one side of the "
+                               "average); filled circles: not distinguishable from the average; hollow circles: "
+                               "too uncertain to interpret (caseload below the minimum).", f"fig-caterpillar-{i + 1}"))
+    # a collapsed table with every therapist slope
+    rows2 = []
+    for r in doc["aim2"]:
+        p = r["process"]
+        for t in r["therapists"]:
+            pre = key("aim2", p, "therapists", t["therapist"])
+            rows2.append([esc(p), esc(t["therapist"]), num(t["n_patients"], key(pre, "n_patients"), kind="int"),
+                          num(t["slope"], key(pre, "slope") if t["slope"] is not None else None),
+                          f"[{num(t['ci_low'])}, {num(t['ci_high'])}]",
+                          num(t["prob_stronger_than_average"],
+                              key(pre, "prob_stronger_than_average") if t["prob_stronger_than_average"] is not None
+                              else None),
+                          num(t["slope_reliability"])])
+    parts.append('<details class="no-print"><summary>Every therapist\'s slope (table)</summary>'
+                 + table(["Process", "Therapist", "Patients", "Slope", "95% interval", "P(stronger)", "Reliability"],
+                         rows2, numeric=[False, False, True, True, True, True, True], table_id="table-slopes")
+                 + "</details></section>")
+    return "".join(parts)
+
+
+def random_effects_table(ctx: ReportContext) -> str:
+    """Variances, SDs and correlations of the main model's random effects (lme4's VarCorr),
+    and the therapists' share of the remaining outcome variance."""
+    res = ctx.result
+    vc = res.main.fit.varcorr
+    names = {"(Intercept)": "intercept"}
+    for p in res.terms.processes:
+        names[res.terms.within[p]] = f"{res.table.labels.get(p, p)}: within slope"
+
+    def term(v: Any) -> str:
+        return esc(names.get(v, v)) if isinstance(v, str) else ""
+
+    rows = []
+    for r in vc.itertuples():
+        group = {"therapist": "therapist", "therapist:patient": "patient (in therapist)"}.get(r.grp, r.grp)
+        if r.grp == "Residual":
+            rows.append(["residual", "", num(r.vcov), num(r.sdcor), ""])
+        elif isinstance(r.var2, str):
+            rows.append([esc(group), f"{term(r.var1)} \u00d7 {term(r.var2)}", "", "", num(r.sdcor)])
+        else:
+            rows.append([esc(group), term(r.var1), num(r.vcov), num(r.sdcor), ""])
+    icpt = vc[(vc["grp"] == "therapist") & (vc["var1"] == "(Intercept)") & vc["var2"].isna()]["vcov"]
+    resid = vc[vc["grp"] == "Residual"]["vcov"]
+    share = ""
+    if len(icpt) and len(resid) and float(icpt.iloc[0] + resid.iloc[0]) > 0:
+        v = float(icpt.iloc[0] / (icpt.iloc[0] + resid.iloc[0]))
+        share = (f" The therapist intercept holds {num(100 * v, kind='pct')} of the outcome variance left after the "
+                 "fixed effects (for a patient at their therapist's process means; therapist effects are typically "
+                 "about 5% of outcome variance).")
+    return table(["Group", "Random effect", "Variance", "SD", "Correlation"], rows, caption=ctx.table_label(),
+                 title="Random effects of the main model", numeric=[False, False, True, True, True],
+                 note="Therapist-level random intercept and random within slopes with an unstructured covariance "
+                      f"(lme4: VarCorr).{share}", table_id="table-random-effects")
+
+
+# -------------------------------------------------------------------------------------- aim 3
+def _aim3_sentence(ctx: ReportContext, r: dict[str, Any]) -> str:
+    p, m = esc(r["process"]), esc(r["moderator"])
+    pre = key("aim3", r["process"], r["moderator"], r["target"])
+    more = float(r["estimate"]) * ctx.benefit_sign > 0
+    if r["target"] == "within_slope":
+        within = "within-therapist" if ctx.design == "patient" else "within-patient"
+        return (f"{m} moderated the {within} {p}-outcome slope ({_est_ci(r, pre)}): therapists higher on {m} "
+                f"used {p} to {'more' if more else 'less'} benefit.")
+    return (f"{m} moderated the between-therapist {p}-outcome association ({_est_ci(r, pre)}): among therapists "
+            f"higher on {m}, a higher caseload mean of {p} went with {'more' if more else 'less'} caseload-level "
+            "improvement than among the others.")
+
+
+def aim3_section(ctx: ReportContext) -> str:
+    doc, res = ctx.doc, ctx.result
+    head = ('<section id="aim3"><h2>Aim 3: which therapist characteristics predict who uses a process to more '
+            "benefit?</h2>")
+    if not doc["aim3"]:
+        return head + ("<p>No therapist characteristics were given (<code>[therapist_moderators] columns</code>), so "
+                       "aim 3 was not estimated.</p></section>")
+    tl = TARGET_LABELS[ctx.design]
+    rows = []
+    for p in ctx.processes:
+        for r in [r for r in doc["aim3"] if r["process"] == p]:
+            pre = key("aim3", p, r["moderator"], r["target"])
+            rows.append([esc(p), esc(r["moderator"]), esc(tl.get(r["target"], r["target"])),
+                         num(r["estimate"], key(pre, "estimate")), num(r["se"], key(pre, "se")),
+                         num(r["df"], key(pre, "df"), kind="df"), num(r["p"], key(pre, "p"), kind="p"),
+                         f"[{num(r['ci_low'], key(pre, 'ci_low'))}, {num(r['ci_high'], key(pre, 'ci_high'))}]",
+                         f"{num(r['therapists'], key(pre, 'therapists'), kind='int')}"
+                         + (f" ({num(r['therapists_missing'], key(pre, 'therapists_missing'), kind='int')} missing)"
+                            if r.get("therapists_missing") else "")])
+    joint = doc["options"].get("therapist_moderators", {}).get("joint", False)
+    tab = table(["Process", "Moderator", "Moderates the", "<em>b</em>", "<em>SE</em>", "<em>df</em>", "<em>p</em>",
+                 "95% CI", "Therapists"], rows, caption=ctx.table_label(), title="Therapist-level moderators (aim 3)",
+                note=("All moderators in one model" if joint else "One moderator per model") + "; moderators centred "
+                     "at their mean over therapists. <em>b</em>: change in the slope (or association) per unit of the "
+                     "moderator; the sign reads as in the aim 1 table. Uncorrected for multiple testing; with few "
+                     "therapists cross-level effects have low power (Mathieu et al., 2012).",
+                numeric=[False, False, False, True, True, True, True, True, True], table_id="table-aim3")
+    sig = [r for r in doc["aim3"] if not is_missing(r.get("p")) and float(r["p"]) < 0.05]
+    sentences = ("<ul>" + "".join(f"<li>{_aim3_sentence(ctx, r)}</li>" for r in sig) + "</ul>") if sig else \
+        "<p>No moderator effect reached p &lt; .05.</p>"
+    parts = [head, tab, sentences]
+    # slope-by-moderator figures: one per process, one panel per moderator
+    aim3 = res.aim3.table
+    mods = res.moderators
+    if mods is not None and len(aim3) and "column" in aim3:
+        m = mods.copy()
+        m["therapist"] = m["therapist"].astype(str)
+        m = m.set_index("therapist")
+        models = {s.role: s.fit for s in res.aim3.models}
+        from theralens.study.aims import coef_name
+
+        for i, p in enumerate(ctx.processes):
+            slopes = pd.DataFrame(next(r["therapists"] for r in doc["aim2"] if r["process"] == p))
+            slopes = slopes[slopes["estimable"]].set_index("therapist")
+            within_col = res.terms.within[_safe(res, p)]
+            panels = []
+            sub = aim3[(aim3["process"] == p) & (aim3["target"] == "within_slope")]
+            for _, r in sub.iterrows():
+                col = r["column"]
+                fit = models.get(f"moderator:{col}") or models.get("joint_moderators")
+                if fit is None or col not in m:
+                    continue
+                w = pd.to_numeric(m[col], errors="coerce")
+                x = w.reindex(slopes.index).to_numpy(dtype=float)
+                vals = set(np.unique(w.dropna().to_numpy()))
+                panels.append(figures.Panel(
+                    title=str(r["moderator"]), xlabel=str(r["moderator"]), x=x,
+                    slope=slopes["slope"].to_numpy(dtype=float), ci_low=slopes["ci_low"].to_numpy(dtype=float),
+                    ci_high=slopes["ci_high"].to_numpy(dtype=float),
+                    intercept=float(fit.fixed_effects[coef_name(fit, within_col)]), coef=float(r["estimate"]),
+                    centre=float(w.dropna().mean()), colour=figures.process_colour(i),
+                    ylabel=f"within slope of {p}", binary=vals <= {0.0, 1.0}))
+            if panels:
+                svg = figures.slope_by_covariate(panels, f"therapist moderators ({p})", ctx.benefit_sign)
+                parts.append(_fig(svg, f"{ctx.figure_label()}. Therapist slopes of {esc(p)} (main model, 95% "
+                                       "intervals) by moderator, with the cross-level interaction's fitted "
+                                       "line (from the moderator model). Slopes are shrunk toward the average, so the "
+                                       "points spread less than the line implies.", f"fig-moderators-{i + 1}"))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _safe(res: StudyResult, label: str) -> str:
+    """The formula-safe process name of a user's process label."""
+    for p in res.terms.processes:
+        if res.table.labels.get(p, p) == label:
+            return p
+    return label
+
+
+# --------------------------------------------------------------------------------- ancillary
+def ancillary_section(ctx: ReportContext) -> str:
+    doc, res = ctx.doc, ctx.result
+    rows = []
+    for r in doc["ancillary"]:
+        pre = key("ancillary", r["process"])
+        rows.append([esc(r["process"]), num(r["estimate"], key(pre, "estimate")), num(r["se"], key(pre, "se")),
+                     num(r["df"], key(pre, "df"), kind="df"), num(r["p"], key(pre, "p"), kind="p"),
+                     f"[{num(r['ci_low'], key(pre, 'ci_low'))}, {num(r['ci_high'], key(pre, 'ci_high'))}]"])
+    within = "within-therapist" if ctx.design == "patient" else "within-patient"
+    tab = table(["Process", "<em>b</em>", "<em>SE</em>", "<em>df</em>", "<em>p</em>", "95% CI"], rows,
+                caption=ctx.table_label(),
+                title=f"{within.capitalize()} \u00d7 between-therapist interaction (ancillary)",
+                note=f"Coefficient of the product of the {within} and between-therapist components, added to the main "
+                     "model: the change in a therapist's within slope per unit of their caseload mean.",
+                numeric=[False, True, True, True, True, True], table_id="table-ancillary")
+    parts = ['<section id="ancillary"><h2>Ancillary: does the within slope depend on the therapist\'s own average '
+             "level of the process?</h2>", tab]
+    sentences = []
+    for r in doc["ancillary"]:
+        pre = key("ancillary", r["process"])
+        if _clear(r):
+            more = float(r["estimate"]) * ctx.benefit_sign > 0
+            sentences.append(f"<li>Therapists with higher caseload means of {esc(r['process'])} used it to "
+                             f"{'more' if more else 'less'} benefit within their caseload ({_est_ci(r, pre)}).</li>")
+        else:
+            sentences.append(f"<li>{esc(r['process'])}: no clear within \u00d7 between interaction "
+                             f"({_est_ci(r, pre)}).</li>")
+    parts.append("<ul>" + "".join(sentences) + "</ul>")
+    fit = res.ancillary_model.fit
+    from theralens.study.aims import coef_name
+
+    panels = []
+    tab_t = res.table.table.copy()
+    tab_t["therapist"] = tab_t["therapist"].astype(str)
+    therapists = res.therapists().set_index("therapist")
+    for i, p in enumerate(ctx.processes):
+        sp = _safe(res, p)
+        slopes = pd.DataFrame(next(r["therapists"] for r in doc["aim2"] if r["process"] == p))
+        slopes = slopes[slopes["estimable"]].set_index("therapist")
+        mean_col = f"mean_{p}"
+        if mean_col not in therapists:
+            continue
+        x_all = pd.to_numeric(therapists[mean_col], errors="coerce")
+        between = tab_t.groupby("therapist")[res.terms.between[sp]].first()
+        centre = float((x_all - between.reindex(x_all.index)).mean())
+        est = next((r["estimate"] for r in doc["ancillary"] if r["process"] == p), None)
+        if est is None:
+            continue
+        panels.append(figures.Panel(
+            title=str(p), xlabel=f"caseload mean of {p}", x=x_all.reindex(slopes.index).to_numpy(dtype=float),
+            slope=slopes["slope"].to_numpy(dtype=float), ci_low=slopes["ci_low"].to_numpy(dtype=float),
+            ci_high=slopes["ci_high"].to_numpy(dtype=float),
+            intercept=float(fit.fixed_effects[coef_name(fit, res.terms.within[sp])]), coef=float(est), centre=centre,
+            colour=figures.process_colour(i), ylabel=f"within slope of {p}"))
+    if panels:
+        svg = figures.slope_by_covariate(panels, "the therapist's caseload mean", ctx.benefit_sign, share_y=False)
+        parts.append(_fig(svg, f"{ctx.figure_label()}. Therapist slopes (main model, 95% intervals) by the therapist's "
+                               "caseload mean of the same process, with the within \u00d7 between interaction's fitted "
+                               "line.", "fig-ancillary"))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------- profiles
+def profiles_section(ctx: ReportContext) -> str:
+    rows = []
+    for t in ctx.profiles:
+        o = t.outcome
+        link = f'<a href="therapists/{esc(profile_filename(t.therapist))}" class="profile-link">{esc(t.therapist)}</a>'
+        rows.append([link, num(t.n_patients, key("therapists", t.therapist, "n_patients"), kind="int"),
+                     f"{num(o.benefit)} [{num(o.benefit_ci_low)}, {num(o.benefit_ci_high)}]",
+                     badge(o.category, short=True)]
+                    + [badge(pp.category, short=True) for pp in t.processes])
+    tab = table(["Therapist", "Patients", "Outcome vs average [95% interval]", "Overall outcome"]
+                + [f"{esc(p)} slope" for p in ctx.processes], rows, caption=ctx.table_label(),
+                title="Therapist profiles (follow a therapist's id for their page)",
+                note="Outcome vs average: the therapist's random intercept in the benefit direction (positive = their "
+                     "patients improved more than with the average therapist). Not distinguishable: from the average "
+                     f"(the 95% interval includes it); too uncertain: fewer than {ctx.profiles.min_caseload} analysed "
+                     "patients or no slope of their own.",
+                numeric=[False, True, True, False] + [False] * len(ctx.processes), table_id="table-profiles")
+    minc = ctx.profiles.min_caseload
+    return ('<section id="profiles"><h2>Therapist profiles</h2>'
+            "<p>Each therapist has a page that says, with its uncertainty, where their patients gain most. A slope is "
+            f"a <strong>strength</strong> or a <strong>growth area</strong> only when its whole 95% interval lies on "
+            "one side of the average; otherwise it is <em>not distinguishable from the average</em> (never a "
+            f"weakness). Therapists with fewer than {minc} analysed patients (<code>[report] min_caseload</code>) "
+            f"are <em>too uncertain to interpret</em>.</p>{tab}</section>")
+
+
+# ------------------------------------------------------------------------------- diagnostics
+def diagnostics_section(ctx: ReportContext) -> str:
+    doc, res = ctx.doc, ctx.result
+    fit = res.main.fit
+    re = fit.random_effects("therapist")
+    u0 = re.loc[re["term"] == "(Intercept)", "estimate"].to_numpy(dtype=float)
+    svg = figures.residual_diagnostics(fit.fitted().to_numpy(dtype=float), fit.residuals().to_numpy(dtype=float), u0,
+                                       "Therapist intercepts")
+    rows = []
+    for i, m in enumerate(doc["models"]):
+        pre = key("models", i)
+        rows.append([esc(m["role"]), num(m["nobs"], key(pre, "nobs"), kind="int"),
+                     "yes" if m["converged"] else "<strong>no</strong>",
+                     "<strong>yes</strong>" if m["singular"] else "no",
+                     num(m["reml_criterion"], key(pre, "reml_criterion"), text=f"{m['reml_criterion']:.2f}"
+                         if not is_missing(m["reml_criterion"]) else None),
+                     num(m["evaluations"], key(pre, "evaluations"), kind="int"),
+                     num(m["gradient_norm"], key(pre, "gradient_norm"), text=f"{m['gradient_norm']:.1e}"
+                         if not is_missing(m["gradient_norm"]) else None)])
+        note = f' <span class="muted">({esc(m["note"])})</span>' if m.get("note") else ""
+        rows.append([f'<span class="formula">{esc(m["formula"])}</span>{note}'])
+    tab = table(["Model", "N", "Converged", "Singular", "REML criterion", "Evaluations", "max |gradient|"], rows,
+                caption=ctx.table_label(), title="Every fitted model, with its formula (lme4 syntax)",
+                note="Singular: a variance or correlation of the therapist random effects is estimated at its "
+                     "boundary; fixed effects remain valid but that random-effect structure is not supported by the "
+                     "data.", numeric=[False, True, False, False, True, True, True], table_id="table-models",
+                span_class="formula-row")
+    return ('<section id="diagnostics"><h2>Model diagnostics</h2>'
+            + _fig(svg, f"{ctx.figure_label()}. Main model: residuals against fitted values (red: running mean), "
+                        "normal Q-Q plots of the residuals and of the therapist random intercepts.", "fig-diagnostics")
+            + tab + "</section>")
+
+
+# ----------------------------------------------------------------------------------- methods
+def methods_section(ctx: ReportContext) -> str:
+    res = ctx.result
+    mods = list(dict.fromkeys(r["moderator"] for r in ctx.doc["aim3"]))
+    paras = methods_paragraphs(ctx.doc, ctx.processes, mods, ctx.profiles.min_caseload, ctx.profiles.draws,
+                               ctx.profiles.seed)
+    refs = "".join(f"<li>{r}</li>" for r in REFERENCES)
+    return ('<section id="methods" class="methods"><h2>Methods</h2>'
+            + "".join(f"<p>{p}</p>" for p in paras)
+            + "<h3>Options used</h3><p>The complete configuration of this run, as a <code>study.toml</code> file that "
+              f'reproduces it:</p><pre class="formula config">{esc(_toml(res.config.to_dict()))}</pre>'
+            + f'<h3>References</h3><ol class="refs">{refs}</ol></section>')
+
+
+def _toml(config: dict[str, Any]) -> str:
+    """The configuration as TOML text."""
+    lines = []
+    for section, values in config.items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            if isinstance(v, bool):
+                text = "true" if v else "false"
+            elif isinstance(v, (int, float)):
+                text = str(v)
+            else:
+                text = json.dumps(v, ensure_ascii=False)
+            lines.append(f"{k} = {text}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def report_body(ctx: ReportContext) -> str:
+    """The body markup of ``report.html``."""
+    parts = [header(ctx), toc(), glance(ctx), data_section(ctx), decomposition_section(ctx), aim1_section(ctx),
+             aim2_section(ctx), aim3_section(ctx), ancillary_section(ctx), profiles_section(ctx),
+             diagnostics_section(ctx), methods_section(ctx)]
+    v = esc(ctx.doc["software"].get("theralens", ""))
+    parts.append(f"<footer>Generated by theralens {v}. Every number marked in this report equals the one in "
+                 "<code>results.json</code> beside it; tables as CSV in <code>tables/</code>. Patient identifiers "
+                 + ("are shown where relevant ([report] show_patient_ids = true)." if ctx.result.config.report
+                    .show_patient_ids else "never appear in this report.") + "</footer>")
+    return "\n".join(parts)
