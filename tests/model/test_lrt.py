@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import FIXTURES, load_fixture
+from lme4ref import FIXTURES, load_fixture
 from scipy import stats
 
 import theralens as tl

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import load_fixture
+from lme4ref import load_fixture
 
 import theralens as tl
 
@@ -168,7 +168,7 @@ def test_shared_reference_numbers(fits) -> None:
     """The reference numbers given with the brief (hsb82_lme4.json), REML and ML."""
     import json
 
-    from conftest import FIXTURES
+    from lme4ref import FIXTURES
 
     shared = json.loads((FIXTURES / "hsb82_lme4_shared.json").read_text())
     _, m = fits("hsb82", "REML")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import load_fixture
+from lme4ref import load_fixture
 
 import theralens as tl
 

@@ -12,17 +12,26 @@ on [X, y]:
 
 with r^2 the penalized residual sum of squares (eqs. 34 and 42 of Bates et al. 2015). Every
 step costs O(#clusters), not O(#rows). Blocks are batched numpy arrays of shape
-(#clusters, q, q); sums over children use ``np.add.reduceat`` on clusters sorted by parent.
+(#clusters, q, q), factored by column-by-column kernels over the whole stack (``_chol``,
+``_forward``, ``_backward``; faster than one LAPACK call per block for small q); sums over
+children are products with sparse 0/1 matrices on clusters sorted by parent. Dense products
+go through ``_mm``, which keeps each BLAS call below OpenBLAS's threading threshold (a busy
+machine otherwise makes a microsecond product wait milliseconds for its thread pool). The
+exact gradient in theta is in gradient.py (``value_and_gradient``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.linalg import solve_triangular
+from scipy.sparse import csr_matrix
 
 from theralens.model.design import Design
+
+if TYPE_CHECKING:
+    from theralens.model.gradient import ProfiledGradient
 
 LOG2PI = float(np.log(2 * np.pi))
 
@@ -102,8 +111,81 @@ class NestedCriterion:
         W = np.hstack(self.Zs + [design.X, design.y[:, None]])
         self.d = W.shape[1]
         self.C = _cross_products(W, self.row_codes[0], levels[0].ngroups)
+        # up[l] sums level-l groups into their level-(l+1) parents (None at the top: one block)
+        self.up: list[csr_matrix | None] = [_segment_matrix(self.starts[l], levels[l].ngroups) for l in range(D - 1)]
+        self.up.append(None)
+        # Cagg[l]: sums of C_p over the innermost clusters in each level-l group
+        self.Cagg = [self.C]
+        for l in range(D - 1):
+            G = self.Cagg[-1].shape[0]
+            up = self.up[l]
+            assert up is not None
+            self.Cagg.append(np.asarray(up @ self.Cagg[-1].reshape(G, -1)).reshape(-1, self.d, self.d))
         self.yy = float(design.y @ design.y)
         self.evaluations = 0
+        self._gradient: ProfiledGradient | None = None
+        self._prepare_innermost()
+
+    def _prepare_innermost(self) -> None:
+        """Precompute what the innermost elimination needs at every theta.
+
+        At the innermost level M = C is constant, so the Schur complement summed over the
+        children of each parent is  sum_p Mrr_p - sum_p Mrz_p K_p Mzr_p  with
+        K_p = Lambda (Lambda' Mzz_p Lambda + I)^{-1} Lambda'. The first sum and the products
+        m_i m_j' of the rows of Mzr_p are fixed; one sparse product with the weights K_p[i, j]
+        gives the second sum. Only the upper triangle of the symmetric r x r blocks is kept.
+        """
+        q = self.q[0]
+        C = self.C
+        r = self.d - q
+        self._iu = np.triu_indices(r)
+        i0, i1 = self._iu
+        pos = np.empty((r, r), dtype=np.int64)  # index in the upper triangle of each entry
+        pos[i0, i1] = np.arange(len(i0))
+        pos[i1, i0] = np.arange(len(i0))
+        self._unpack = pos.ravel()
+        Mrr_sum = self.Cagg[1][:, q:, q:] if self.D > 1 else C[:, q:, q:].sum(0, keepdims=True)
+        self._Mrr_sum = np.ascontiguousarray(Mrr_sum)
+        self._Mrr_tri = np.ascontiguousarray(Mrr_sum[:, i0, i1])
+        Mzr = C[:, :q, q:]
+        combos = [(i, j) for i in range(q) for j in range(i, q)]
+        self._combos = combos
+        G = C.shape[0]
+        nc = len(combos)
+        O = np.empty((G, nc, len(i0)))  # C order: one row of products per (cluster, combo)
+        for c, (i, j) in enumerate(combos):
+            if i == j:
+                np.multiply(Mzr[:, i, i0], Mzr[:, i, i1], out=O[:, c, :])
+            else:
+                O[:, c, :] = Mzr[:, i, i0] * Mzr[:, j, i1] + Mzr[:, j, i0] * Mzr[:, i, i1]
+        self._O = O.reshape(G * nc, -1)
+        bounds = np.r_[self.starts[0], G] * nc
+        self._S = csr_matrix((np.ones(G * nc), np.arange(G * nc), bounds), shape=(len(self.starts[0]), G * nc))
+        self._Mzz0 = C[:, :q, :q]
+
+    def _innermost_fast(self, lam: np.ndarray) -> tuple[float, np.ndarray]:
+        q = self.q[0]
+        if q == 1:
+            l2 = lam[0, 0] ** 2
+            a = l2 * self._Mzz0[:, 0, 0] + 1.0
+            logdet = float(np.log(a).sum())
+            w = (l2 / a)[:, None]
+        else:
+            A = _congruence(lam, self._Mzz0)
+            A[:, np.arange(q), np.arange(q)] += 1.0
+            Lc = _chol(A)
+            logdet = 2.0 * float(np.log(np.diagonal(Lc, axis1=1, axis2=2)).sum())
+            Linv_lamT = _forward(Lc, np.broadcast_to(lam.T, A.shape))
+            K = np.matmul(Linv_lamT.transpose(0, 2, 1), Linv_lamT)
+            w = np.stack([K[:, i, j] for i, j in self._combos], axis=1)
+        self._S.data = w.ravel()
+        tri = self._Mrr_tri - self._S @ self._O
+        return logdet, self.unpack(tri)
+
+    def unpack(self, tri: np.ndarray) -> np.ndarray:
+        """Symmetric (T, r, r) blocks from their upper triangles (T, r(r+1)/2), r = d - q_0."""
+        r = self.d - self.q[0]
+        return np.take(tri, self._unpack, axis=1).reshape(-1, r, r)
 
     # -- Lambda -----------------------------------------------------------------------
     def lambdas(self, theta: np.ndarray) -> list[np.ndarray]:
@@ -117,29 +199,15 @@ class NestedCriterion:
         Ls: list[np.ndarray] = []
         Ss: list[np.ndarray] = []
         for l in range(self.D):
-            q = self.q[l]
-            lam = lams[l]
-            Mzz = M[:, :q, :q]
-            Mzr = M[:, :q, q:]
-            Mrr = M[:, q:, q:]
-            if q == 1 and not keep:
-                l2 = lam[0, 0] ** 2
-                a = l2 * Mzz[:, 0, 0] + 1.0
-                logdet += float(np.log(a).sum())
-                v = Mzr[:, 0, :]
-                red = Mrr - (l2 / a)[:, None, None] * (v[:, :, None] * v[:, None, :])
-            else:
-                A = np.matmul(np.matmul(lam.T, Mzz), lam)
-                A[:, np.arange(q), np.arange(q)] += 1.0
-                Lc = np.linalg.cholesky(A)
-                logdet += 2.0 * float(np.log(np.diagonal(Lc, axis1=1, axis2=2)).sum())
-                B = np.matmul(lam.T, Mzr)
-                S = np.linalg.solve(Lc, B)
-                red = Mrr - np.matmul(S.transpose(0, 2, 1), S)
-                if keep:
-                    Ls.append(Lc)
-                    Ss.append(S)
-            M = np.add.reduceat(red, self.starts[l], axis=0)
+            if l == 0 and not keep:
+                ld, M = self._innermost_fast(lams[0])
+                logdet += ld
+                continue
+            ld, M, Lc, S = eliminate_level(lams[l], M, self.up[l], keep)
+            logdet += ld
+            if keep:
+                Ls.append(Lc)
+                Ss.append(S)
         top = M[0]
         factors = Factors(L=Ls, S=Ss, profile=None) if keep else None  # type: ignore[arg-type]
         return logdet, top, factors
@@ -157,6 +225,14 @@ class NestedCriterion:
         except np.linalg.LinAlgError:
             return float("inf")
         return criterion_from_profile(p, self.n, self.k, reml)
+
+    def value_and_gradient(self, theta: np.ndarray, reml: bool = True) -> tuple[float, np.ndarray]:
+        """The criterion and its exact gradient in theta (gradient.py, eqs. G1-G5)."""
+        if self._gradient is None:
+            from theralens.model.gradient import ProfiledGradient
+
+            self._gradient = ProfiledGradient(self)
+        return self._gradient(np.asarray(theta, dtype=float), reml)
 
     def factors(self, theta: np.ndarray) -> Factors:
         logdet, top, fac = self._eliminate(np.asarray(theta, dtype=float), keep=True)
@@ -176,7 +252,7 @@ class NestedCriterion:
         fac = self.factors(theta)
         prof = fac.profile
         k, D = self.k, self.D
-        beta = solve_triangular(prof.RX.T, prof.z, lower=False) if k else np.zeros(0)
+        beta = np.linalg.solve(prof.RX.T, prof.z) if k else np.zeros(0)
         lams = self.lambdas(theta)
         dof = self.n - k if reml else self.n
         sigma2 = prof.r2 / dof
@@ -185,21 +261,22 @@ class NestedCriterion:
         for l in reversed(range(D)):
             Lc, S = fac.L[l], fac.S[l]
             nz = sum(self.q[l + 1 :])
-            rhs = S[:, :, -1] - (S[:, :, nz : nz + k] @ beta if k else 0.0)
+            S2 = S.reshape(-1, S.shape[2])
+            rhs = S[:, :, -1] - (_mm(S2[:, nz : nz + k], beta).reshape(S.shape[:2]) if k else 0.0)
             off = 0
             for m in range(l + 1, D):
                 qm = self.q[m]
                 rhs = rhs - np.einsum("gij,gj->gi", S[:, :, off : off + qm], b[m][self.anc[l][m]])
                 off += qm
-            u = _batched_backward(Lc, rhs)
+            u = _backward(Lc, rhs)
             u_sq += float((u * u).sum())
-            b[l] = u @ lams[l].T
+            b[l] = _mm(u, lams[l].T)
         # selected inversion of Lambda'Z'Z Lambda + I along each group's ancestor chain
         chain_cov: list[np.ndarray] = [np.empty(0)] * D
         condvar: list[np.ndarray] = [np.empty(0)] * D
         for l in reversed(range(D)):
             Lc, S = fac.L[l], fac.S[l]
-            Linv = np.linalg.inv(Lc)
+            Linv = _forward(Lc, np.broadcast_to(np.eye(Lc.shape[1]), Lc.shape))
             own = np.matmul(Linv.transpose(0, 2, 1), Linv)
             if l == D - 1:
                 chain_cov[l] = own
@@ -232,7 +309,7 @@ class NestedCriterion:
 
     def fitted(self, sol: Solution) -> np.ndarray:
         """X beta + sum_l Z_l b_l for every row of the design."""
-        out = self.design.X @ sol.beta if self.k else np.zeros(self.n)
+        out = _mm(self.design.X, sol.beta) if self.k else np.zeros(self.n)
         for l in range(self.D):
             out = out + np.einsum("ij,ij->i", self.Zs[l], sol.b[l][self.row_codes[l]])
         return out
@@ -274,28 +351,186 @@ def _finish(logdet: float, top: np.ndarray, k: int) -> Profile:
 
 
 def _cross_products(W: np.ndarray, codes: np.ndarray, G: int) -> np.ndarray:
-    """C_g = W_g' W_g for every group g (rows of W with ``codes == g``), one bincount per pair."""
+    """C_g = W_g' W_g for every group g (rows of W with ``codes == g``), one bincount per pair.
+
+    Identical columns (the intercept in Z and X, a random slope that is also a fixed effect)
+    share their products, so each distinct pair is summed once.
+    """
     d = W.shape[1]
-    C = np.empty((G, d, d))
-    for i in range(d):
-        wi = W[:, i]
-        for j in range(i, d):
-            col = np.bincount(codes, weights=wi * W[:, j], minlength=G)
-            C[:, i, j] = col
-            C[:, j, i] = col
-    return C
+    rep = list(range(d))  # the first column identical to each column
+    for j in range(d):
+        for i in range(j):
+            if rep[i] == i and np.array_equal(W[:64, i], W[:64, j]) and np.array_equal(W[:, i], W[:, j]):
+                rep[j] = i
+                break
+    uniq = sorted(set(rep))
+    pos = {c: t for t, c in enumerate(uniq)}
+    u = len(uniq)
+    Cu = np.empty((G, u, u))
+    for a in range(u):
+        wa = W[:, uniq[a]]
+        for b in range(a, u):
+            col = np.bincount(codes, weights=wa * W[:, uniq[b]], minlength=G)
+            Cu[:, a, b] = col
+            Cu[:, b, a] = col
+    idx = np.array([pos[rep[j]] for j in range(d)])
+    return np.take(Cu.reshape(G, u * u), (idx[:, None] * u + idx[None, :]).ravel(), axis=1).reshape(G, d, d)
 
 
-def _batched_backward(L: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Solve L' x = rhs for a batch of small lower-triangular L (back substitution)."""
+BLAS_MNK = 131072  # OpenBLAS runs a matrix product in the calling thread below m n k = 262144
+BLAS_MN = 8192  # and a matrix-vector product below m n = 9216
+
+
+def _mm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """A @ B (A 2-D, B 2-D or 1-D) in pieces small enough for OpenBLAS to run each one in the
+    calling thread.
+
+    A product above OpenBLAS's threshold wakes its thread pool; on a machine whose cores are
+    busy (parallel fits, other jobs) the caller then waits for descheduled threads, and a
+    product of microseconds takes milliseconds. The pieces cost a few microseconds of overhead.
+    """
+    m, kk = A.shape
+    n = 1 if B.ndim == 1 else B.shape[1]
+    limit = BLAS_MN if n == 1 else BLAS_MNK
+    if m * kk * n <= limit:
+        return A @ B
+    if kk * n <= limit // 4:  # split the rows
+        rows = limit // (kk * n)
+        out = np.empty((m,) + B.shape[1:])
+        for i in range(0, m, rows):
+            out[i : i + rows] = A[i : i + rows] @ B
+        return out
+    step = max(1, limit // max(m * n, 1))  # split the inner dimension
+    out = A[:, :step] @ B[:step]
+    for j in range(step, kk, step):
+        out += A[:, j : j + step] @ B[j : j + step]
+    return out
+
+
+SMALL_Q = 8  # blocks up to this size use the column-by-column kernels below, larger ones LAPACK
+
+
+def _chol(A: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factors of a stack (G, q, q), column by column over the whole stack.
+
+    For small q this beats one LAPACK call per block several-fold. Raises LinAlgError when a
+    block is not positive definite, as ``np.linalg.cholesky`` does.
+    """
+    q = A.shape[1]
+    if q > SMALL_Q:
+        return np.linalg.cholesky(A)
+    L = np.zeros(A.shape)
+    for j in range(q):
+        d = A[:, j, j].copy()
+        for m in range(j):
+            d -= L[:, j, m] * L[:, j, m]
+        if not np.all(d > 0):
+            raise np.linalg.LinAlgError("matrix is not positive definite")
+        ljj = np.sqrt(d)
+        L[:, j, j] = ljj
+        inv = 1.0 / ljj
+        for i in range(j + 1, q):
+            acc = A[:, i, j].copy()
+            for m in range(j):
+                acc -= L[:, i, m] * L[:, j, m]
+            L[:, i, j] = acc * inv
+    return L
+
+
+def _forward(L: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Solve L X = B for a stack of lower-triangular L (G, q, q); B is (G, q, r) or (G, q)."""
+    vec = B.ndim == 2
+    if vec:
+        B = B[:, :, None]
     q = L.shape[1]
-    x = np.empty_like(rhs)
-    for i in reversed(range(q)):
-        acc = rhs[:, i]
-        if i < q - 1:
-            acc = acc - np.einsum("gj,gj->g", L[:, i + 1 :, i], x[:, i + 1 :])
-        x[:, i] = acc / L[:, i, i]
-    return x
+    if q == 1:
+        X = B / L
+    elif q > SMALL_Q:
+        X = np.linalg.solve(L, B)
+    else:
+        X = np.empty(np.broadcast_shapes(B.shape, L.shape[:2] + B.shape[2:]))
+        for i in range(q):
+            acc = np.array(B[:, i, :])
+            for m in range(i):
+                acc -= L[:, i, m, None] * X[:, m, :]
+            X[:, i, :] = acc / L[:, i, i, None]
+    return X[:, :, 0] if vec else X
+
+
+def _backward(L: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Solve L' X = B for a stack of lower-triangular L (G, q, q); B is (G, q, r) or (G, q)."""
+    vec = B.ndim == 2
+    if vec:
+        B = B[:, :, None]
+    q = L.shape[1]
+    if q == 1:
+        X = B / L
+    elif q > SMALL_Q:
+        X = np.linalg.solve(L.transpose(0, 2, 1), B)
+    else:
+        X = np.empty(np.broadcast_shapes(B.shape, L.shape[:2] + B.shape[2:]))
+        for i in reversed(range(q)):
+            acc = np.array(B[:, i, :])
+            for m in range(i + 1, q):
+                acc -= L[:, m, i, None] * X[:, m, :]
+            X[:, i, :] = acc / L[:, i, i, None]
+    return X[:, :, 0] if vec else X
+
+
+def _congruence(lam: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """Lambda' M_g Lambda for a stack of symmetric M (G, q, q), as two matrix products."""
+    G, q = M.shape[0], lam.shape[0]
+    Y = _mm(M.reshape(G * q, q), lam).reshape(G, q, q)  # M_g Lambda
+    return _mm(Y.transpose(0, 2, 1).reshape(G * q, q), lam).reshape(G, q, q)  # (M_g Lambda)' Lambda
+
+
+def _lam_t_times(lam: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Lambda' X_g for a stack X (G, q, r), as one matrix product (a (G, q, r) view)."""
+    G, q, r = X.shape
+    return _mm(X.transpose(0, 2, 1).reshape(G * r, q), lam).reshape(G, r, q).transpose(0, 2, 1)
+
+
+def eliminate_level(
+    lam: np.ndarray, M: np.ndarray, up: csr_matrix | None, keep: bool = True
+) -> tuple[float, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """One step of the block elimination (engine.md): for every group g of the level,
+
+        A_g = Lambda' Mzz_g Lambda + I = L_g L_g',   S_g = L_g^{-1} Lambda' Mzr_g,
+
+    and the next level's M = sum over the children of (Mrr_g - S_g' S_g) (``up`` sums groups
+    into parents; None at the top, where everything sums into one block).
+    Returns log det of the A_g summed, the next M, and L and S when ``keep``.
+    """
+    q = lam.shape[0]
+    G = M.shape[0]
+    r = M.shape[1] - q
+    Mzr = M[:, :q, q:]
+    Mrr = M[:, q:, q:]
+    if q == 1:
+        l0 = lam[0, 0]
+        a = l0 * l0 * M[:, 0, 0] + 1.0
+        logdet = float(np.log(a).sum())
+        sq = np.sqrt(a)
+        S = ((l0 / sq)[:, None] * Mzr[:, 0, :])[:, None, :]
+        Lc = sq[:, None, None]
+    else:
+        A = _congruence(lam, M[:, :q, :q])
+        A[:, np.arange(q), np.arange(q)] += 1.0
+        Lc = _chol(A)
+        logdet = 2.0 * float(np.log(np.diagonal(Lc, axis1=1, axis2=2)).sum())
+        S = _forward(Lc, _lam_t_times(lam, Mzr))
+    if up is None:
+        s2 = S.reshape(G * q, r)
+        nxt = (Mrr.sum(0) - _mm(s2.T, s2))[None]
+    else:
+        red = Mrr - np.matmul(S.transpose(0, 2, 1), S)
+        nxt = np.asarray(up @ red.reshape(G, r * r)).reshape(-1, r, r)
+    return (logdet, nxt, Lc, S) if keep else (logdet, nxt, None, None)
+
+
+def _segment_matrix(starts: np.ndarray, n: int) -> csr_matrix:
+    """Sparse 0/1 matrix that sums contiguous segments (beginning at ``starts``) of n rows."""
+    return csr_matrix((np.ones(n), np.arange(n), np.r_[starts, n]), shape=(len(starts), n))
 
 
 def _block_diag(blocks: list[np.ndarray]) -> np.ndarray:

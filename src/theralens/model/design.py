@@ -255,6 +255,10 @@ def build_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
 
     X, fixed_names = _model_matrix(parsed.fixed, frame, order, "fixed-effects matrix")
     X, fixed_names, dropped_cols = _drop_rank_deficient(X, fixed_names)
+    if len(y) <= X.shape[1]:
+        raise InputError(f"only {len(y)} complete rows for {X.shape[1]} fixed effects "
+                         f"({', '.join(fixed_names)}); a mixed model needs more rows than fixed effects - "
+                         "add data or drop predictors")
 
     # random-effects terms
     raw_terms: list[tuple[RandomTermSpec, np.ndarray, list[str], np.ndarray, np.ndarray]] = []

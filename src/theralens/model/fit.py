@@ -96,7 +96,15 @@ class MixedResult:
 
     @cached_property
     def _satterthwaite(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return satterthwaite(self.criterion, self.solution.theta, self.sigma, self.reml)
+        try:
+            return satterthwaite(self.criterion, self.solution.theta, self.sigma, self.reml)
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+            # a degenerate fit (e.g. residual SD near zero) where the deviance cannot be
+            # differentiated: say so instead of inventing degrees of freedom
+            self.notes.append("Satterthwaite degrees of freedom could not be computed for this fit "
+                              "(the deviance is not differentiable here); df and p-values are NaN")
+            k, m = self.design.k, self.design.ntheta + 1
+            return np.full(k, np.nan), np.full((m, m), np.nan), np.full((k * k, m), np.nan)
 
     @property
     def df(self) -> pd.Series:
@@ -313,7 +321,8 @@ def fit_mixed(
     scale = design.theta_scale()
     # lme4 starts at theta = 1 on the diagonals; we start there on the scaled parameters
     x0 = np.where(np.isfinite(lower), 1.0, 0.0) / scale if start is None else np.asarray(start, dtype=float)
-    rec = minimize_theta(lambda th: crit.criterion(th, reml), x0, lower, scale=scale)
+    rec = minimize_theta(lambda th: crit.criterion(th, reml), x0, lower, scale=scale,
+                         fg=lambda th: crit.value_and_gradient(th, reml))
     sol = crit.solve(rec.final, reml)
     notes = []
     if design.n_dropped:

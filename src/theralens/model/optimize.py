@@ -1,17 +1,25 @@
 """Minimise the profiled criterion over theta, and keep the optimizer's record.
 
-BOBYQA (Powell 2009), through NLopt, is lme4's default optimizer for ``lmer``; it is
-derivative-free and respects the bounds theta_ii >= 0. engine.md records that
-finite-difference L-BFGS-B stalls on therapist data, so it is not used. After the first run
-the fit restarts from its optimum (as lme4's ``restart_edge`` does at the boundary) until the
-criterion stops improving, then the gradient at the end is measured by central differences
-and the fit is declared converged only when that (projected) gradient is small.
+With the exact gradient of the profiled criterion (gradient.py, eqs. G1-G5) the fit runs BFGS
+(Nocedal & Wright 2006, ch. 6) on the scaled parameters, unconstrained: the criterion depends
+on Lambda only through Lambda Lambda', so a column of Lambda with a negative diagonal is the
+same model as the column negated, and the end point is mapped back onto theta_ii >= 0. A
+variance parameter can then cross zero smoothly instead of being projected onto the bound,
+where the gradient vanishes (engine.md's warning about L-BFGS-B concerned finite-difference
+gradients; a bounded quasi-Newton method also stops at such spurious stationary points). Every
+end point is checked: a zero diagonal is probed from inside (lme4's ``restart_edge``), and when
+the gradient at the end is not small, or BFGS runs away towards an infinite variance ratio
+(degenerate data), BOBYQA (Powell 2009, NLopt; lme4's default) takes over. Without a gradient,
+BOBYQA with restarts is used: after the first run the fit restarts from its optimum until the
+criterion stops improving, then the gradient at the end is measured by central differences.
+Either way the fit is declared converged only when the (projected) gradient at the end is small.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import nlopt
 import numpy as np
@@ -22,9 +30,13 @@ class OptimizerRecord:
     """What the optimizer did (cf. MixedModels.jl's ``OptSummary``).
 
     Attributes: ``method``; ``initial`` and ``final`` theta; ``evaluations`` of the
-    criterion; ``criterion`` at the end; ``gradient`` (central differences, projected onto
-    the feasible set at bounds) and its max-norm ``gradient_norm``; ``restarts``;
-    ``return_code`` from NLopt; ``converged``; ``messages`` explaining any doubt.
+    criterion (every value computed, with or without its gradient); ``gradient_evaluations``
+    (how many of those also computed the analytic gradient, each costing two to three plain
+    evaluations); ``criterion`` at the end; ``gradient`` (with respect to the scaled
+    parameters phi, analytic or by central differences, projected onto the feasible set at
+    bounds) and its max-norm ``gradient_norm``; ``restarts`` (boundary restarts and BOBYQA
+    polishing runs); ``return_code`` of the last optimizer run; ``converged``; ``messages``
+    explaining any doubt.
     """
 
     method: str
@@ -38,6 +50,7 @@ class OptimizerRecord:
     return_code: str
     converged: bool
     messages: list[str] = field(default_factory=list)
+    gradient_evaluations: int = 0
 
 
 GRADIENT_TOL = 2e-3  # lme4 checks max|grad| < 2e-3 (check.conv.grad)
@@ -107,15 +120,365 @@ def minimize_theta(
     lower: np.ndarray,
     scale: np.ndarray | None = None,
     max_restarts: int = 4,
+    fg: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None,
 ) -> OptimizerRecord:
-    """Minimise ``f`` over theta from ``x0`` with bounds ``lower`` (BOBYQA + restarts).
+    """Minimise ``f`` over theta from ``x0`` with bounds ``lower``.
 
     The optimizer works on phi = theta * scale (``scale``: the RMS of the Z column that
     each theta entry's row multiplies), so that a covariate measured in seconds or in
     thousands does not make the problem badly scaled; the gradient reported and checked is
-    with respect to phi.
+    with respect to phi (d/dphi = d/dtheta / scale).
+
+    ``fg(theta)`` returns the criterion and its exact gradient in theta; with it the fit
+    runs BFGS, checked and if need be polished by BOBYQA; without it (or when ``lower`` does
+    not have lme4's pattern of one bounded diagonal entry per column of Lambda), BOBYQA with
+    restarts and a central-difference gradient at the end.
     """
     scale = np.ones(len(x0)) if scale is None else np.asarray(scale, dtype=float)
+    columns = lambda_columns(np.asarray(lower, dtype=float))
+    if fg is None or columns is None:
+        return _minimize_bobyqa(f, x0, lower, scale, max_restarts)
+    return _minimize_gradient(f, fg, x0, lower, scale, max_restarts, columns)
+
+
+BFGS_GTOL = 1e-6  # BFGS stops at max|gradient| below this (in phi)
+ROUNDOFF = 1e-14  # relative size of criterion changes that are rounding noise (sums over clusters)
+SNAP_TOL = 1e-6  # diagonal entries of Lambda this close to zero are tried at exactly zero
+PROBE_STEP = 1e-3  # step inside the feasible set to test a zero diagonal (phi scale)
+STALL_GTOL = 1e-4  # with max|gradient| below this, a few evaluations without progress end the run
+STALL_EVALS = 3
+PHI_MAX = 1e4  # |phi| beyond this: a variance ratio of 1e8, the criterion is diverging (degenerate data)
+
+
+class _StalledError(Exception):
+    """The line search is working at roundoff level near an optimum: stop it."""
+
+
+class _DivergedError(Exception):
+    """BFGS follows the criterion down towards an infinite variance parameter."""
+
+
+def lambda_columns(lower: np.ndarray) -> list[np.ndarray] | None:
+    """Indices of the theta entries of every column of Lambda, read off the bounds.
+
+    theta fills each lower-triangular block column by column (lme4), so every diagonal entry
+    (the only ones with a finite lower bound, 0) starts a new column, followed by the entries
+    below it. Returns None when ``lower`` does not have that pattern.
+    """
+    finite = np.isfinite(lower)
+    starts = np.flatnonzero(finite)
+    if len(starts) == 0 or starts[0] != 0 or np.any(lower[finite] != 0):
+        return None
+    return np.split(np.arange(len(lower)), starts[1:])
+
+
+def _canonical(phi: np.ndarray, g: np.ndarray, columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Flip the sign of every column of Lambda whose diagonal is negative (and its gradient).
+
+    The criterion depends on Lambda only through Lambda Lambda' (b = Lambda u with spherical u,
+    so flipping a column of Lambda flips one u_j, whose distribution is symmetric); flipping a
+    column maps a point and its gradient onto the feasible set theta_ii >= 0 unchanged.
+    """
+    phi, g = phi.copy(), g.copy()
+    for col in columns:
+        if phi[col[0]] < 0:
+            phi[col] = -phi[col]
+            g[col] = -g[col]
+    return phi, g
+
+
+def _wolfe(
+    fg: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    x: np.ndarray,
+    f0: float,
+    g0: np.ndarray,
+    p: np.ndarray,
+    ftol: float,
+    c1: float = 1e-4,
+    c2: float = 0.9,
+    maxeval: int = 20,
+) -> tuple[float, float, np.ndarray] | None:
+    """Step length along ``p`` satisfying the strong Wolfe conditions (Nocedal & Wright 2006,
+    algorithms 3.5 and 3.6, cubic interpolation); None when none is found.
+
+    The sufficient-decrease test allows ``ftol`` of rounding noise in the criterion.
+    """
+    d0 = float(g0 @ p)
+    evals = 0
+
+    def phi(a: float) -> tuple[float, float, np.ndarray]:
+        nonlocal evals
+        evals += 1
+        fa, ga = fg(x + a * p)
+        return fa, float(ga @ p), ga
+
+    def armijo(a: float, fa: float) -> bool:
+        return fa <= f0 + c1 * a * d0 + ftol
+
+    def zoom(lo: tuple[float, float, float, np.ndarray], hi: tuple[float, float, float, np.ndarray]
+             ) -> tuple[float, float, np.ndarray] | None:
+        while evals < maxeval:
+            a_lo, f_lo, d_lo, _ = lo
+            a_hi, f_hi, d_hi, _ = hi
+            a = _cubic_min(a_lo, f_lo, d_lo, a_hi, f_hi, d_hi)
+            width = abs(a_hi - a_lo)
+            if width < 1e-12 * max(1.0, abs(a_lo)):
+                break
+            lo_b, hi_b = min(a_lo, a_hi), max(a_lo, a_hi)
+            a = min(max(a, lo_b + 0.1 * width), hi_b - 0.1 * width)
+            fa, da, ga = phi(a)
+            if not armijo(a, fa) or fa >= f_lo:
+                hi = (a, fa, da, ga)
+            else:
+                if abs(da) <= -c2 * d0:
+                    return a, fa, ga
+                if da * (a_hi - a_lo) >= 0:
+                    hi = lo
+                lo = (a, fa, da, ga)
+        a_lo, f_lo, _, g_lo = lo
+        return (a_lo, f_lo, g_lo) if a_lo > 0 else None
+
+    prev = (0.0, f0, d0, g0)
+    a = 1.0
+    while evals < maxeval:
+        fa, da, ga = phi(a)
+        if not np.isfinite(fa) or not armijo(a, fa) or (prev[0] > 0 and fa >= prev[1]):
+            if not np.isfinite(fa):
+                fa, da = np.inf, np.inf
+            return zoom(prev, (a, fa, da, ga))
+        if abs(da) <= -c2 * d0:
+            return a, fa, ga
+        if da >= 0:
+            return zoom((a, fa, da, ga), prev)
+        prev = (a, fa, da, ga)
+        a *= 4.0
+    return None
+
+
+def _cubic_min(a: float, fa: float, da: float, b: float, fb: float, db: float) -> float:
+    """Minimiser of the cubic interpolating f and f' at a and b (bisection if degenerate)."""
+    if not (np.isfinite(fb) and np.isfinite(db)):
+        return 0.5 * (a + b)
+    d1 = da + db - 3 * (fa - fb) / (a - b)
+    disc = d1 * d1 - da * db
+    if disc < 0:
+        return 0.5 * (a + b)
+    d2 = np.sign(b - a) * np.sqrt(disc)
+    denom = db - da + 2 * d2
+    if denom == 0:
+        return 0.5 * (a + b)
+    return float(b - (b - a) * (db + d2 - d1) / denom)
+
+
+def _bfgs(
+    fg: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, gtol: float, maxiter: int = 500
+) -> str:
+    """BFGS on the inverse Hessian (Nocedal & Wright 2006, algorithm 6.1, with the initial
+    scaling of eq. 6.20); the caller's ``fg`` keeps the best point.
+
+    Near the optimum of a large data set the criterion (a sum over all clusters) cannot resolve
+    the decrease of a quasi-Newton step any more while the gradient still can: when the
+    predicted decrease is below rounding noise, a full step is taken if it shrinks the gradient.
+    """
+    n = len(x0)
+    x = np.asarray(x0, dtype=float)
+    f, g = fg(x)
+    H = np.eye(n)
+    first = True
+    for _ in range(maxiter):
+        gnorm = float(np.max(np.abs(g)))
+        if gnorm < gtol:
+            return "success"
+        p = -H @ g
+        if float(g @ p) >= 0:  # not a descent direction: restart from steepest descent
+            H = np.eye(n)
+            first = True
+            p = -g
+        pnorm = float(np.linalg.norm(p))
+        if first:
+            p = p / max(1.0, pnorm)  # first step of length at most one in phi
+        elif pnorm > 10.0 * max(1.0, float(np.linalg.norm(x))):
+            p = p * (10.0 * max(1.0, float(np.linalg.norm(x))) / pnorm)  # a poor Hessian estimate
+        ftol = ROUNDOFF * (abs(f) + 1.0)
+        if -0.5 * float(g @ p) < ftol:
+            f1, g1 = fg(x + p)
+            if not (np.isfinite(f1) and f1 <= f + ftol and np.max(np.abs(g1)) < gnorm):
+                return "success (gradient at rounding level of the criterion)"
+            x1 = x + p
+        else:
+            found = _wolfe(fg, x, f, g, p, ftol)
+            if found is None:
+                return "line search failed"
+            a, f1, g1 = found
+            x1 = x + a * p
+        s, y = x1 - x, g1 - g
+        sy = float(s @ y)
+        if sy > 1e-12 * float(np.linalg.norm(s) * np.linalg.norm(y)):
+            if first:
+                H = (sy / float(y @ y)) * np.eye(n)
+            rho = 1.0 / sy
+            V = np.eye(n) - rho * np.outer(s, y)
+            H = V @ H @ V.T + rho * np.outer(s, s)
+            first = False
+        x, f, g = x1, f1, g1
+    return "maxiter"
+
+
+def _minimize_gradient(
+    f: Callable[[np.ndarray], float],
+    fg: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    x0: np.ndarray,
+    lower: np.ndarray,
+    scale: np.ndarray,
+    max_restarts: int,
+    columns: list[np.ndarray],
+) -> OptimizerRecord:
+    """BFGS with the exact gradient on phi; zero diagonals probed; BOBYQA when in doubt.
+
+    Because the criterion is invariant to flipping a column of Lambda (see ``_canonical``),
+    BFGS runs without the bounds theta_ii >= 0 and its end point is mapped back onto the
+    feasible set. Without bounds a variance parameter crosses zero smoothly instead of being
+    projected onto the bound, where the gradient of an even function of theta_ii vanishes and a
+    bounded quasi-Newton method stops (a spurious stationary point: engine.md's warning about
+    L-BFGS-B). Of the points evaluated, the one kept is the lowest, or among those within
+    rounding noise of the lowest, the one with the smallest gradient.
+    """
+    counts = {"f": 0, "fg": 0}
+    best: dict[str, Any] = {"f": np.inf, "phi": None, "g": None, "gnorm": np.inf, "stale": 0, "armed": False}
+
+    def f_phi(phi: np.ndarray) -> float:
+        counts["f"] += 1
+        return f(phi / scale)
+
+    def fg_phi(phi: np.ndarray) -> tuple[float, np.ndarray]:
+        if best["armed"] and np.max(np.abs(phi), initial=0.0) > PHI_MAX:
+            raise _DivergedError
+        counts["fg"] += 1
+        try:
+            val, g = fg(phi / scale)
+        except np.linalg.LinAlgError:
+            val, g = np.inf, np.full(len(phi), np.nan)
+        g = np.asarray(g, dtype=float) / scale
+        if not (np.isfinite(val) and np.all(np.isfinite(g))):
+            return np.inf, np.full(len(phi), np.nan)
+        gnorm = float(np.max(np.abs(g), initial=0.0))
+        noise = ROUNDOFF * (abs(val) + 1.0)
+        if val < best["f"] - noise or (val <= best["f"] + noise and gnorm < best["gnorm"]):
+            best.update(f=float(val), phi=phi.copy(), g=g.copy(), gnorm=gnorm, stale=0)
+        else:
+            best["stale"] += 1
+            if best["armed"] and best["stale"] >= STALL_EVALS and best["gnorm"] < STALL_GTOL:
+                raise _StalledError
+        return float(val), g
+
+    def run(start: np.ndarray) -> str:
+        best.update(stale=0, armed=True)
+        try:
+            return _bfgs(fg_phi, start, BFGS_GTOL)
+        except _StalledError:
+            return "success (stopped at rounding level)"
+        finally:
+            best["armed"] = False
+
+    def current() -> tuple[np.ndarray, float, np.ndarray, float]:
+        phi, g = _canonical(np.asarray(best["phi"], dtype=float), np.asarray(best["g"], dtype=float), columns)
+        best.update(phi=phi, g=g)
+        g = projected(g, phi, lower)
+        return phi, float(best["f"]), g, float(np.max(np.abs(g))) if len(g) else 0.0
+
+    def fallback(why: str) -> OptimizerRecord:
+        rec = _minimize_bobyqa(f, x0, lower, scale, max_restarts)
+        rec.method = "BOBYQA (NLopt) with restarts, after BFGS " + why
+        rec.evaluations += counts["f"] + counts["fg"]
+        rec.gradient_evaluations = counts["fg"]
+        return rec
+
+    try:
+        code = run(np.maximum(np.asarray(x0, dtype=float) * scale, np.where(np.isfinite(lower), lower, -np.inf)))
+    except _DivergedError:
+        # the criterion decreases towards an infinite variance ratio (degenerate data): do what
+        # BOBYQA does there, whose trust region keeps the parameters finite
+        return fallback("diverged")
+    restarts = 0
+    method = "BFGS (analytic gradient)"
+    messages: list[str] = []
+    if best["phi"] is None:  # the criterion is not finite at the start
+        return fallback("could not start")
+    diag = np.isfinite(lower)
+    while True:
+        phi, fx, g, gnorm = current()
+        # snap tiny diagonal entries to zero when that does not worsen the criterion
+        tiny = diag & (phi != lower) & (np.abs(phi - lower) < SNAP_TOL)
+        if tiny.any():
+            ps = phi.copy()
+            ps[tiny] = lower[tiny]
+            fs, gs = fg_phi(ps)
+            if fs <= fx + ROUNDOFF * (abs(fx) + 1.0):
+                best.update(f=fs, phi=ps, g=gs, gnorm=float(np.max(np.abs(gs))))
+            phi, fx, g, gnorm = current()
+        if restarts >= max_restarts:
+            break
+        # a zero diagonal with a zero gradient may be a saddle: probe inside (lme4's restart_edge)
+        moved = False
+        for i in np.flatnonzero(diag & (phi - lower <= SNAP_TOL)):
+            probe = phi.copy()
+            probe[i] = lower[i] + PROBE_STEP
+            if f_phi(probe) < fx - ROUNDOFF * (abs(fx) + 1.0):
+                restarts += 1
+                try:
+                    code = run(probe)
+                except _DivergedError:
+                    return fallback("diverged")
+                moved = True
+                break
+        if moved:
+            continue
+        if gnorm >= GRADIENT_TOL:
+            # the gradient method did not reach a stationary point: let BOBYQA polish from here
+            phi_b, f_b, code_b = _bobyqa(f_phi, phi, lower, step=0.02)
+            restarts += 1
+            method = "BFGS (analytic gradient), then BOBYQA (NLopt)"
+            code = code_b
+            if f_b < fx:
+                fg_phi(phi_b)  # records the gradient at BOBYQA's end point
+                if f_b < fx - 1e-9 and restarts < max_restarts:
+                    try:
+                        code = run(np.asarray(best["phi"], dtype=float))
+                    except _DivergedError:
+                        return fallback("diverged")
+                    continue
+            phi, fx, g, gnorm = current()
+        break
+    converged = gnorm < GRADIENT_TOL
+    if not converged:
+        messages.append(
+            f"the optimizer stopped ({code}) with max|gradient| = {gnorm:.2g} "
+            f"(tolerance {GRADIENT_TOL:g}); the estimates may not be at the optimum"
+        )
+    return OptimizerRecord(
+        method=method,
+        initial=np.asarray(x0, dtype=float),
+        final=phi / scale,
+        evaluations=counts["f"] + counts["fg"],
+        criterion=fx,
+        gradient=g,
+        gradient_norm=gnorm,
+        restarts=restarts,
+        return_code=code,
+        converged=converged,
+        messages=messages,
+        gradient_evaluations=counts["fg"],
+    )
+
+
+def _minimize_bobyqa(
+    f: Callable[[np.ndarray], float],
+    x0: np.ndarray,
+    lower: np.ndarray,
+    scale: np.ndarray,
+    max_restarts: int,
+) -> OptimizerRecord:
+    """BOBYQA + restarts on phi = theta * scale, gradient by central differences."""
     count = [0]
 
     def g_phi(phi: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""Shared test helpers: loading the lme4 reference fixtures."""
+"""Loading the lme4 reference fixtures of tests/fixtures (importable as `lme4ref`)."""
 
 from __future__ import annotations
 
