@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--therapists", help="therapist table with moderator columns")
     a.add_argument("--config", help="study config (TOML); every key has a default")
     a.add_argument("--sheet", help="worksheet of an Excel sessions file")
+    a.add_argument("--therapists-sheet", help="worksheet of an Excel therapist table")
     a.add_argument("--out", default="theralens-out", help="output folder (default: theralens-out)")
     a.add_argument("--no-report", action="store_true", help="write results.json and tables only")
 
@@ -47,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("sessions")
     v.add_argument("--therapists")
     v.add_argument("--config")
-    v.add_argument("--sheet")
+    v.add_argument("--sheet", help="worksheet of an Excel sessions file")
+    v.add_argument("--therapists-sheet", help="worksheet of an Excel therapist table")
 
     s = sub.add_parser("simulate", help="simulate a study with known truth")
     s.add_argument("--preset", default="coyne2022")
@@ -72,26 +74,41 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write_outputs(result, out: Path, report: bool) -> list[Path]:  # noqa: ANN001
-    written = result.write(out)
-    if report:
-        try:
-            from theralens.report.html import write_report
-        except ImportError:  # the report is optional until installed
-            return written
-        written += write_report(result, out)
-    return written
+    """Write results, tables and the report into ``out``, all or nothing (atomic.write_staged)."""
+    from theralens.atomic import write_staged
+
+    def write(folder: Path) -> list[Path]:
+        written = result.write(folder)
+        if report:
+            try:
+                from theralens.report.html import write_report
+            except ImportError:  # the report is optional until installed
+                return written
+            written += write_report(result, folder)
+        return written
+
+    return write_staged(out, write)
 
 
-def _cmd_analyze(args: argparse.Namespace) -> int:
+def _read_inputs(args: argparse.Namespace):  # noqa: ANN202
     from theralens.data.config import load_config
     from theralens.data.read import read_table
-    from theralens.study.analysis import analyze
 
     cfg = load_config(args.config)
     sessions = read_table(args.sessions, sheet=args.sheet, what="sessions")
-    ther = read_table(args.therapists, what="therapists") if args.therapists else None
+    ther = (read_table(args.therapists, sheet=args.therapists_sheet, what="therapists")
+            if args.therapists else None)
+    return cfg, sessions, ther
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from theralens.atomic import check_dir
+    from theralens.study.analysis import analyze
+
     out = Path(args.out)
     _check_out_not_input(out, [args.sessions, args.therapists, args.config])
+    cfg, sessions, ther = _read_inputs(args)
+    check_dir(out)  # fail before the analysis, not after it
     result = analyze(sessions, ther, cfg, source=args.sessions, therapists_source=args.therapists or "")
     written = _write_outputs(result, out, not args.no_report)
     print(result.summary())
@@ -100,23 +117,34 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _check_out_not_input(out: Path, inputs: Sequence[str | None]) -> None:
+    """The output folder is not an input file, and no output would replace an input."""
+    o = out.resolve()
+    ours = {o / "results.json", o / "report.html"}
     for path in inputs:
-        if path and Path(path).resolve() == out.resolve():
+        if not path:
+            continue
+        p = Path(path).resolve()
+        if p == o:
             raise InputError(f"output folder {out} is one of the input files; choose another --out folder")
+        if p in ours or p.parent in (o / "tables", o / "therapists"):
+            raise InputError(f"input file {path} lies where theralens writes its outputs ({out}); "
+                             "move it or choose another --out folder")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from theralens.atomic import check_dir
     from theralens.data.config import config_from_dict
     from theralens.datasets import load_demo
     from theralens.study.analysis import analyze
 
     t0 = time.perf_counter()
+    out = Path(args.out)
+    check_dir(out)
     sessions, therapists = load_demo()
     cfg = config_from_dict({"therapist_moderators": {"columns": DEMO_MODERATORS},
                             "design": {"level": args.design}})
     result = analyze(sessions, therapists, cfg, source="demo sessions (simulated, coyne2022 preset, seed 2022)",
                      therapists_source="demo therapists")
-    out = Path(args.out)
     written = _write_outputs(result, out, True)
     print(result.summary())
     print(f"\nwrote {len(written)} files to {out} in {time.perf_counter() - t0:.1f} s; open {out / 'report.html'}")
@@ -124,13 +152,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from theralens.data.config import load_config
-    from theralens.data.read import read_table
     from theralens.data.validate import validate_sessions, validate_therapists
 
-    cfg = load_config(args.config)
-    df = read_table(args.sessions, sheet=args.sheet, what="sessions")
+    cfg, df, ther = _read_inputs(args)
     data = validate_sessions(df, cfg, source=args.sessions)
+    t = validate_therapists(ther, data, cfg, source=args.therapists) if ther is not None else None
     c = data.counts
     print(f"{args.sessions}: OK - {c.get('therapists')} therapists, {c.get('patients')} patients, "
           f"{c.get('rows_used')} rows used")
@@ -138,8 +164,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"  excluded: {e.rows} rows ({e.reason})")
     for note in data.notes:
         print(f"  note: {note}")
-    if args.therapists:
-        t = validate_therapists(read_table(args.therapists, what="therapists"), data, cfg, source=args.therapists)
+    if t is not None:
         print(f"{args.therapists}: OK - {len(t)} therapists, moderators: "
               f"{', '.join(c for c in t.columns if c != 'therapist') or 'none configured'}")
     return 0

@@ -31,6 +31,8 @@ from hypothesis import strategies as st
 import theralens as tl
 from theralens.errors import InputError
 
+# degenerate random data make numpy warn (sqrt of a negative variance estimate, ...): expected here
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 FORMULAS = [
@@ -132,8 +134,6 @@ def _usable(m: tl.MixedResult) -> bool:
 def test_fit_returns_or_raises_documented_errors(args):
     data, formula = args
     complete = data[["x", "y"]].notna().all(axis=1).sum() if "x" in formula.split("~")[1] else data["y"].notna().sum()
-    # n <= p is a known engine gap (ZeroDivisionError; see test_fewer_rows_than_fixed_effects)
-    assume(complete > 2)
     try:
         m = _fit(formula, data)
     except InputError as exc:  # ModelSpecError is an InputError

@@ -15,6 +15,9 @@ is recorded in ``df.attrs``:
 
 - ``attrs["value_labels"]``: {column: {code: label}} for every labelled column,
 - ``attrs["labels_applied"]``: columns whose codes were replaced by labels,
+- ``attrs["nominal"]``: those of them the file itself marks "nominal" (the others were
+  judged categorical because every code is labelled; validation turns an outcome or
+  process among them back into its numeric codes),
 - ``attrs["notes"]``: one sentence per decision, for the report,
 - ``attrs["source"]``, ``attrs["format"]``, and ``attrs["first_data_row"]``: the row
   number the user sees for the first data row (2 in a text file or a sheet, after the
@@ -116,6 +119,7 @@ def read_table(path: str | Path, *, sheet: str | int | None = None, what: str = 
     _check_header(df, label)
     df.attrs.setdefault("value_labels", {})
     df.attrs.setdefault("labels_applied", [])
+    df.attrs.setdefault("nominal", [])
     df.attrs.setdefault("notes", [])
     df.attrs.update(source=str(p), format=fmt, first_data_row=first_row)
     return df
@@ -212,9 +216,13 @@ def _read_excel(p: Path, label: str, ext: str, sheet: str | int | None, what: st
         if sheet is None:
             if len(names) > 1:
                 listed = ", ".join(f'"{s}"' for s in names)
+                option = "--therapists-sheet" if what == "therapists" else "--sheet"
+                lowered = {n.lower(): n for n in names}
+                close = difflib.get_close_matches(what.lower(), list(lowered), n=1, cutoff=0.5)
+                guess = lowered[close[0]] if close else names[0]
                 raise InputError(
                     f"{label} has {len(names)} sheets ({listed}); say which one holds the "
-                    f'{what} data: sheet="{names[0]}" (command line: --sheet "{names[0]}")'
+                    f'{what} data: sheet="{guess}" (command line: {option} "{guess}")'
                 )
             chosen: str | int = 0
         elif isinstance(sheet, int) and not isinstance(sheet, bool):
@@ -268,6 +276,7 @@ def _read_stat(p: Path, label: str, ext: str) -> pd.DataFrame:
     }
     measures: dict[str, str] = dict(getattr(meta, "variable_measure", None) or {})
     applied: list[str] = []
+    nominal: list[str] = []
     notes: list[str] = []
     for col, mapping in labels.items():
         observed = pd.Series(df[col]).dropna().unique()
@@ -277,6 +286,8 @@ def _read_stat(p: Path, label: str, ext: str) -> pd.DataFrame:
         if categorical:
             df[col] = df[col].map(lambda v, m=mapping: m.get(v, v) if pd.notna(v) else v)
             applied.append(col)
+            if measure == "nominal":
+                nominal.append(col)
             notes.append(
                 f"{p.name}: column {col!r} has {kind} value labels and is categorical "
                 f"({'nominal' if measure == 'nominal' else 'every code labelled'}): "
@@ -290,5 +301,6 @@ def _read_stat(p: Path, label: str, ext: str) -> pd.DataFrame:
             )
     df.attrs["value_labels"] = labels
     df.attrs["labels_applied"] = applied
+    df.attrs["nominal"] = nominal
     df.attrs["notes"] = notes
     return df

@@ -44,6 +44,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -250,14 +251,15 @@ def _to_numeric(
                 bad = (text.notna() & out.isna()).to_numpy()
         if bad.any():
             values = list(text[bad].astype(str))
-            extra = (
-                " (its value labels were applied because the file marks it as categorical; mark it as a scale variable)"
-                if labelled
-                else ""
-            )
+            if labelled:
+                raise InputError(
+                    f"{where}: column {column!r} ({role}) must hold numbers, but the file marks it as "
+                    f"nominal (categorical), so {_rows_text(rows[bad])} hold its value labels "
+                    f"{_show(values)}; in SPSS set its measure to scale (Variable View) and save the file again"
+                )
             raise InputError(
                 f"{where}: column {column!r} ({role}) must hold numbers, but "
-                f"{_rows_text(rows[bad])} hold {_show(values)}{extra}; "
+                f"{_rows_text(rows[bad])} hold {_show(values)}; "
                 "replace them by numbers or leave the cells empty"
             )
     inf = np.isinf(out.to_numpy())
@@ -348,6 +350,37 @@ def _parse_dates(text: pd.Series, column: str, rows: np.ndarray, where: str) -> 
     for k, v in parsed.items():
         out[k] = pd.Timestamp(v)
     return out
+
+
+def _codes_back(frame: pd.DataFrame, column: str, attrs: dict[str, Any], where: str, notes: list[str]) -> bool:
+    """Give an outcome or process column whose SPSS/Stata value labels were applied (every
+    code labelled, no measurement level recorded) its numeric codes back, with a note.
+
+    A column the file marks "nominal" keeps its labels (validation then asks for a scale
+    variable); labels shared by two codes raise InputError.
+    """
+    if column in set(attrs.get("nominal", [])):
+        return False
+    mapping = dict(attrs.get("value_labels", {}).get(column, {}))
+    inverse: dict[Any, Any] = {}
+    for code, label in mapping.items():
+        if label in inverse:
+            raise InputError(
+                f"{where}: column {column!r} must hold numbers, but its value labels give codes "
+                f"{_show([inverse[label], code])} the same label {label!r}, so the codes cannot be "
+                "recovered; give each code its own label (or none) and save the file again"
+            )
+        inverse[label] = code
+    frame[column] = frame[column].map(lambda v: inverse.get(v, v) if isinstance(v, str) else v)
+    name = Path(str(attrs.get("source", where))).name
+    notes[:] = [n for n in notes if not (f"column {column!r}" in n and "labels are used instead" in n)]
+    shown = ", ".join(f"{code:g} = {label}" if isinstance(code, float) else f"{code} = {label}"
+                      for code, label in list(mapping.items())[:2])
+    notes.append(
+        f"{name}: column {column!r} has a value label for every code ({shown}"
+        f"{', ...' if len(mapping) > 2 else ''}); it is analysed as the numbers (the codes)."
+    )
+    return True
 
 
 def _parse_time(series: pd.Series, column: str, rows: np.ndarray, where: str) -> tuple[pd.Series, pd.Series | None]:
@@ -510,6 +543,9 @@ def validate_sessions(
     used = [c for c, _, _ in roles]
     frame = df.loc[:, used].copy()
     frame.index = pd.RangeIndex(len(frame))
+    for column in dict.fromkeys([cols.outcome, *cols.process]):
+        if column in applied and _codes_back(frame, column, df.attrs, where, notes):
+            applied.discard(column)
 
     # blank lines (all used cells empty) are not data
     blank = np.ones(len(frame), dtype=bool)

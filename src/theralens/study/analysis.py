@@ -16,8 +16,8 @@ from theralens.data.decompose import patient_level, session_level
 from theralens.data.read import read_table
 from theralens.data.validate import validate_sessions, validate_therapists
 from theralens.errors import InputError
+from theralens.study.aims import DesignTerms, aim1, aim2, aim3, ancillary, design_terms
 from theralens.study.aims import _fit as fit_model
-from theralens.study.aims import aim1, aim2, aim3, ancillary, design_terms
 from theralens.study.result import StudyResult
 
 #: Below this many therapists, the result warns that slope variances and cross-level
@@ -57,6 +57,17 @@ def analyze(
     frame["therapist"] = frame["therapist"].astype(str)
     frame["patient"] = frame["patient"].astype(str)
     labels = table.labels
+    n_processes = len(terms.processes)
+    _check_estimable(frame, terms, source, "the analysis", 1 + len(terms.fixed_main()) + n_processes)
+    if moderators is not None:
+        mod_labels = moderators.attrs.get("labels", {})
+        coded = [c for c in moderators.columns if c != "therapist"]
+        for wset in [coded] if config.therapist_moderators.joint else [[c] for c in coded]:
+            have = moderators.dropna(subset=wset)["therapist"].astype(str)
+            names = ", ".join(repr(mod_labels.get(w, w)) for w in wset)
+            _check_estimable(frame[frame["therapist"].isin(set(have))], terms, therapists_source,
+                             f"the model of moderator {names} (therapists with a value)",
+                             1 + len(terms.fixed_main()) + len(wset) * (1 + 2 * n_processes))
     main = fit_model("main", terms.formula(), frame, note="aims 1 and 2")
     a1 = aim1(main.fit, terms, labels)
     a2 = aim2(main, terms, frame, labels, table.benefit_sign)
@@ -85,18 +96,65 @@ def analyze(
             warnings.append(f"Therapist slopes of {row['process']} have low reliability (mean "
                             f"{row['mean_slope_reliability']:.2f}): individual slopes are shrunk strongly toward "
                             "the average and rankings are very uncertain.")
+    if therapists is not None and moderators is None:
+        warnings.append("A therapist table was given, but no moderators are configured ([therapist_moderators] "
+                        "columns), so aim 3 was not run.")
     if moderators is not None:
         missing = moderators.attrs.get("missing_therapists", [])
         if missing:
             warnings.append(f"{len(missing)} therapist(s) are not in the therapist table and are left out of the "
                             "moderator models.")
+        if len(a3.table):
+            for name, n_missing in a3.table.groupby("moderator", sort=False)["therapists_missing"].max().items():
+                if n_missing:
+                    warnings.append(f"Moderator {name!r} is unknown for {int(n_missing)} therapist(s) (no value, or "
+                                    "not in the therapist table): they are left out of its model (column "
+                                    "therapists_missing of aim 3).")
     notes = list(data.notes)
+    if moderators is not None:
+        notes += [n for n in moderators.attrs.get("notes", []) if n not in notes]
     notes.append("Process components use the observed (manifest) decomposition: caseload means are taken over "
                  "patients (each weighing once) unless configured otherwise; a latent (multilevel SEM) "
                  "decomposition is not used.")
     return StudyResult(config=config, data=data, table=table, terms=terms, main=main, aim1=a1, aim2=a2, aim3=a3,
                        ancillary=anc, ancillary_model=anc_model, moderators=moderators, warnings=warnings,
                        notes=notes, seconds=time.perf_counter() - t0)
+
+
+def _check_estimable(frame: pd.DataFrame, terms: DesignTerms, source: str, what: str, n_fixed: int) -> None:
+    """Refuse a model whose therapist slope variances cannot be estimated (one line, with the fix).
+
+    Each therapist has an intercept and one slope per process (q = 1 + P random effects), so
+    the q x q covariance of these needs more than q therapists (with J <= q therapists its estimate is
+    singular by construction); and, as lme4 requires, more rows than random effects in each
+    term and than fixed effects.
+    """
+    n_proc = len(terms.processes)
+    q = 1 + n_proc
+    n_ther = int(frame["therapist"].nunique())
+    n = len(frame)
+    unit = "analysed patients" if terms.level == "patient" else "lagged outcome pairs"
+    fewer = "analyse fewer processes at once ([columns] process)"
+    if n_ther <= q:
+        raise InputError(
+            f"{source}: {what} has {n_ther} therapists, too few to estimate therapist slope variances for "
+            f"{n_proc} process(es): each therapist has an intercept and {n_proc} slope(s), and their "
+            f"{q} x {q} covariance needs at least {q + 1} therapists; add therapists or {fewer}")
+    if n <= n_ther * q:
+        raise InputError(
+            f"{source}: {what} has {n} {unit} for {n_ther} therapists with {q} random effects each ({n_ther * q} in "
+            f"all); the model needs more {unit} than random effects (as lme4 does): add patients or {fewer}")
+    if terms.patient_intercept:
+        n_pat = int(frame["patient"].nunique())
+        if n <= n_pat:
+            raise InputError(
+                f"{source}: every patient in {what} has a single lagged pair (two outcome assessments), so "
+                "the patient intercept cannot be told from the residual; the session-level design needs "
+                'patients with three or more outcome assessments, or use [design] level = "patient"')
+    if n <= n_fixed:
+        raise InputError(
+            f"{source}: {what} has {n} {unit} but the model has {n_fixed} fixed effects; add patients, "
+            f"remove covariates or {fewer}")
 
 
 def analyze_files(
