@@ -21,9 +21,9 @@ import pytest
 
 from theralens.datasets import demo_paths
 
-HAS_POWER_CLI = importlib.util.find_spec("theralens.power.cli") is not None
+HAS_POWER_CLI = importlib.util.find_spec("theralens.planning.cli") is not None
 POWER_ARGS = ["power", "--therapists", "12", "--patients-per-therapist", "4", "--nsim", "4"]
-NEEDS_POWER = pytest.mark.skipif(not HAS_POWER_CLI, reason="theralens.power.cli is not there yet (power is being "
+NEEDS_POWER = pytest.mark.skipif(not HAS_POWER_CLI, reason="theralens.planning.cli is not there yet (power is being "
                                                            "written); this part runs once it lands")
 MODERATORS = '[therapist_moderators]\ncolumns = ["self_rated_alliance_skill", "cbt"]\n'
 

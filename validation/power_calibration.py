@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 from theralens.atomic import write_text
-from theralens.power import power
+from theralens.planning import power
 from theralens.study.simulate import MODERATORS, PROCESSES, TARGETS
 
 NO_MODERATION = {(m, p, t): 0.0 for m in MODERATORS for p in PROCESSES for t in TARGETS}
@@ -142,12 +142,12 @@ def lmertest_check(k: int, seed: int) -> str:
     import subprocess
     import tempfile
 
-    from theralens.power.designs import StudyModels
-    from theralens.power.fit import fit_design
-    from theralens.power.replicate import replicate_seed
-    from theralens.power.satterthwaite import t_tests
-    from theralens.power.settings import design_cells
-    from theralens.power.table import patient_arrays
+    from theralens.model.fit import fit_design
+    from theralens.planning.designs import StudyModels
+    from theralens.planning.replicate import replicate_seed
+    from theralens.planning.satterthwaite import t_tests
+    from theralens.planning.settings import design_cells
+    from theralens.planning.table import patient_arrays
     from theralens.study.simulate import simulate
 
     if shutil.which("Rscript") is None:

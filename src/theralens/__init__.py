@@ -6,19 +6,31 @@ the next study. The command-line interface lives in ``cli``.
 
 Main entry points: :func:`fit_mixed` and :func:`lrt` (the engine), :func:`analyze` (the
 study on DataFrames), :func:`simulate` (studies with known truth) and :func:`power`.
+They are imported on first use, so that ``import theralens`` (and every CLI command that
+stops at a bad input) does not pay for SciPy, pandas and formulaic up front.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from theralens.errors import InputError, ModelSpecError
-from theralens.model import LRTResult, MixedResult, fit_mixed, lrt
-from theralens.study.analysis import analyze, analyze_files
-from theralens.study.result import StudyResult
-from theralens.study.simulate import simulate
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "LRTResult": "theralens.model.lrt",
+    "MixedResult": "theralens.model.fit",
+    "fit_mixed": "theralens.model.fit",
+    "lrt": "theralens.model.lrt",
+    "analyze": "theralens.study.analysis",
+    "analyze_files": "theralens.study.analysis",
+    "StudyResult": "theralens.study.result",
+    "simulate": "theralens.study.simulate",
+    "power": "theralens.planning",
+}
+
 __all__ = [
     "InputError",
     "LRTResult",
@@ -34,10 +46,23 @@ __all__ = [
     "simulate",
 ]
 
+if TYPE_CHECKING:  # pragma: no cover
+    from theralens.model.fit import MixedResult, fit_mixed
+    from theralens.model.lrt import LRTResult, lrt
+    from theralens.planning import power
+    from theralens.study.analysis import analyze, analyze_files
+    from theralens.study.result import StudyResult
+    from theralens.study.simulate import simulate
+
 
 def __getattr__(name: str) -> Any:
-    if name == "power":  # imported on use: it brings in the process pool and Dask
-        from theralens.power import power
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'theralens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return power
-    raise AttributeError(f"module 'theralens' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -195,7 +195,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_power(args: argparse.Namespace) -> int:
-    from theralens.power.cli import run_power_command
+    from theralens.planning.cli import run_power_command
 
     return run_power_command(args)
 

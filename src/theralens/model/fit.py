@@ -316,6 +316,23 @@ def fit_mixed(
     """
     parsed = parse_formula(formula)
     design = build_design(parsed, data)
+    fit = fit_design(design, formula, reml=reml, start=start)
+    fit.data = data
+    if design.n_dropped:
+        fit.notes.append(f"{design.n_dropped} rows with missing values were dropped")
+    if design.dropped_columns:
+        fit.notes.append("fixed-effect model matrix is rank deficient; dropped: " + ", ".join(design.dropped_columns))
+    return fit
+
+
+def fit_design(design: Design, formula: str, reml: bool = True, start: np.ndarray | None = None) -> MixedResult:
+    """Fit a ready :class:`~theralens.model.design.Design` (lme4's ``mkLmerDevfun`` ->
+    ``optimizeLmer`` -> ``mkMerMod`` after ``lFormula``): criterion from the sufficient
+    statistics, BFGS on the analytic gradient (BOBYQA as fallback), then the solution.
+
+    :func:`fit_mixed` is ``build_design`` followed by this step; designs built from arrays
+    (the power simulations) call it directly. ``formula`` is kept in the result.
+    """
     crit = NestedCriterion(design)
     lower = design.theta_lower_bounds()
     scale = design.theta_scale()
@@ -324,10 +341,5 @@ def fit_mixed(
     rec = minimize_theta(lambda th: crit.criterion(th, reml), x0, lower, scale=scale,
                          fg=lambda th: crit.value_and_gradient(th, reml))
     sol = crit.solve(rec.final, reml)
-    notes = []
-    if design.n_dropped:
-        notes.append(f"{design.n_dropped} rows with missing values were dropped")
-    if design.dropped_columns:
-        notes.append("fixed-effect model matrix is rank deficient; dropped: " + ", ".join(design.dropped_columns))
     return MixedResult(formula=formula, reml=reml, design=design, criterion=crit, solution=sol,
-                       optimizer=rec, notes=notes, data=data)
+                       optimizer=rec, notes=[], data=None)

@@ -1,0 +1,186 @@
+"""Benchmark of simulation-based power (issue: plan the next study).
+
+Measures, for the ``coyne2022`` preset (42 therapists, 212 patients, uneven caseloads):
+
+1. seconds per replicate on one core (one process, BLAS limited to one thread), median of
+   ``--batches`` batches of ``--reps`` replicates each, for three loops over the same
+   simulated data (``simulate`` + the numpy patient-level table of ``theralens.power``):
+   - ``theralens_two_fits``: the data, the main model and the model without the alliance
+     slope (``theralens.planning.fit.fit_design``), and their chi-bar-square LRT;
+   - ``mixedlm_two_fits``: the same loop around ``mixedlm.lmer`` (PyPI, Rust backend):
+     the data, the same two REML fits, the same LRT from ``REMLcrit``;
+   - ``theralens_replicate``: a full power replicate (main, two reduced models, the moderator
+     model, chi-bar-square LRTs, Satterthwaite t tests: ``theralens.planning.replicate``);
+   and the parts of the data step (``simulate``, table);
+2. wall time of ``theralens.power(nsim=1000, workers=2)`` (the whole study: process pool,
+   aggregation), with the load average before and after.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_power.py                  # all, about a minute
+    .venv/bin/python benchmarks/bench_power.py --skip-pool --reps 50 --out /tmp/bench_power.json
+
+Times are wall clock (``time.perf_counter``) and CPU (``time.process_time``); on a machine
+shared with other work the CPU times are the steadier numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core per process, before numpy loads
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+
+try:
+    import theralens  # noqa: F401
+except ImportError:  # not installed: use the source tree next to us
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from theralens import lrt  # noqa: E402
+from theralens.model.fit import fit_design  # noqa: E402
+from theralens.planning import power  # noqa: E402
+from theralens.planning.designs import StudyModels  # noqa: E402
+from theralens.planning.replicate import PowerSpec, run_replicate  # noqa: E402
+from theralens.planning.settings import Cell  # noqa: E402
+from theralens.planning.table import patient_arrays  # noqa: E402
+from theralens.study.simulate import simulate  # noqa: E402
+
+CELL = Cell(n_therapists=42, patients_per_therapist=212 / 42, n_patients=212)
+MODELS = StudyModels()
+
+
+def _data(seed: int) -> Any:
+    return patient_arrays(simulate("coyne2022", seed=seed).sessions)
+
+
+def theralens_two_fits(seed: int) -> float:
+    a = _data(seed)
+    main_design = MODELS.main_design(a)
+    main = fit_design(main_design, MODELS.main_formula)
+    reduced = fit_design(MODELS.reduced_design(a, "alliance", main_design), MODELS.reduced_formula("alliance"))
+    return lrt(reduced, main).p_value
+
+
+def mixedlm_two_fits(seed: int) -> float:
+    import mixedlm
+
+    frame = _data(seed).frame()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # singular-fit warnings
+        main = mixedlm.lmer(MODELS.main_formula, frame, REML=True)
+        reduced = mixedlm.lmer(MODELS.reduced_formula("alliance"), frame, REML=True)
+    stat = max(float(reduced.REMLcrit()) - float(main.REMLcrit()), 0.0)
+    return 0.5 * stats.chi2.sf(stat, 2) + 0.5 * stats.chi2.sf(stat, 3)  # Self & Liang 1987
+
+
+def theralens_replicate(seed: int) -> float:
+    return float(run_replicate(PowerSpec(seed=seed), CELL, 0).p[0])
+
+
+def data_simulate(seed: int) -> float:
+    return float(len(simulate("coyne2022", seed=seed).sessions))
+
+
+_SESSIONS = [simulate("coyne2022", seed=s).sessions for s in range(20)]
+
+
+def data_table(seed: int) -> float:
+    return float(patient_arrays(_SESSIONS[seed % len(_SESSIONS)]).n)
+
+
+def per_replicate(fn: Callable[[int], float], reps: int, batches: int) -> dict[str, Any]:
+    """Median seconds per replicate over ``batches`` batches (wall and CPU)."""
+    for s in range(2):
+        fn(10_000 + s)  # warm-up: imports, caches
+    wall, cpu, failed = [], [], 0
+    for b in range(batches):
+        t0, c0 = time.perf_counter(), time.process_time()
+        for r in range(reps):
+            try:
+                fn(b * reps + r)
+            except Exception:  # a failed fit still cost its time
+                failed += 1
+        wall.append((time.perf_counter() - t0) / reps)
+        cpu.append((time.process_time() - c0) / reps)
+    return {"wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu), "wall_all": wall, "cpu_all": cpu,
+            "failed": failed, "replicates": reps * batches}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=40, help="replicates per timed batch")
+    ap.add_argument("--batches", type=int, default=5)
+    ap.add_argument("--nsim", type=int, default=1000, help="replicates of the 2-core run")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--skip-pool", action="store_true", help="skip the 2-core run")
+    ap.add_argument("--skip-mixedlm", action="store_true")
+    ap.add_argument("--out", help="write the results as JSON here")
+    args = ap.parse_args()
+
+    loops: list[tuple[str, Callable[[int], float]]] = [
+        ("data_simulate", data_simulate), ("data_table", data_table),
+        ("theralens_two_fits", theralens_two_fits), ("theralens_replicate", theralens_replicate),
+    ]
+    if not args.skip_mixedlm:
+        try:
+            import mixedlm  # noqa: F401
+
+            loops.insert(3, ("mixedlm_two_fits", mixedlm_two_fits))
+        except ImportError:
+            print("mixedlm not installed (.venv/bin/pip install mixedlm): skipped", file=sys.stderr)
+    results: dict[str, Any] = {"meta": {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "platform": platform.platform(),
+        "python": platform.python_version(), "numpy": np.__version__, "cores": os.cpu_count(),
+        "loadavg_before": os.getloadavg(), "reps_per_batch": args.reps, "batches": args.batches,
+    }}
+    try:
+        import mixedlm
+
+        results["meta"]["mixedlm"] = getattr(mixedlm, "__version__", "?")
+    except ImportError:
+        pass
+    print(f"one core, median of {args.batches} x {args.reps} replicates (coyne2022: 42 therapists, 212 patients)")
+    for name, fn in loops:
+        r = per_replicate(fn, args.reps, args.batches)
+        results[name] = r
+        print(f"  {name:22s} {r['wall_s'] * 1e3:8.2f} ms/replicate wall  {r['cpu_s'] * 1e3:8.2f} ms CPU"
+              + (f"  ({r['failed']} failed)" if r["failed"] else ""))
+    if "mixedlm_two_fits" in results:
+        for key in ("wall_s", "cpu_s"):
+            ratio = results["mixedlm_two_fits"][key] / results["theralens_two_fits"][key]
+            results.setdefault("ratio_mixedlm_over_theralens", {})[key] = ratio
+        print(f"  mixedlm / theralens (two fits): {results['ratio_mixedlm_over_theralens']['cpu_s']:.1f}x CPU, "
+              f"{results['ratio_mixedlm_over_theralens']['wall_s']:.1f}x wall")
+    if not args.skip_pool:
+        load = os.getloadavg()
+        t0 = time.perf_counter()
+        res = power("coyne2022", nsim=args.nsim, workers=args.workers, seed=1, progress=False)
+        wall = time.perf_counter() - t0
+        cpu = res.execution["replicate_cpu_seconds"]
+        results["pool"] = {"nsim": args.nsim, "workers": args.workers, "wall_s": wall, "loadavg_before": load,
+                           "loadavg_after": os.getloadavg(), "usable_share_min": float(res.table["usable_share"].min()),
+                           "replicate_cpu_s": cpu, "replicate_wall_s": res.execution["replicate_seconds"]}
+        print(f"theralens.power(nsim={args.nsim}, workers={args.workers}): {wall:.1f} s wall "
+              f"(load average before {load[0]:.1f}, after {os.getloadavg()[0]:.1f}); CPU in replicates {cpu:.1f} s "
+              f"= {cpu / args.nsim * 1e3:.1f} ms per replicate, {cpu / args.workers:.1f} s per worker")
+    results["meta"]["loadavg_after"] = os.getloadavg()
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

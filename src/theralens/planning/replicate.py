@@ -1,0 +1,273 @@
+"""One replicate of a power study: simulate a study, analyse it as the study does, test.
+
+For design cell (J therapists, N patients) and replicate r, the data come from
+:func:`theralens.study.simulate.simulate` with the seed of (seed, J, N, r)
+(:func:`replicate_seed`), the patient-level table from :mod:`theralens.planning.table`, and the
+models of :mod:`theralens.study.aims` (:mod:`theralens.planning.designs`), fitted by REML with
+the engine (:func:`theralens.model.fit.fit_design`) from lme4's default start, as the study fits them
+(starting the other models from the main model's estimates saves a fifth of the evaluations
+but can end at a worse boundary optimum: seen in testing). Tests at level alpha, as the
+study reports them:
+
+- ``slope_variance`` of process p: REML likelihood ratio of ``main`` against the model
+  without the slope of p, referred to the chi-bar-square mixture 0.5 chi2(q-1) + 0.5 chi2(q)
+  (Self & Liang 1987; Stram & Lee 1994), as :func:`theralens.lrt` computes it
+  (:func:`slope_lrt`), q = 3 random effects here;
+- ``within`` and ``between`` effect of p (g10, g01): t tests with Satterthwaite df in
+  ``main`` (aim 1);
+- ``moderator``: the cross-level interaction of the configured moderator W with the
+  configured component (default g11: W x alliance within, the within slope), t test with
+  Satterthwaite df in the moderator model (aim 3).
+
+Each test records its p-value, estimate and SE (fixed effects), or why it has none: a model it needs raised an
+error (status ``error``) or did not converge (``nonconverged``); singular (boundary) fits
+are flagged and, with ``exclude_singular``, also count as failed (``singular``). A failed
+test is never a non-rejection: it leaves the denominator (:mod:`theralens.planning.result`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from theralens.errors import InputError
+from theralens.model.chibar import slope_mixture
+from theralens.model.fit import MixedResult, fit_design
+from theralens.planning.designs import StudyModels
+from theralens.planning.satterthwaite import t_tests
+from theralens.planning.settings import Cell
+from theralens.planning.table import patient_arrays
+from theralens.study.simulate import MODERATORS, PROCESSES, TARGETS, simulate
+
+__all__ = ["ERROR", "NONCONVERGED", "OK", "SINGULAR", "ChunkOutcome", "PowerSpec", "ReplicateOutcome", "TestSpec",
+           "replicate_seed", "run_chunk", "run_replicate", "slope_lrt"]
+
+OK, NONCONVERGED, ERROR, SINGULAR = 0, 1, 2, 3
+STATUS = {OK: "ok", NONCONVERGED: "nonconverged", ERROR: "error", SINGULAR: "singular"}
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    """One test of a replicate: ``kind`` (slope_variance, within, between, moderator),
+    ``process``, ``term`` (the engine's name of what is tested), ``label`` (words) and
+    ``models`` (the models it needs)."""
+
+    kind: str
+    process: str
+    term: str
+    label: str
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PowerSpec:
+    """What every replicate of a power study shares (sent to each worker).
+
+    ``preset`` and ``overrides`` (keyword overrides of :func:`simulate`), ``alpha``,
+    ``seed``, ``moderator`` (a therapist characteristic or None), ``moderator_process`` and
+    ``moderator_target`` (``within_slope`` or ``between_association``), ``exclude_singular``.
+    """
+
+    preset: str = "coyne2022"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    alpha: float = 0.05
+    seed: int = 1
+    moderator: str | None = "self_rated_alliance_skill"
+    moderator_process: str = "alliance"
+    moderator_target: str = "within_slope"
+    exclude_singular: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise InputError(f"--alpha {self.alpha}: the level of the tests must lie strictly between 0 and 1")
+        if self.moderator is not None and self.moderator not in MODERATORS:
+            raise InputError(f"moderator {self.moderator!r}: the simulation has {', '.join(MODERATORS)}")
+        if self.moderator_process not in PROCESSES:
+            raise InputError(f"moderator process {self.moderator_process!r}: one of {', '.join(PROCESSES)}")
+        if self.moderator_target not in TARGETS:
+            raise InputError(f"moderator target {self.moderator_target!r}: one of {', '.join(TARGETS)}")
+
+    @property
+    def covariates(self) -> tuple[str, ...]:
+        return ("age",) if self.overrides.get("patient_covariates") else ()
+
+    @property
+    def models(self) -> StudyModels:
+        return StudyModels(processes=PROCESSES, covariates=self.covariates, moderator=self.moderator)
+
+    @property
+    def tests(self) -> tuple[TestSpec, ...]:
+        sm = self.models
+        out = []
+        for p in PROCESSES:
+            out.append(TestSpec("slope_variance", p, sm.terms.within[p], f"therapist slope variance of {p}",
+                                ("main", f"without_slope:{p}")))
+        for p in PROCESSES:
+            out.append(TestSpec("within", p, sm.terms.within[p], f"within-therapist effect of {p}", ("main",)))
+            out.append(TestSpec("between", p, sm.terms.between[p], f"between-therapist effect of {p}", ("main",)))
+        if self.moderator is not None:
+            comp = sm.terms.within if self.moderator_target == "within_slope" else sm.terms.between
+            what = "within slope" if self.moderator_target == "within_slope" else "between association"
+            out.append(TestSpec("moderator", self.moderator_process,
+                                f"{comp[self.moderator_process]}:{sm.moderator_column}",
+                                f"{self.moderator} x {self.moderator_process} {what}", ("moderator",)))
+        return tuple(out)
+
+
+def replicate_seed(seed: int, cell: Cell, replicate: int) -> int:
+    """Seed of one replicate from (seed, therapists, patients, replicate index) alone, by
+    :class:`numpy.random.SeedSequence`: the same whatever worker or order runs it."""
+    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(cell.n_therapists, cell.n_patients, int(replicate)))
+    return int(ss.generate_state(1, dtype=np.uint64)[0])
+
+
+@dataclass
+class ReplicateOutcome:
+    """One replicate, per test: ``p``, ``estimate`` (the coefficient; the therapist slope SD
+    for slope variances), ``se`` (fixed effects), ``status`` (:data:`STATUS` codes),
+    ``singular``; ``messages``: (model, error) of what failed."""
+
+    p: np.ndarray
+    estimate: np.ndarray
+    se: np.ndarray
+    status: np.ndarray
+    singular: np.ndarray
+    messages: list[tuple[str, str]]
+
+
+@dataclass
+class ChunkOutcome:
+    """Replicates ``start``..``start + n`` of one cell: the fields of
+    :class:`ReplicateOutcome` stacked (replicate x test); ``messages``: (replicate, model,
+    error) for failed models; ``seconds`` and ``cpu_seconds``: wall and CPU time of the chunk."""
+
+    cell: int
+    start: int
+    p: np.ndarray
+    estimate: np.ndarray
+    se: np.ndarray
+    status: np.ndarray
+    singular: np.ndarray
+    messages: list[tuple[int, str, str]]
+    seconds: float
+    cpu_seconds: float = 0.0
+
+
+def _slope_sd(fit: MixedResult, column: str) -> float:
+    lv = fit.design.levels[0]
+    lam = lv.lambda_matrix(fit.solution.theta)
+    cols = [c for t in lv.terms for c in t.columns]
+    i = cols.index(column)
+    return float(np.sqrt(fit.solution.sigma2 * (lam[i] @ lam[i])))
+
+
+def slope_lrt(reduced: MixedResult, main: MixedResult) -> float:
+    """p-value of the REML likelihood ratio of ``main`` against ``reduced`` (``main`` without
+    one slope of its correlated block of q random effects): what :func:`theralens.lrt`
+    returns for this pair, the chi-bar-square mixture 0.5 chi2(q - 1) + 0.5 chi2(q)
+    (Self & Liang 1987; Stram & Lee 1994), without building its report table."""
+    stat = max(float(reduced.reml_criterion) - float(main.reml_criterion), 0.0)
+    return slope_mixture(main.design.terms[0].q).sf(stat)
+
+
+def _fit(role: str, build: Any, formula: str, fits: dict[str, Any]) -> None:
+    try:
+        fits[role] = fit_design(build(), formula)
+    except Exception as exc:  # any failure of a fit is counted and reported, never fatal
+        fits[role] = exc
+
+
+def run_replicate(spec: PowerSpec, cell: Cell, replicate: int,
+                  tests: Sequence[TestSpec] | None = None) -> ReplicateOutcome:
+    """Replicate ``replicate`` of ``cell``: every test of ``spec.tests`` (or ``tests``)."""
+    tests = spec.tests if tests is None else tests
+    n = len(tests)
+    p, est, se = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    status, singular = np.zeros(n, dtype=np.int8), np.zeros(n, dtype=bool)
+    messages: list[tuple[str, str]] = []
+    out = ReplicateOutcome(p, est, se, status, singular, messages)
+    sm = spec.models
+    fits: dict[str, Any] = {}
+    try:
+        sim = simulate(spec.preset, seed=replicate_seed(spec.seed, cell, replicate), n_therapists=cell.n_therapists,
+                       n_patients=cell.n_patients, **spec.overrides)
+        arrays = patient_arrays(sim.sessions, PROCESSES, spec.covariates)
+        main_design = sm.main_design(arrays)
+    except Exception as exc:  # data the study would refuse: every test of the replicate failed
+        status[:] = ERROR
+        messages.append(("data", f"{type(exc).__name__}: {exc}"))
+        return out
+    needed = {m for t in tests for m in t.models}
+    _fit("main", lambda: main_design, sm.main_formula, fits)
+    if isinstance(fits["main"], MixedResult):
+        for proc in PROCESSES:
+            role = f"without_slope:{proc}"
+            if role in needed:
+                _fit(role, lambda proc=proc: sm.reduced_design(arrays, proc, main_design), sm.reduced_formula(proc),
+                     fits)
+    if "moderator" in needed and spec.moderator is not None:
+        ids = sim.therapists["therapist"].to_numpy()
+        order = np.argsort(ids)
+        values = sim.therapists[spec.moderator].to_numpy(dtype=float)[order][
+            np.searchsorted(ids[order], arrays.all_therapist_ids)]
+        _fit("moderator", lambda: sm.moderator_design(arrays, values, main_design), sm.moderator_formula, fits)
+    for role, f in fits.items():
+        if not isinstance(f, MixedResult):
+            messages.append((role, f"{type(f).__name__}: {f}"))
+    ttests: dict[int, tuple[np.ndarray, ...]] = {}
+    for i, t in enumerate(tests):
+        models = [fits.get(m) for m in t.models]
+        if any(not isinstance(m, MixedResult) for m in models):
+            status[i] = ERROR
+            continue
+        if not all(m.converged for m in models):
+            status[i] = NONCONVERGED
+            continue
+        singular[i] = any(m.singular for m in models)
+        if singular[i] and spec.exclude_singular:
+            status[i] = SINGULAR
+            continue
+        try:
+            if t.kind == "slope_variance":
+                main, reduced = models
+                p[i] = slope_lrt(reduced, main)
+                est[i] = _slope_sd(main, t.term)
+            else:
+                fit = models[0]
+                if id(fit) not in ttests:
+                    ttests[id(fit)] = t_tests(fit)
+                beta, ses, _, pv = ttests[id(fit)]
+                j = fit.fixed_names.index(t.term)
+                p[i], est[i], se[i] = pv[j], beta[j], ses[j]
+        except Exception as exc:
+            status[i] = ERROR
+            messages.append((t.kind, f"{type(exc).__name__}: {exc}"))
+        if status[i] == OK and not np.isfinite(p[i]):
+            status[i] = ERROR
+            messages.append((t.kind, "the test gave no p-value (not finite)"))
+    return out
+
+
+def run_chunk(spec: PowerSpec, cells: Sequence[Cell], cell: int, start: int, stop: int) -> ChunkOutcome:
+    """Replicates ``start``..``stop - 1`` of ``cells[cell]`` (what one worker task runs)."""
+    import time
+
+    from theralens.planning.blas import single_thread_blas
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    tests = spec.tests
+    n, m = stop - start, len(tests)
+    out = ChunkOutcome(cell=cell, start=start, p=np.full((n, m), np.nan), estimate=np.full((n, m), np.nan),
+                       se=np.full((n, m), np.nan), status=np.zeros((n, m), dtype=np.int8),
+                       singular=np.zeros((n, m), dtype=bool), messages=[], seconds=0.0)
+    with single_thread_blas():
+        for k, r in enumerate(range(start, stop)):
+            rep = run_replicate(spec, cells[cell], r, tests)
+            out.p[k], out.estimate[k], out.se[k] = rep.p, rep.estimate, rep.se
+            out.status[k], out.singular[k] = rep.status, rep.singular
+            out.messages += [(r, role, text) for role, text in rep.messages]
+    out.seconds, out.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    return out

@@ -1,0 +1,258 @@
+"""Power estimates with their Monte Carlo error, per design cell and test.
+
+For a cell and a test with ``n_usable`` replicates whose models were fitted (the others
+failed: an error, non-convergence, or, with ``exclude_singular``, a singular fit) and
+``rejections`` of them with p < alpha,
+
+    power = rejections / n_usable,      MC SE = sqrt(power (1 - power) / n_usable),
+
+the binomial standard error of a proportion; the band power +- 1.96 MC SE is drawn in the
+figure. A failed replicate is left out of the denominator, never counted as a
+non-rejection, and every failure is counted by reason (``n_errors``, ``n_nonconverged``,
+``n_singular_excluded``) beside the share of usable replicates (``usable_share``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from theralens.atomic import prepare_dir, write_bytes, write_text
+from theralens.planning.replicate import ERROR, NONCONVERGED, OK, SINGULAR, ChunkOutcome, PowerSpec, TestSpec
+from theralens.planning.settings import Cell
+
+__all__ = ["PowerResult", "mc_se", "summarise"]
+
+Z = 1.959963984540054
+TABLE_COLUMNS = [
+    "n_therapists", "patients_per_therapist", "n_patients", "test", "process", "term", "label", "true_value",
+    "alpha", "nsim", "n_usable", "usable_share", "n_failed", "n_errors", "n_nonconverged", "n_singular_excluded",
+    "n_singular", "rejections", "power", "mc_se", "power_low", "power_high", "mean_estimate",
+]
+
+
+def mc_se(power: float | np.ndarray, n_usable: int | np.ndarray) -> float | np.ndarray:
+    """Monte Carlo SE of an estimated rejection rate: sqrt(p (1 - p) / n_usable) (NaN for n = 0)."""
+    p = np.asarray(power, dtype=float)
+    n = np.asarray(n_usable, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(n > 0, np.sqrt(p * (1.0 - p) / np.where(n > 0, n, 1.0)), np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
+def _true_value(t: TestSpec, truth: dict[str, Any], spec: PowerSpec) -> float:
+    if t.kind == "slope_variance":  # the main model has no moderator: the marginal slope SD
+        return float(truth["slope_sd_marginal"][t.process])
+    if t.kind in ("within", "between"):
+        comp = "within_therapist" if t.kind == "within" else "between_therapist"
+        return float(next(e["estimate"] for e in truth["effects"] if e["process"] == t.process
+                          and e["component"] == comp))
+    return float(next(m["estimate"] for m in truth["moderators"] if m["moderator"] == spec.moderator
+                      and m["process"] == spec.moderator_process and m["target"] == spec.moderator_target))
+
+
+def summarise(chunks: list[ChunkOutcome], cells: list[Cell], tests: tuple[TestSpec, ...], spec: PowerSpec,
+              nsim: int, truths: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(table, replicates, failures) from the chunks (see :class:`PowerResult`)."""
+    m = len(tests)
+    p = np.full((len(cells), nsim, m), np.nan)
+    est = np.full_like(p, np.nan)
+    ses = np.full_like(p, np.nan)
+    status = np.full((len(cells), nsim, m), -1, dtype=np.int8)
+    sing = np.zeros((len(cells), nsim, m), dtype=bool)
+    fails = []
+    for ch in chunks:
+        sl = slice(ch.start, ch.start + len(ch.p))
+        p[ch.cell, sl], est[ch.cell, sl], ses[ch.cell, sl] = ch.p, ch.estimate, ch.se
+        status[ch.cell, sl], sing[ch.cell, sl] = ch.status, ch.singular
+        for r, role, text in ch.messages:
+            c = cells[ch.cell]
+            fails.append({"n_therapists": c.n_therapists, "n_patients": c.n_patients, "replicate": r,
+                          "model": role, "error": text})
+    if (status < 0).any():
+        raise RuntimeError("some replicates did not come back from the workers")
+    rows, reps = [], []
+    for ci, c in enumerate(cells):
+        for ti, t in enumerate(tests):
+            s, pv = status[ci, :, ti], p[ci, :, ti]
+            usable = s == OK
+            n_ok = int(usable.sum())
+            rej = int((pv[usable] < spec.alpha).sum())
+            pw = rej / n_ok if n_ok else float("nan")
+            se = mc_se(pw, n_ok)
+            rows.append({
+                "n_therapists": c.n_therapists, "patients_per_therapist": c.patients_per_therapist,
+                "n_patients": c.n_patients, "test": t.kind, "process": t.process, "term": t.term, "label": t.label,
+                "true_value": _true_value(t, truths[ci], spec), "alpha": spec.alpha, "nsim": nsim,
+                "n_usable": n_ok, "usable_share": n_ok / nsim, "n_failed": nsim - n_ok,
+                "n_errors": int((s == ERROR).sum()), "n_nonconverged": int((s == NONCONVERGED).sum()),
+                "n_singular_excluded": int((s == SINGULAR).sum()), "n_singular": int(sing[ci, :, ti].sum()),
+                "rejections": rej, "power": pw, "mc_se": se,
+                "power_low": max(0.0, pw - Z * se) if n_ok else float("nan"),
+                "power_high": min(1.0, pw + Z * se) if n_ok else float("nan"),
+                "mean_estimate": float(np.mean(est[ci, usable, ti])) if n_ok else float("nan"),
+            })
+            reps.append(pd.DataFrame({
+                "n_therapists": c.n_therapists, "n_patients": c.n_patients, "replicate": np.arange(nsim),
+                "test": t.kind, "process": t.process, "p": pv, "estimate": est[ci, :, ti], "se": ses[ci, :, ti],
+                "status": pd.Categorical.from_codes(np.maximum(s, 0), ["ok", "nonconverged", "error", "singular"]),
+                "singular": sing[ci, :, ti],
+            }))
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    replicates = pd.concat(reps, ignore_index=True)
+    failures = pd.DataFrame(fails, columns=["n_therapists", "n_patients", "replicate", "model", "error"])
+    return table, replicates, failures
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {(":".join(k) if isinstance(k, tuple) else str(k)): _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, np.generic):
+        return _plain(v.item())
+    return v
+
+
+@dataclass
+class PowerResult:
+    """Result of :func:`theralens.planning.power`.
+
+    Fields:
+        table: tidy DataFrame, one row per design cell and test: ``n_therapists``,
+            ``patients_per_therapist``, ``n_patients``, ``test`` (slope_variance, within,
+            between, moderator), ``process``, ``term``, ``label``, ``true_value`` (the
+            simulated value of what is tested; for slope variances the SD of the therapist
+            slopes the main model sees), ``alpha``, ``nsim``, ``n_usable``,
+            ``usable_share``, ``n_failed`` (= ``n_errors`` + ``n_nonconverged`` +
+            ``n_singular_excluded``), ``n_singular`` (usable or not), ``rejections``,
+            ``power``, ``mc_se``, ``power_low``/``power_high`` (power +- 1.96 MC SE, within
+            [0, 1]) and ``mean_estimate`` (mean over usable replicates; slope SD for slope
+            variances).
+        replicates: one row per replicate and test: p, estimate, se (fixed effects),
+            status (ok, nonconverged, error, singular), singular.
+        failures: one row per failed model: cell, replicate, model, error.
+        cells, tests, spec: the design cells, the tests and the shared settings.
+        nsim, seconds, execution (executor, workers or scheduler, chunks), created (UTC).
+    """
+
+    table: pd.DataFrame
+    replicates: pd.DataFrame
+    failures: pd.DataFrame
+    cells: list[Cell]
+    tests: tuple[TestSpec, ...]
+    spec: PowerSpec
+    nsim: int
+    seconds: float
+    execution: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def meta(self) -> dict[str, Any]:
+        """Settings and provenance as a JSON-ready dictionary."""
+        from theralens import __version__
+
+        s = self.spec
+        return _plain({
+            "theralens": __version__, "created": self.created, "preset": s.preset, "overrides": s.overrides,
+            "alpha": s.alpha, "seed": s.seed, "nsim": self.nsim, "moderator": s.moderator,
+            "moderator_process": s.moderator_process, "moderator_target": s.moderator_target,
+            "exclude_singular": s.exclude_singular,
+            "cells": [{"n_therapists": c.n_therapists, "patients_per_therapist": c.patients_per_therapist,
+                       "n_patients": c.n_patients} for c in self.cells],
+            "seconds": round(self.seconds, 3), "execution": self.execution,
+            "design": "patient level (residualized change), manifest decomposition, REML; slope variances by "
+                      "chi-bar-square LRT, fixed effects by t tests with Satterthwaite df",
+        })
+
+    def to_json(self) -> str:
+        """Settings, table and failures as JSON."""
+        doc = {"meta": self.meta(), "table": _plain(self.table.to_dict(orient="records")),
+               "failures": _plain(self.failures.to_dict(orient="records"))}
+        return json.dumps(doc, indent=2, allow_nan=False)
+
+    def summary(self) -> str:
+        """Power per test (rows) and design cell (columns): power +- MC SE, usable share."""
+        s = self.spec
+        lines = [
+            f"Simulation-based power: preset {s.preset}, {self.nsim} replicates per design cell, alpha = {s.alpha:g}, "
+            f"seed {s.seed} ({self.seconds:.1f} s, {self.execution.get('executor', '')})",
+        ]
+        if s.overrides:
+            lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in _plain(s.overrides).items()))
+        lines.append("Cells: therapists x patients per therapist; each entry: power (MC SE) [usable share "
+                     "when below 100%]")
+        t = self.table
+        cell_names = [f"{c.n_therapists}x{c.patients_per_therapist:.3g}" for c in self.cells]
+        width = max(12, *(len(n) for n in cell_names))
+        rows = []
+        for x in self.tests:
+            sub = t[(t["test"] == x.kind) & (t["process"] == x.process)]
+            entries = []
+            for _, row in sub.iterrows():
+                if row["n_usable"] == 0:
+                    txt = "no usable"
+                else:
+                    txt = f"{row['power']:.2f} ({row['mc_se']:.2f})"
+                    if row["usable_share"] < 1:
+                        txt += f" [{row['usable_share']:.0%}]"
+                entries.append(txt)
+            rows.append((f"{x.label} ({sub['true_value'].iloc[0]:g})", entries))
+        width = max(width, *(len(e) for _, es in rows for e in es))
+        label_w = max(len("test (true value)"), *(len(h) for h, _ in rows)) + 2
+        lines.append(f"{'test (true value)':<{label_w}}" + "".join(f"{n:>{width + 2}}" for n in cell_names))
+        for head, entries in rows:
+            lines.append(f"{head:<{label_w}}" + "".join(f"{e:>{width + 2}}" for e in entries))
+        n_fail = int(t["n_failed"].sum())
+        if n_fail:
+            reasons = {k: int(t[k].sum()) for k in ("n_errors", "n_nonconverged", "n_singular_excluded")}
+            lines.append(f"Failed tests: {n_fail} ({reasons['n_errors']} errors, {reasons['n_nonconverged']} not "
+                         f"converged, {reasons['n_singular_excluded']} singular fits excluded); they are left out of "
+                         "the denominator, not counted as non-rejections.")
+        if len(self.failures):
+            top = self.failures["error"].value_counts().head(3)
+            lines.append("Most frequent errors: " + "; ".join(f"{e} ({n}x)" for e, n in top.items()))
+        low = t.loc[t["test"].isin(["slope_variance", "moderator"]) & (t["n_therapists"] < 60)]
+        if len(low):
+            lines.append("With fewer than about 60 therapists, slope variances and cross-level moderators have "
+                         "low power (Mathieu et al. 2012; Arend & Schaefer 2019).")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def plot(self) -> Any:
+        """The power-curve figure (:func:`theralens.planning.plot.power_curves`)."""
+        from theralens.planning.plot import power_curves
+
+        return power_curves(self)
+
+    def write(self, out: str | Path) -> list[Path]:
+        """Write ``power.csv``, ``power.json``, ``power.png`` and ``power.svg`` into ``out``
+        (each file atomically); returns the paths."""
+        folder = prepare_dir(out)
+        written = [write_text(folder / "power.csv", self.table.to_csv(index=False)),
+                   write_text(folder / "power.json", self.to_json())]
+        import matplotlib
+
+        fig = self.plot()
+        with matplotlib.rc_context({"svg.hashsalt": "theralens"}):
+            for ext in ("png", "svg"):
+                buf = io.BytesIO()
+                fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight", metadata=_figure_metadata(ext))
+                written.append(write_bytes(folder / f"power.{ext}", buf.getvalue()))
+        return written
+
+
+def _figure_metadata(ext: str) -> dict[str, Any]:
+    # no creation dates in the files: the same run gives the same bytes
+    return {"Software": "theralens"} if ext == "png" else {"Date": None, "Creator": "theralens"}

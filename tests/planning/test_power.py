@@ -1,0 +1,113 @@
+"""power(): reproducible whatever the workers, failures out of the denominator, MC SE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import theralens.planning.replicate as replicate_module
+from theralens.errors import InputError
+from theralens.planning import PowerResult, power
+from theralens.planning.result import mc_se
+
+SMALL = {"therapists": [10, 16], "patients_per_therapist": [4], "nsim": 10, "seed": 5, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def one_worker() -> PowerResult:
+    return power(workers=1, chunk_size=3, **SMALL)
+
+
+
+def test_same_table_with_two_workers(one_worker: PowerResult) -> None:
+    two = power(workers=2, chunk_size=2, **SMALL)
+    pd.testing.assert_frame_equal(two.table, one_worker.table)
+    pd.testing.assert_frame_equal(two.replicates, one_worker.replicates)
+
+
+def test_same_table_on_a_dask_cluster(one_worker: PowerResult) -> None:
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+        on_dask = power(scheduler=cl.scheduler_address, **SMALL)
+    assert on_dask.execution["executor"] == "dask"
+    pd.testing.assert_frame_equal(on_dask.table, one_worker.table)
+
+
+def test_table_columns_and_mc_se(one_worker: PowerResult) -> None:
+    t = one_worker.table
+    assert len(t) == 2 * len(one_worker.tests)
+    assert (t["n_usable"] + t["n_failed"] == t["nsim"]).all()
+    ok = t["n_usable"] > 0
+    np.testing.assert_allclose(t.loc[ok, "power"], t.loc[ok, "rejections"] / t.loc[ok, "n_usable"])
+    np.testing.assert_allclose(t.loc[ok, "mc_se"],
+                               np.sqrt(t.loc[ok, "power"] * (1 - t.loc[ok, "power"]) / t.loc[ok, "n_usable"]))
+    assert mc_se(0.5, 100) == pytest.approx(0.05)
+    assert mc_se(0.2, 400) == pytest.approx(0.02)
+    assert mc_se(0.0, 10) == 0.0
+    assert np.isnan(mc_se(0.3, 0))
+    assert "power (MC SE)" in one_worker.summary()
+
+
+def test_failed_replicates_leave_the_denominator(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = replicate_module.fit_design
+    calls = {"reduced": 0, "moderator": 0}
+
+    def flaky(design, formula, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        if "self_rated_alliance_skill_c" in formula:
+            calls["moderator"] += 1
+            if calls["moderator"] % 3 == 0:
+                raise np.linalg.LinAlgError("injected failure")
+        fit = real(design, formula, *args, **kwargs)
+        if formula.endswith("(1 + expectancy_within | therapist)"):  # the model without the alliance slope
+            calls["reduced"] += 1
+            if calls["reduced"] % 4 == 0:
+                fit.optimizer.converged = False
+        return fit
+
+    monkeypatch.setattr(replicate_module, "fit_design", flaky)
+    r = power(therapists=[12], patients_per_therapist=[4], nsim=12, seed=2, workers=1, progress=False)
+    t = r.table.set_index(["test", "process"])
+    mod = t.loc[("moderator", "alliance")]
+    assert mod["n_errors"] == 4 and mod["n_usable"] == 8
+    reps = r.replicates.query("test == 'moderator'")
+    usable = reps[reps["status"] == "ok"]
+    assert mod["rejections"] == int((usable["p"] < 0.05).sum())
+    assert mod["power"] == pytest.approx(mod["rejections"] / 8)
+    assert reps.loc[reps["status"] == "error", "p"].isna().all()
+    slope = t.loc[("slope_variance", "alliance")]
+    assert slope["n_nonconverged"] == 3 and slope["n_usable"] == 9
+    assert t.loc[("within", "alliance"), "n_usable"] == 12
+    assert len(r.failures) == 4 and r.failures["error"].str.contains("injected failure").all()
+    assert "Failed tests: 7" in r.summary()
+
+
+def test_exclude_singular_counts_singular_fits_as_failed() -> None:
+    kw = {"therapists": [10], "patients_per_therapist": [4], "nsim": 6, "seed": 1, "workers": 1, "progress": False}
+    keep, drop = power(**kw), power(exclude_singular=True, **kw)
+    k = keep.table.set_index(["test", "process"])
+    d = drop.table.set_index(["test", "process"])
+    assert (d["n_singular_excluded"] == k["n_singular"]).all()
+    assert (d["n_usable"] == k["n_usable"] - k["n_singular"]).all()
+
+
+def test_settings_reach_the_simulation() -> None:
+    r = power(therapists=[10], patients_per_therapist=[3], nsim=2, workers=1, progress=False,
+              settings=["within.alliance=-0.3", "moderator_effect=0", "therapist_icc=0.1"],
+              slope_sd={"expectancy": 0.0})
+    t = r.table.set_index(["test", "process"])
+    assert t.loc[("within", "alliance"), "true_value"] == -0.3
+    assert t.loc[("moderator", "alliance"), "true_value"] == 0.0
+    assert t.loc[("slope_variance", "expectancy"), "true_value"] == 0.0
+    assert r.spec.overrides["therapist_intercept_sd"] == pytest.approx(0.45 * np.sqrt(0.1 / 0.9))
+
+
+def test_bad_input() -> None:
+    with pytest.raises(InputError, match="nsim"):
+        power(nsim=0, progress=False)
+    with pytest.raises(InputError, match="alpha"):
+        power(nsim=1, alpha=1.5, progress=False)
+    with pytest.raises(InputError, match="session-level"):
+        power(nsim=1, design="session", progress=False)
+    with pytest.raises(InputError, match="3 or more"):
+        power(nsim=1, therapists=[2], progress=False)

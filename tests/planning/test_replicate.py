@@ -1,0 +1,73 @@
+"""A replicate reports what the study pipeline (analyze) reports on the same data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from theralens.planning.replicate import OK, PowerSpec, replicate_seed, run_replicate
+from theralens.planning.settings import Cell
+from theralens.study.analysis import analyze
+from theralens.study.simulate import simulate
+
+CELL = Cell(n_therapists=42, patients_per_therapist=212 / 42, n_patients=212)
+
+
+@pytest.mark.parametrize("replicate", [0, 5])
+def test_same_numbers_as_analyze(replicate: int) -> None:
+    spec = PowerSpec(seed=11)
+    rep = run_replicate(spec, CELL, replicate)
+    p, est, status = rep.p, rep.estimate, rep.status
+    sim = simulate("coyne2022", seed=replicate_seed(11, CELL, replicate))
+    res = analyze(sim.sessions, sim.therapists, sim.config(moderators=("self_rated_alliance_skill",)))
+    want = {}
+    for _, row in res.aim2.variance.iterrows():
+        want[("slope_variance", row["process"])] = (row["p"], row["slope_sd"], np.nan)
+    for _, row in res.aim1.iterrows():
+        want[(row["component"].split("_")[0], row["process"])] = (row["p"], row["estimate"], row["se"])
+    row = res.aim3.table.query("process == 'alliance' and target == 'within_slope'").iloc[0]
+    want[("moderator", "alliance")] = (row["p"], row["estimate"], row["se"])
+    for i, t in enumerate(spec.tests):
+        if status[i] != OK:
+            continue
+        wp, we, wse = want[(t.kind, t.process)]
+        assert p[i] == pytest.approx(wp, rel=1e-6, abs=1e-9), t.label
+        assert est[i] == pytest.approx(we, rel=1e-6, abs=1e-9), t.label
+        assert rep.se[i] == pytest.approx(wse, rel=1e-6, nan_ok=True), t.label
+    assert (status == OK).sum() >= len(spec.tests) - 2
+
+
+def test_slope_lrt_is_theralens_lrt() -> None:
+    from theralens import lrt
+    from theralens.model.fit import fit_design
+    from theralens.planning.designs import StudyModels
+    from theralens.planning.replicate import slope_lrt
+    from theralens.planning.table import patient_arrays
+
+    sm = StudyModels()
+    for seed in (1, 2, 3):
+        a = patient_arrays(simulate("coyne2022", seed=seed).sessions)
+        main_design = sm.main_design(a)
+        main = fit_design(main_design, sm.main_formula)
+        for proc in ("alliance", "expectancy"):
+            reduced = fit_design(sm.reduced_design(a, proc, main_design), sm.reduced_formula(proc))
+            ref = lrt(reduced, main)
+            assert "0.5 chi2(2) + 0.5 chi2(3)" in ref.reference
+            assert slope_lrt(reduced, main) == pytest.approx(ref.p_value, rel=1e-12, abs=1e-300)
+
+
+def test_seeds_depend_on_seed_cell_and_index_only() -> None:
+    a = replicate_seed(1, CELL, 3)
+    assert a == replicate_seed(1, CELL, 3)
+    others = {replicate_seed(2, CELL, 3), replicate_seed(1, CELL, 4),
+              replicate_seed(1, Cell(80, 5.0, 400), 3)}
+    assert a not in others and len(others) == 3
+
+
+def test_tests_follow_the_moderator_settings() -> None:
+    kinds = [(t.kind, t.process) for t in PowerSpec(moderator=None).tests]
+    assert ("moderator", "alliance") not in kinds and len(kinds) == 6
+    t = PowerSpec(moderator="cbt", moderator_target="between_association").tests[-1]
+    assert t.term == "alliance_between:cbt_c"
+    rep = run_replicate(PowerSpec(moderator="cbt", moderator_target="between_association"), Cell(20, 5.0, 100), 0)
+    assert rep.status[-1] != OK or (np.isfinite(rep.p[-1]) and np.isfinite(rep.se[-1]))
