@@ -33,7 +33,8 @@ test: $(STAMP) browser-deps lint
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_engine.py --threads 1
+	$(PY) benchmarks/bench_power.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache
