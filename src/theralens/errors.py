@@ -18,3 +18,16 @@ class InputError(ValueError):
 
 class ModelSpecError(InputError):
     """A model the engine cannot fit as written (e.g. crossed grouping factors)."""
+
+
+def closest(name: str, options: list[str] | tuple[str, ...]) -> str | None:
+    """The option a mistyped ``name`` most likely meant (same letters in another case first,
+    then the closest by ``difflib``, similarity at least 0.5), or None."""
+    import difflib
+
+    texts = [str(o) for o in options]
+    lowered = {t.lower(): t for t in texts}
+    if str(name).lower() in lowered:
+        return lowered[str(name).lower()]
+    match = difflib.get_close_matches(str(name), texts, n=1, cutoff=0.5)
+    return match[0] if match else None

@@ -33,7 +33,6 @@ Every problem (unknown key, wrong type, TOML syntax error) raises
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from theralens.errors import InputError
+from theralens.errors import InputError, closest
 
 __all__ = [
     "CHANGE_METHODS",
@@ -169,12 +168,9 @@ _INT_KEYS = {("design", "process_sessions"): 0, ("report", "min_caseload"): 1}
 
 def _closest(name: str, options: list[str] | tuple[str, ...]) -> str:
     """' (did you mean "x"?)' for the closest option, or a list of the valid ones."""
-    lowered = {o.lower(): o for o in options}
-    if name.lower() in lowered:
-        return f' (did you mean "{lowered[name.lower()]}"?)'
-    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    match = closest(name, options)
     if match:
-        return f' (did you mean "{match[0]}"?)'
+        return f' (did you mean "{match}"?)'
     return " (valid: " + ", ".join(f'"{o}"' for o in options) + ")"
 
 

@@ -38,7 +38,6 @@ the most frequent one (the reference).
 
 from __future__ import annotations
 
-import difflib
 import keyword
 import re
 import unicodedata
@@ -51,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from theralens.data.config import StudyConfig
-from theralens.errors import InputError
+from theralens.errors import InputError, closest
 
 __all__ = [
     "RESERVED_NAMES",
@@ -167,12 +166,9 @@ def safe_name(name: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
 
 
 def _suggest(name: str, options: list[str]) -> str:
-    lowered = {str(o).lower(): str(o) for o in options}
-    if name.lower() in lowered:
-        return f'did you mean "{lowered[name.lower()]}"?'
-    match = difflib.get_close_matches(name, [str(o) for o in options], n=1, cutoff=0.5)
+    match = closest(name, options)
     if match:
-        return f'did you mean "{match[0]}"?'
+        return f'did you mean "{match}"?'
     shown = ", ".join(f'"{o}"' for o in options[:12])
     more = ", ..." if len(options) > 12 else ""
     return f"the columns are {shown}{more}"

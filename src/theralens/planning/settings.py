@@ -33,13 +33,12 @@ design cells (``therapists`` x ``patients_per_therapist``).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from theralens.errors import InputError
+from theralens.errors import InputError, closest
 from theralens.study.simulate import MODERATORS, PRESETS, PROCESSES, TARGETS, SimulationParameters
 
 __all__ = ["Cell", "design_cells", "parse_numbers", "parse_settings", "resolve_overrides"]
@@ -71,8 +70,8 @@ class Cell:
 
 
 def _suggest(name: str) -> str:
-    match = difflib.get_close_matches(name, _KNOWN, n=1, cutoff=0.5)
-    return f' (did you mean "{match[0]}"?)' if match else ""
+    match = closest(name, _KNOWN)
+    return f' (did you mean "{match}"?)' if match else ""
 
 
 def _value(text: Any, name: str) -> Any:
@@ -133,8 +132,8 @@ def resolve_overrides(
     ``process_sd_therapist = process_sd_patient sqrt(icc / (1 - icc))``.
     """
     if preset not in PRESETS:
-        match = difflib.get_close_matches(preset, list(PRESETS), n=1, cutoff=0.5)
-        hint = f' (did you mean "{match[0]}"?)' if match else ""
+        match = closest(preset, list(PRESETS))
+        hint = f' (did you mean "{match}"?)' if match else ""
         raise InputError(f"unknown preset {preset!r}{hint}; available: {', '.join(PRESETS)}")
     out: dict[str, Any] = {}
     deferred: list[tuple[str, Any]] = []

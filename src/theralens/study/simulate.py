@@ -83,7 +83,6 @@ therapist's realised effects (u0j, u1j and total within slope b1j per process).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,7 +91,7 @@ import numpy as np
 import pandas as pd
 
 from theralens.data.config import ColumnsConfig, DesignConfig, ModeratorsConfig, StudyConfig
-from theralens.errors import InputError
+from theralens.errors import InputError, closest
 
 __all__ = [
     "PRESETS",
@@ -268,8 +267,8 @@ def list_presets() -> dict[str, str]:
 
 
 def _closest(name: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
-    return f' (did you mean "{match[0]}"?)' if match else ""
+    match = closest(name, options)
+    return f' (did you mean "{match}"?)' if match else ""
 
 
 def _parameters(preset: str, overrides: Mapping[str, Any]) -> SimulationParameters:
