@@ -290,8 +290,10 @@ class MixedResult:
             lines.append(f"({self.n_dropped} rows dropped for missing values)")
         lines += ["", "Fixed effects:", self.coef_table().to_string(float_format=lambda v: f"{v:.4g}")]
         status = "converged" if self.converged else "NOT converged"
-        lines += ["", f"Optimizer: {self.optimizer.method}, {self.optimizer.evaluations} evaluations, "
-                      f"max|gradient| {self.optimizer.gradient_norm:.2g}: {status}"]
+        opt = self.optimizer
+        lines += ["", f"Optimizer: {opt.method}, {opt.evaluations} evaluations "
+                      f"({opt.gradient_evaluations} with the gradient), "
+                      f"max|gradient| {opt.gradient_norm:.2g}: {status}"]
         if self.singular:
             lines.append("boundary (singular) fit: a variance is estimated at zero (see varcorr)")
         lines += self.optimizer.messages + self.notes
