@@ -263,7 +263,10 @@ def build_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
     # random-effects terms
     raw_terms: list[tuple[RandomTermSpec, np.ndarray, list[str], np.ndarray, np.ndarray]] = []
     for spec in parsed.random:
-        Z, cols = _model_matrix(spec.lhs, frame, order, f"random-effects term ({spec.lhs} | {spec.group})")
+        if spec.lhs.strip() == "1":  # a random intercept: no formula to evaluate
+            Z, cols = np.ones((len(frame), 1)), ["(Intercept)"]
+        else:
+            Z, cols = _model_matrix(spec.lhs, frame, order, f"random-effects term ({spec.lhs} | {spec.group})")
         if Z.shape[1] == 0:
             raise ModelSpecError(f"random-effects term ({spec.lhs} | {spec.group}) has no columns")
         codes, labels = _group_codes(frame, spec.factors)
