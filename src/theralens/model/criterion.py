@@ -107,10 +107,12 @@ class NestedCriterion:
             self.anc.append(maps)
         # row codes per level in new numbering
         self.row_codes = [self.new_index[l][levels[l].codes] for l in range(D)]
-        self.Zs = [np.hstack([t.Z for t in lv.terms]) for lv in levels]
-        W = np.hstack(self.Zs + [design.X, design.y[:, None]])
-        self.d = W.shape[1]
-        self.C = _cross_products(W, self.row_codes[0], levels[0].ngroups)
+        self.Zs = [lv.terms[0].Z if len(lv.terms) == 1 else np.hstack([t.Z for t in lv.terms]) for lv in levels]
+        # the columns of W = [Z_1, ..., Z_D, X, y] as views: W itself is never formed
+        columns = [Z[:, i] for Z in self.Zs for i in range(Z.shape[1])]
+        columns += [design.X[:, j] for j in range(design.X.shape[1])] + [design.y]
+        self.d = len(columns)
+        self.C = _cross_products(columns, self.row_codes[0], levels[0].ngroups)
         # up[l] sums level-l groups into their level-(l+1) parents (None at the top: one block)
         self.up: list[csr_matrix | None] = [_segment_matrix(self.starts[l], levels[l].ngroups) for l in range(D - 1)]
         self.up.append(None)
@@ -199,9 +201,14 @@ class NestedCriterion:
         Ls: list[np.ndarray] = []
         Ss: list[np.ndarray] = []
         for l in range(self.D):
-            if l == 0 and not keep:
+            if l == 0 and (not keep or self.q[0] == 1):
                 ld, M = self._innermost_fast(lams[0])
                 logdet += ld
+                if keep:  # q_0 = 1: L_p = sqrt(a_p), S_p = lambda m_p / sqrt(a_p), formed per patient only
+                    lam0 = float(lams[0][0, 0])
+                    sa = np.sqrt(lam0 * lam0 * self._Mzz0[:, 0, 0] + 1.0)
+                    Ls.append(sa[:, None, None])
+                    Ss.append((lam0 / sa)[:, None, None] * self.C[:, :1, 1:])
                 continue
             ld, M, Lc, S = eliminate_level(lams[l], M, self.up[l], keep)
             logdet += ld
@@ -350,17 +357,18 @@ def _finish(logdet: float, top: np.ndarray, k: int) -> Profile:
     return Profile(logdet=logdet, RX=RX, z=z, r2=r2)
 
 
-def _cross_products(W: np.ndarray, codes: np.ndarray, G: int) -> np.ndarray:
-    """C_g = W_g' W_g for every group g (rows of W with ``codes == g``), one bincount per pair.
+def _cross_products(W: list[np.ndarray], codes: np.ndarray, G: int) -> np.ndarray:
+    """C_g = W_g' W_g for every group g (rows of W with ``codes == g``), one bincount per pair;
+    ``W`` is given as its list of columns.
 
     Identical columns (the intercept in Z and X, a random slope that is also a fixed effect)
     share their products, so each distinct pair is summed once.
     """
-    d = W.shape[1]
+    d = len(W)
     rep = list(range(d))  # the first column identical to each column
     for j in range(d):
         for i in range(j):
-            if rep[i] == i and np.array_equal(W[:64, i], W[:64, j]) and np.array_equal(W[:, i], W[:, j]):
+            if rep[i] == i and np.array_equal(W[i][:64], W[j][:64]) and np.array_equal(W[i], W[j]):
                 rep[j] = i
                 break
     uniq = sorted(set(rep))
@@ -368,9 +376,9 @@ def _cross_products(W: np.ndarray, codes: np.ndarray, G: int) -> np.ndarray:
     u = len(uniq)
     Cu = np.empty((G, u, u))
     for a in range(u):
-        wa = W[:, uniq[a]]
+        wa = W[uniq[a]]
         for b in range(a, u):
-            col = np.bincount(codes, weights=wa * W[:, uniq[b]], minlength=G)
+            col = np.bincount(codes, weights=wa * W[uniq[b]], minlength=G)
             Cu[:, a, b] = col
             Cu[:, b, a] = col
     idx = np.array([pos[rep[j]] for j in range(d)])

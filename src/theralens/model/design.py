@@ -243,10 +243,10 @@ def build_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
         for f in term.factors:
             if f not in data.columns:
                 raise InputError(f"grouping column '{f}' of the term '({term.lhs} | {term.group})' is not in the data")
-    frame = data[used]
-    complete = frame.notna().all(axis=1).to_numpy()
+    complete = np.logical_and.reduce([data[c].notna().to_numpy() for c in used]) if used else np.ones(len(data), bool)
     n_dropped = int((~complete).sum())
-    frame = frame.loc[complete]
+    # without missing values the columns are used as they are (no copy of the table)
+    frame = data.loc[complete, used] if n_dropped else data
     if len(frame) == 0:
         raise InputError("no complete rows: every row has a missing value in a column the formula uses")
     y = pd.to_numeric(frame[parsed.response], errors="coerce").to_numpy(dtype=float)
