@@ -71,8 +71,19 @@ __all__ = [
 LOW_RELIABILITY = 0.7
 
 
+class _BenefitDirection:
+    """``benefit_sign`` of an analysis table from its ``higher_outcome_is`` setting."""
+
+    higher_outcome_is: str
+
+    @property
+    def benefit_sign(self) -> int:
+        """-1 if higher outcome = worse (benefit is a decrease), +1 otherwise."""
+        return -1 if self.higher_outcome_is == "worse" else 1
+
+
 @dataclass
-class PatientTable:
+class PatientTable(_BenefitDirection):
     """The patient-level analysis table (one row per analysed patient).
 
     Fields:
@@ -115,18 +126,13 @@ class PatientTable:
     higher_outcome_is: str
     counts: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def benefit_sign(self) -> int:
-        """-1 if higher outcome = worse (benefit is a decrease), +1 otherwise."""
-        return -1 if self.higher_outcome_is == "worse" else 1
-
     def components(self, process: str) -> tuple[str, str]:
         """(within-therapist, between-therapist) column names of ``process``."""
         return f"{process}_within", f"{process}_between"
 
 
 @dataclass
-class SessionTable:
+class SessionTable(_BenefitDirection):
     """The session-level (lagged) analysis table: one row per pair of consecutive outcome
     assessments t -> t+1 of a patient.
 
@@ -156,11 +162,6 @@ class SessionTable:
     caseload_weighting: str
     higher_outcome_is: str
     counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def benefit_sign(self) -> int:
-        """-1 if higher outcome = worse (benefit is a decrease), +1 otherwise."""
-        return -1 if self.higher_outcome_is == "worse" else 1
 
     def components(self, process: str) -> tuple[str, str, str]:
         """(within-patient, between-patient, between-therapist) column names."""
