@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -156,11 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
     lines = [
         "# Recovery of known truth (validation/recovery.py)",
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {cpu}, {os.cpu_count()} cores; "
-        f"Python {platform.python_version()}",
+        f"Python {platform.python_version()}; commit {commit}",
         f"- command: `.venv/bin/python validation/recovery.py --reps {args.reps} --workers {args.workers} "
         f"--designs {args.designs} --preset {args.preset}`; wall time {seconds:.0f} s",
         f"- design: preset `{args.preset}` (300 therapists x 10 patients), seeds 1..{args.reps}; 95% Wald-t intervals "
