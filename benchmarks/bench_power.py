@@ -11,7 +11,10 @@ Measures, for the ``coyne2022`` preset (42 therapists, 212 patients, uneven case
      the data, the same two REML fits, the same LRT from ``REMLcrit``;
    - ``theralens_replicate``: a full power replicate (main, two reduced models, the moderator
      model, chi-bar-square LRTs, Satterthwaite t tests: ``theralens.planning.replicate``);
-   and the parts of the data step (``simulate``, table);
+   the parts of the data step (``simulate``, table), and CPU ms per step of a replicate
+   (``replicate_steps``: simulate, table and designs, each fit, the batched Satterthwaite
+   t tests); all loops run as a power worker runs its chunk (one BLAS thread, freed memory
+   kept for reuse: ``theralens.planning.blas``, ``theralens.planning.memory``);
 2. wall time of ``theralens.power(nsim=1000, workers=2)`` (the whole study: process pool,
    aggregation), with the load average before and after.
 
@@ -52,11 +55,14 @@ except ImportError:  # not installed: use the source tree next to us
 from theralens import lrt  # noqa: E402
 from theralens.model.fit import fit_design  # noqa: E402
 from theralens.planning import power  # noqa: E402
+from theralens.planning.blas import single_thread_blas  # noqa: E402
 from theralens.planning.designs import StudyModels  # noqa: E402
-from theralens.planning.replicate import PowerSpec, run_replicate  # noqa: E402
+from theralens.planning.memory import reuse_freed_memory  # noqa: E402
+from theralens.planning.replicate import PowerSpec, replicate_seed, run_replicate  # noqa: E402
+from theralens.planning.satterthwaite import t_tests  # noqa: E402
 from theralens.planning.settings import Cell  # noqa: E402
 from theralens.planning.table import patient_arrays  # noqa: E402
-from theralens.study.simulate import simulate  # noqa: E402
+from theralens.study.simulate import PROCESSES, simulate  # noqa: E402
 
 CELL = Cell(n_therapists=42, patients_per_therapist=212 / 42, n_patients=212)
 MODELS = StudyModels()
@@ -99,6 +105,52 @@ _SESSIONS = [simulate("coyne2022", seed=s).sessions for s in range(20)]
 
 def data_table(seed: int) -> float:
     return float(patient_arrays(_SESSIONS[seed % len(_SESSIONS)]).n)
+
+
+def replicate_steps(reps: int) -> dict[str, float]:
+    """CPU ms per replicate of each step of :func:`run_replicate` (the same calls, timed one
+    by one with ``time.process_time``), over ``reps`` replicates."""
+    spec = PowerSpec(seed=1)
+    sm = spec.models
+    steps: dict[str, float] = {}
+
+    def tick(name: str, t0: float) -> float:
+        t = time.process_time()
+        steps[name] = steps.get(name, 0.0) + t - t0
+        return t
+
+    for r in range(-2, reps):  # two untimed warm-up replicates
+        if r == 0:
+            steps.clear()
+        t = time.process_time()
+        sim = simulate(spec.preset, seed=replicate_seed(spec.seed, CELL, r % 10_000), n_therapists=CELL.n_therapists,
+                       n_patients=CELL.n_patients)
+        t = tick("simulate", t)
+        a = patient_arrays(sim.sessions, PROCESSES, spec.covariates)
+        main_design = sm.main_design(a)
+        ids = sim.therapists["therapist"].to_numpy()
+        order = np.argsort(ids)
+        w = sim.therapists[spec.moderator].to_numpy(dtype=float)[order][
+            np.searchsorted(ids[order], a.all_therapist_ids)]
+        designs = [sm.reduced_design(a, p, main_design) for p in PROCESSES]
+        mod_design = sm.moderator_design(a, w, main_design)
+        t = tick("table_and_designs", t)
+        try:
+            main = fit_design(main_design, sm.main_formula)
+            t = tick("fit_main", t)
+            for p, d in zip(PROCESSES, designs):
+                fit_design(d, sm.reduced_formula(p))
+            t = tick("fit_reduced_x2", t)
+            mod = fit_design(mod_design, sm.moderator_formula)
+            t = tick("fit_moderator", t)
+            t_tests(main)
+            t_tests(mod)
+            t = tick("satterthwaite_t_tests_x2", t)
+        except Exception:  # a failed fit: its time stays in its step
+            continue
+    out = {k: v / max(reps, 1) * 1e3 for k, v in steps.items()}
+    out["total"] = sum(out.values())
+    return out
 
 
 def per_replicate(fn: Callable[[int], float], reps: int, batches: int) -> dict[str, Any]:
@@ -153,11 +205,15 @@ def main() -> None:
     except ImportError:
         pass
     print(f"one core, median of {args.batches} x {args.reps} replicates (coyne2022: 42 therapists, 212 patients)")
-    for name, fn in loops:
-        r = per_replicate(fn, args.reps, args.batches)
-        results[name] = r
-        print(f"  {name:22s} {r['wall_s'] * 1e3:8.2f} ms/replicate wall  {r['cpu_s'] * 1e3:8.2f} ms CPU"
-              + (f"  ({r['failed']} failed)" if r["failed"] else ""))
+    with single_thread_blas(), reuse_freed_memory():  # as a power worker runs its chunk
+        for name, fn in loops:
+            r = per_replicate(fn, args.reps, args.batches)
+            results[name] = r
+            print(f"  {name:22s} {r['wall_s'] * 1e3:8.2f} ms/replicate wall  {r['cpu_s'] * 1e3:8.2f} ms CPU"
+                  + (f"  ({r['failed']} failed)" if r["failed"] else ""))
+        steps = replicate_steps(args.reps * args.batches)
+    results["replicate_steps_cpu_ms"] = steps
+    print("  steps of a replicate, ms CPU: " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
     if "mixedlm_two_fits" in results:
         for key in ("wall_s", "cpu_s"):
             ratio = results["mixedlm_two_fits"][key] / results["theralens_two_fits"][key]

@@ -63,3 +63,19 @@ def test_t_tests_equal_the_fit_views() -> None:
         np.testing.assert_allclose(se, fit.std_errors.to_numpy(), rtol=1e-10)
         np.testing.assert_allclose(df, fit.df.to_numpy(), rtol=1e-12)
         np.testing.assert_allclose(p, fit.p_values.to_numpy(), rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("formula", [
+    "final ~ alliance_within + baseline + (alliance_within + expectancy_within || therapist)",  # block-diagonal Lambda
+    "final ~ baseline + (1 | therapist)",  # q = 1
+])
+def test_other_random_parts_equal_engine(formula: str) -> None:
+    from theralens.model.fit import fit_mixed
+
+    fit = fit_mixed(formula, patient_arrays(simulate("coyne2022", seed=4).sessions).frame())
+    df, _, jac = satterthwaite(fit.criterion, fit.solution.theta, fit.sigma, fit.reml)
+    before = fit.criterion.evaluations
+    prime_satterthwaite(fit)
+    assert fit.criterion.evaluations == before  # the batch, not the engine's fallback
+    np.testing.assert_allclose(fit.df.to_numpy(), df, rtol=1e-6)
+    np.testing.assert_allclose(fit.__dict__["_satterthwaite"][2], jac, rtol=1e-6, atol=1e-12)

@@ -71,3 +71,13 @@ def test_tests_follow_the_moderator_settings() -> None:
     assert t.term == "alliance_between:cbt_c"
     rep = run_replicate(PowerSpec(moderator="cbt", moderator_target="between_association"), Cell(20, 5.0, 100), 0)
     assert rep.status[-1] != OK or (np.isfinite(rep.p[-1]) and np.isfinite(rep.se[-1]))
+
+
+def test_mixture_sf_is_chibar_sf() -> None:
+    from theralens.model.chibar import independent_mixture, slope_mixture
+    from theralens.planning.replicate import _mixture_sf
+
+    for mix in (slope_mixture(1), slope_mixture(2), slope_mixture(3), independent_mixture(3)):
+        for x in (0.0, 1e-12, 0.3, 2.0, 7.5, 40.0, float("inf"), float("nan")):
+            mine, ref = _mixture_sf(mix, x), mix.sf(x)
+            assert mine == ref or (np.isnan(mine) and np.isnan(ref))

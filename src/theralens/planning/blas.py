@@ -6,7 +6,8 @@ and on a busy machine that makes small solves many times slower. :func:`single_t
 sets every OpenBLAS library loaded in the process to one thread (through its
 ``*_set_num_threads`` entry point, found in ``/proc/self/maps``) and restores the previous
 count afterwards; where that is not possible (another BLAS, another OS) it does nothing.
-Results do not depend on it: the same seed gives the same numbers either way.
+Pool workers, which run nothing else, set it once for good (:func:`pin`). Results do not
+depend on it: the same seed gives the same numbers either way.
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import threading
 from collections.abc import Iterator
 
-__all__ = ["single_thread_blas"]
+__all__ = ["pin", "single_thread_blas"]
+
+_pinned = False
+_lock = threading.Lock()
+_users = 0
+_saved: list[tuple[ctypes._CFuncPtr, int]] = []  # (set function, thread count before)
 
 _NAMES = [("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
           ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
@@ -45,16 +52,35 @@ def _openblas() -> list[tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]]:
     return out
 
 
+def pin() -> None:
+    """One OpenBLAS thread for the rest of the process (a pool worker's initializer); later
+    :func:`single_thread_blas` blocks then cost nothing."""
+    global _pinned
+    for set_threads, _ in _openblas():
+        set_threads(1)
+    _pinned = True
+
+
 @contextlib.contextmanager
 def single_thread_blas() -> Iterator[None]:
-    """Run the body with one OpenBLAS thread, then restore the previous counts."""
-    libs = _openblas()
-    before = []
-    for set_threads, get_threads in libs:
-        before.append(int(get_threads()))
-        set_threads(1)
+    """Run the body with one OpenBLAS thread, then restore the previous counts (nested and
+    concurrent uses count: the first in sets, the last out restores)."""
+    global _users, _saved
+    if _pinned:
+        yield
+        return
+    with _lock:
+        _users += 1
+        if _users == 1:
+            _saved = [(set_threads, int(get_threads())) for set_threads, get_threads in _openblas()]
+            for set_threads, _ in _saved:
+                set_threads(1)
     try:
         yield
     finally:
-        for (set_threads, _), n in zip(libs, before):
-            set_threads(n)
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                for set_threads, n in _saved:
+                    set_threads(n)
+                _saved = []

@@ -1,14 +1,17 @@
 """Where the replicates run: this process, a local process pool, or a Dask cluster.
 
-The replicates of every design cell are cut into chunks (:func:`plan_chunks`); each chunk
-is one task (:func:`theralens.planning.replicate.run_chunk`). Each replicate's seed depends on
+The replicates of every design cell are cut into chunks that shrink towards the end of the
+run (:func:`plan_chunks`); each chunk is one task
+(:func:`theralens.planning.replicate.run_chunk`). Each replicate's seed depends on
 (seed, cell, replicate index) only, and chunks are put back in their place whatever order
 they finish in, so the result is the same with 1 worker, many, or a cluster.
 
 - ``workers=1``: in this process.
 - default: a :class:`concurrent.futures.ProcessPoolExecutor` with one process per core
   (forked on Linux, so workers start at once, unless this process runs other threads, e.g.
-  a Dask client: then from a fork server; spawned elsewhere).
+  a Dask client: then from a fork server; spawned elsewhere). Each worker starts with one
+  BLAS thread, freed memory kept for reuse and the inherited objects frozen for the
+  garbage collector (:func:`_init_worker`).
 - ``scheduler``: the address of a ``dask.distributed`` scheduler (or a ``Client``); chunks
   are submitted to it and gathered as they finish.
 
@@ -17,6 +20,7 @@ A tqdm progress bar on stderr shows replicates done, the rate and the time left.
 
 from __future__ import annotations
 
+import gc
 import math
 import multiprocessing as mp
 import os
@@ -30,6 +34,7 @@ from typing import Any
 from tqdm import tqdm
 
 from theralens.errors import InputError
+from theralens.planning import blas, memory
 from theralens.planning.replicate import ChunkOutcome, PowerSpec, run_chunk
 from theralens.planning.settings import Cell
 
@@ -46,12 +51,33 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: Most and fewest replicates in one chunk when the size is chosen here.
+MAX_CHUNK, MIN_CHUNK = 25, 2
+
+
 def plan_chunks(n_cells: int, nsim: int, workers: int, chunk_size: int | None = None) -> list[Chunk]:
-    """Chunks of replicates, cell by cell: small enough to keep every worker busy to the end
-    and the progress bar moving (about 16 per worker), at most 25 replicates each."""
-    if chunk_size is None:
-        chunk_size = max(1, min(25, math.ceil(n_cells * nsim / (16 * max(1, workers)))))
-    return [(c, a, min(a + chunk_size, nsim)) for c in range(n_cells) for a in range(0, nsim, chunk_size)]
+    """Chunks of replicates, cell by cell, ``chunk_size`` each if given.
+
+    Otherwise the chunks shrink as the work runs out (guided scheduling): each holds about
+    a quarter of a worker's share of the replicates still to plan, at most
+    :data:`MAX_CHUNK` and at least :data:`MIN_CHUNK`. Large chunks keep the per-task cost
+    low; small last ones keep every worker busy to the end (a worker left idle behind one
+    large last chunk waits for as long as that chunk runs) and the progress bar moving.
+    """
+    if chunk_size is not None:
+        size = max(1, int(chunk_size))
+        return [(c, a, min(a + size, nsim)) for c in range(n_cells) for a in range(0, nsim, size)]
+    out: list[Chunk] = []
+    remaining = n_cells * nsim
+    for c in range(n_cells):
+        a = 0
+        while a < nsim:
+            size = max(MIN_CHUNK, min(MAX_CHUNK, math.ceil(remaining / (4 * max(1, workers)))))
+            b = min(a + size, nsim)
+            out.append((c, a, b))
+            remaining -= b - a
+            a = b
+    return out
 
 
 class _Bar(tqdm):
@@ -67,11 +93,22 @@ def _bar(total: int, progress: bool) -> tqdm:
 
 def _run_here(spec: PowerSpec, cells: Sequence[Cell], chunks: list[Chunk], progress: bool) -> list[ChunkOutcome]:
     out = []
-    with _bar(sum(b - a for _, a, b in chunks), progress) as bar:
+    total = sum(b - a for _, a, b in chunks)
+    # run_chunk's settings once for the whole run (its own blocks nest inside)
+    with blas.single_thread_blas(), memory.reuse_freed_memory(), _bar(total, progress) as bar:
         for c, a, b in chunks:
             out.append(run_chunk(spec, cells, c, a, b))
             bar.update(b - a)
     return out
+
+
+def _init_worker() -> None:
+    """Set up a pool worker once (it runs only replicates): one BLAS thread and freed memory
+    kept for reuse (:mod:`~theralens.planning.blas`, :mod:`~theralens.planning.memory`),
+    and the objects inherited from the parent moved out of the garbage collector's way."""
+    blas.pin()
+    memory.pin()
+    gc.freeze()
 
 
 def _context() -> mp.context.BaseContext:
@@ -84,7 +121,7 @@ def _context() -> mp.context.BaseContext:
 def _run_pool(spec: PowerSpec, cells: Sequence[Cell], chunks: list[Chunk], workers: int,
               progress: bool) -> list[ChunkOutcome]:
     out: list[ChunkOutcome] = []
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_init_worker)
     try:
         pending = {pool.submit(run_chunk, spec, cells, c, a, b): b - a for c, a, b in chunks}
         with _bar(sum(pending.values()), progress) as bar:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from theralens.model import satterthwaite as _engine
 from theralens.model.criterion import LOG2PI, NestedCriterion, Profile
@@ -56,13 +56,16 @@ def batched_profiles(crit: NestedCriterion, thetas: np.ndarray) -> Profiles | No
     """:meth:`NestedCriterion.profile` at every row of ``thetas``, as arrays.
 
     With one grouping factor, C_g = [Z X y]_g'[Z X y]_g per group g and
-    A_g = Lambda' Mzz_g Lambda + I = L_g L_g', the Schur complement on [X y] is
-    sum_g Mrr_g - sum_g Mrz_g K_g Mzr_g with K_g = Lambda A_g^{-1} Lambda' (the elimination of
-    :class:`~theralens.model.criterion.NestedCriterion`). A_g for all points is one matrix
-    product; L_g, L_g^{-1} Lambda' and K_g are taken entry by entry over all points and groups
-    at once (q is small); the last sum is one more matrix product. Returns None for other
-    designs, or when a point is not positive definite (the engine then evaluates, and
-    reports, it itself).
+    A_g = Lambda' Mzz_g Lambda + I = U_g D_g U_g' (U_g unit lower triangular, D_g diagonal),
+    the Schur complement on [X y] is sum_g Mrr_g - sum_g Mrz_g K_g Mzr_g with
+    K_g = Lambda A_g^{-1} Lambda' = W_g' D_g^{-1} W_g, W_g = U_g^{-1} Lambda' (the
+    elimination of :class:`~theralens.model.criterion.NestedCriterion`, whose Cholesky factor
+    is U_g D_g^{1/2}), and log|L_theta|^2 = sum_g log |D_g|. The q(q+1)/2 distinct entries
+    of A_g for all points and groups are one matrix product; U_g, D_g, W_g and K_g are taken
+    entry by entry on contiguous (point, group) arrays (q is small; no square roots); the
+    last sum is one more matrix product, and one batched Cholesky factor of the Schur
+    complement gives RX, z and r2. Returns None for other designs, or when a point is not
+    positive definite (the engine then evaluates, and reports, it itself).
     """
     design = crit.design
     if crit.D != 1 or len(design.levels) != 1:
@@ -75,12 +78,21 @@ def batched_profiles(crit: NestedCriterion, thetas: np.ndarray) -> Profiles | No
     C = crit.C
     G, r = C.shape[0], C.shape[1] - q
     i0, i1 = np.triu_indices(r)
-    Mzz, Mzr = C[:, :q, :q].reshape(G, q * q), C[:, :q, q:]
-    mrr = C[:, q:, q:].sum(axis=0)[i0, i1]
+    where = np.empty((r, r), dtype=np.int64)  # entry of the upper triangle holding (i, j)
+    where[i0, i1] = where[i1, i0] = np.arange(len(i0))
+    unpack = where.ravel()
     combos = [(i, j) for i in range(q) for j in range(i, q)]
+    nc = len(combos)
+    at = {c: m for m, c in enumerate(combos)}
+    at.update({(j, i): m for (i, j), m in list(at.items())})
+    bb, cc = np.array(combos).T
+    Mzz = C[:, bb, cc]  # (G, nc): the distinct entries of the symmetric Mzz_g
+    Mzr = C[:, :q, q:]
+    mrr = C[:, q:, q:].sum(axis=0)[i0, i1]
     # O[(c, g), u]: products of rows i, j of Mzr_g (both orders off the diagonal), upper triangle u
-    O = np.concatenate([Mzr[:, i, i0] * Mzr[:, j, i1] + (Mzr[:, j, i0] * Mzr[:, i, i1] if i != j else 0.0)
-                        for i, j in combos], axis=0)
+    O = np.stack([Mzr[:, i, i0] * Mzr[:, j, i1] + (Mzr[:, j, i0] * Mzr[:, i, i1] if i != j else 0.0)
+                  for i, j in combos])
+    off = (bb != cc)[None, :, None]
     parts: list[tuple[np.ndarray, ...]] = []
     step = max(1, BLOCK // max(G, 1))
     for start in range(0, len(thetas), step):
@@ -88,45 +100,55 @@ def batched_profiles(crit: NestedCriterion, thetas: np.ndarray) -> Profiles | No
         T = len(th)
         lam = np.zeros((T, q, q))
         lam[:, rows, cols] = th[:, idx]
-        # A[g, t, (a, d)] = sum_(b, c) Mzz[g, (b, c)] lam[t, b, a] lam[t, c, d]
-        kron = (lam[:, :, None, :, None] * lam[:, None, :, None, :]).reshape(T, q * q, q * q)
-        A = (Mzz @ kron.transpose(1, 0, 2).reshape(q * q, T * q * q)).reshape(G, T, q * q)
-        L: list[list[np.ndarray]] = [[np.empty(0)] * q for _ in range(q)]
-        logdet = np.zeros(T)
-        for j in range(q):  # Cholesky of A_g = I + Lambda' Mzz_g Lambda, entry by entry
-            d = A[:, :, j * q + j] + 1.0
+        # A[(a, d), t, g] = sum_(b <= c) Mzz[g, (b, c)] (lam[t, b, a] lam[t, c, d] + (b < c) lam[t, c, a] lam[t, b, d])
+        kron = lam[:, bb[:, None], bb[None, :]] * lam[:, cc[:, None], cc[None, :]]
+        kron = kron + off * lam[:, cc[:, None], bb[None, :]] * lam[:, bb[:, None], cc[None, :]]
+        A = (kron.transpose(2, 0, 1).reshape(nc * T, nc) @ Mzz.T).reshape(nc, T, G)
+        # A_g = U D U' (U unit lower triangular, entry by entry): K_g = W' D^-1 W, W = U^-1 Lambda'
+        U: list[list[np.ndarray]] = [[np.empty(0)] * q for _ in range(q)]
+        E: list[list[np.ndarray]] = [[np.empty(0)] * q for _ in range(q)]  # U[i][m] D[m]
+        inv: list[np.ndarray] = []
+        det = np.ones((T, G))
+        for j in range(q):
+            d = A[at[j, j]] + 1.0
             for m in range(j):
-                d = d - L[j][m] ** 2
+                d -= U[j][m] * E[j][m]
             if not np.all(d > 0):
                 return None
-            L[j][j] = np.sqrt(d)
-            logdet += 2.0 * np.log(L[j][j]).sum(axis=0)
+            det *= d
+            inv.append(1.0 / d)
             for i in range(j + 1, q):
-                v = A[:, :, i * q + j]
+                e = A[at[j, i]]
                 for m in range(j):
-                    v = v - L[i][m] * L[j][m]
-                L[i][j] = v / L[j][j]
-        W: list[list[np.ndarray]] = [[np.empty(0)] * q for _ in range(q)]  # L^-1 Lambda'
+                    e = e - U[i][m] * E[j][m]
+                E[i][j] = e
+                U[i][j] = e * inv[j]
+        logdet = np.log(det).sum(axis=1)
+        if not np.all(np.isfinite(logdet)):  # |A_g| beyond the floating-point range
+            return None
+        W: list[list[np.ndarray | None]] = [[None] * q for _ in range(q)]
         for i in range(q):
             for c in range(q):
-                v = lam[:, c, i][None, :]
+                v = lam[:, c, i][:, None] if pos[c, i] else None
                 for m in range(i):
-                    v = v - L[i][m] * W[m][c]
-                W[i][c] = v / L[i][i]
-        K = np.stack([sum(W[p][i] * W[p][j] for p in range(q)) for i, j in combos])  # (combos, G, T)
-        tri = K.reshape(len(combos) * G, T).T @ O
-        top = np.empty((T, r, r))
-        top[:, i0, i1] = mrr - tri
-        top[:, i1, i0] = top[:, i0, i1]
-        if k:
-            try:
-                RX = np.linalg.cholesky(top[:, :k, :k])
-            except np.linalg.LinAlgError:
-                return None
-            z = np.linalg.solve(RX, top[:, :k, k:])[:, :, 0]
-            r2 = top[:, k, k] - (z * z).sum(axis=1)
-        else:
-            RX, z, r2 = np.zeros((T, 0, 0)), np.zeros((T, 0)), top[:, 0, 0]
+                    if W[m][c] is not None:
+                        v = -U[i][m] * W[m][c] if v is None else v - U[i][m] * W[m][c]
+                W[i][c] = v
+        K = np.zeros((nc, T, G))
+        for m, (i, j) in enumerate(combos):
+            for p in range(q):
+                wi, wj = W[p][i], W[p][j]
+                if wi is not None and wj is not None:
+                    K[m] += (wi * inv[p]) * wj
+        tri = np.matmul(K, O).sum(axis=0)
+        top = np.take(mrr - tri, unpack, axis=1).reshape(T, r, r)
+        try:
+            full = np.linalg.cholesky(top)
+        except np.linalg.LinAlgError:
+            return None
+        RX = np.ascontiguousarray(full[:, :k, :k])
+        z = full[:, k, :k].copy()
+        r2 = full[:, k, k] ** 2
         parts.append((logdet, RX, z, r2))
     return Profiles(*(np.concatenate(a, axis=0) for a in zip(*parts)))
 
@@ -195,7 +217,7 @@ def satterthwaite_arrays(fit: MixedResult) -> tuple[np.ndarray, np.ndarray, np.n
     # Var(beta) = sigma^2 (RX RX')^{-1} at the points of the Jacobian
     used = np.r_[0, plus.ravel(), minus.ravel()]
     RXinv = np.linalg.inv(profiles.RX[used])
-    P = np.einsum("tji,tjk->tik", RXinv, RXinv).reshape(len(used), k * k)
+    P = np.matmul(RXinv.transpose(0, 2, 1), RXinv).reshape(len(used), k * k)
     Pp, Pm = P[1:1 + nt * R].reshape(nt, R, -1), P[1 + nt * R:].reshape(nt, R, -1)
     jac = np.empty((k * k, n))
     jac[:, :nt] = _richardson(((Pp - Pm) * sigma**2 / (2 * hr[:nt, :, None])).transpose(2, 0, 1))
@@ -218,7 +240,7 @@ def t_tests(fit: MixedResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     inv = np.linalg.inv(RX)
     se = np.sqrt(fit.solution.sigma2 * (inv * inv).sum(axis=0))
     df = np.asarray(fit.__dict__["_satterthwaite"][0], dtype=float)
-    p = 2.0 * stats.t.sf(np.abs(beta / se), df)
+    p = 2.0 * special.stdtr(df, -np.abs(beta / se))  # stats.t.sf(|t|, df), without its argument handling
     return beta, se, df, p
 
 
