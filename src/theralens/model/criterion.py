@@ -22,6 +22,7 @@ exact gradient in theta is in gradient.py (``value_and_gradient``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -106,7 +107,8 @@ class NestedCriterion:
                 maps[m] = cur
             self.anc.append(maps)
         # row codes per level in new numbering
-        self.row_codes = [self.new_index[l][levels[l].codes] for l in range(D)]
+        self.row_codes = [levels[l].codes if np.array_equal(self.new_index[l], np.arange(levels[l].ngroups))
+                          else self.new_index[l][levels[l].codes] for l in range(D)]  # no copy if in order
         self.Zs = [lv.terms[0].Z if len(lv.terms) == 1 else np.hstack([t.Z for t in lv.terms]) for lv in levels]
         # the columns of W = [Z_1, ..., Z_D, X, y] as views: W itself is never formed
         columns = [Z[:, i] for Z in self.Zs for i in range(Z.shape[1])]
@@ -136,6 +138,9 @@ class NestedCriterion:
         K_p = Lambda (Lambda' Mzz_p Lambda + I)^{-1} Lambda'. The first sum and the products
         m_i m_j' of the rows of Mzr_p are fixed; one sparse product with the weights K_p[i, j]
         gives the second sum. Only the upper triangle of the symmetric r x r blocks is kept.
+        With one random term (q = 1) the weights depend on p only through C_p[z, z] (the
+        cluster size for a random intercept), so the clusters of a parent with equal C_p[z, z]
+        are merged first (``_czz``, ``_mult``): a third fewer rows on typical therapy data.
         """
         q = self.q[0]
         C = self.C
@@ -149,28 +154,53 @@ class NestedCriterion:
         Mrr_sum = self.Cagg[1][:, q:, q:] if self.D > 1 else C[:, q:, q:].sum(0, keepdims=True)
         self._Mrr_sum = np.ascontiguousarray(Mrr_sum)
         self._Mrr_tri = np.ascontiguousarray(Mrr_sum[:, i0, i1])
-        Mzr = C[:, :q, q:]
         combos = [(i, j) for i in range(q) for j in range(i, q)]
         self._combos = combos
         G = C.shape[0]
         nc = len(combos)
-        O = np.empty((G, nc, len(i0)))  # C order: one row of products per (cluster, combo)
-        for c, (i, j) in enumerate(combos):
-            if i == j:
-                np.multiply(Mzr[:, i, i0], Mzr[:, i, i1], out=O[:, c, :])
-            else:
-                O[:, c, :] = Mzr[:, i, i0] * Mzr[:, j, i1] + Mzr[:, j, i0] * Mzr[:, i, i1]
-        self._O = O.reshape(G * nc, -1)
-        bounds = np.r_[self.starts[0], G] * nc
-        self._S = csr_matrix((np.ones(G * nc), np.arange(G * nc), bounds), shape=(len(self.starts[0]), G * nc))
+        # rows of Mzr = C[:, :q, q:] (contiguous) at the row and column of each upper-triangle entry
+        rows = [np.ascontiguousarray(C[:, i, q:]) for i in range(q)]
+        if q == 1:  # C order: one row of products per (cluster, combo)
+            O = np.take(rows[0], i0, axis=1)
+            O *= np.take(rows[0], i1, axis=1)
+        else:
+            at0 = [np.take(m, i0, axis=1) for m in rows]
+            at1 = [np.take(m, i1, axis=1) for m in rows]
+            O = np.empty((G, nc, len(i0)))
+            for c, (i, j) in enumerate(combos):
+                if i == j:
+                    np.multiply(at0[i], at1[i], out=O[:, c, :])
+                else:
+                    O[:, c, :] = at0[i] * at1[j] + at0[j] * at1[i]
         self._Mzz0 = C[:, :q, :q]
+        starts = self.starts[0]
+        if q == 1:
+            # the weights depend on the cluster only through a = lambda^2 C_p[z, z] + 1: clusters
+            # of one parent with equal C_p[z, z] (a random intercept: equal sizes) are merged,
+            # their products summed; _czz and _mult hold each merged row's C_p[z, z] and count
+            czz = C[:, 0, 0]
+            parent = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, G]))
+            order = np.lexsort((czz, parent))
+            pk, ck = parent[order], czz[order]
+            first = np.flatnonzero(np.r_[True, (pk[1:] != pk[:-1]) | (ck[1:] != ck[:-1])])
+            R = len(first)
+            merge = csr_matrix((np.ones(G), order, np.r_[first, G]), shape=(R, G))
+            O = np.asarray(merge @ O)
+            self._czz = ck[first]
+            self._mult = np.diff(np.r_[first, G]).astype(float)
+            starts = np.flatnonzero(np.r_[True, pk[first][1:] != pk[first][:-1]])
+            G = R
+        self._O = O.reshape(G * nc, -1)
+        self._O_starts = starts  # the rows of _O (per combo) of each parent begin here
+        bounds = np.r_[starts, G] * nc
+        self._S = csr_matrix((np.ones(G * nc), np.arange(G * nc), bounds), shape=(len(starts), G * nc))
 
     def _innermost_fast(self, lam: np.ndarray) -> tuple[float, np.ndarray]:
         q = self.q[0]
-        if q == 1:
+        if q == 1:  # merged clusters (see _prepare_innermost)
             l2 = lam[0, 0] ** 2
-            a = l2 * self._Mzz0[:, 0, 0] + 1.0
-            logdet = float(np.log(a).sum())
+            a = l2 * self._czz + 1.0
+            logdet = float(self._mult @ np.log(a))
             w = (l2 / a)[:, None]
         else:
             A = _congruence(lam, self._Mzz0)
@@ -283,27 +313,38 @@ class NestedCriterion:
         condvar: list[np.ndarray] = [np.empty(0)] * D
         for l in reversed(range(D)):
             Lc, S = fac.L[l], fac.S[l]
-            Linv = _forward(Lc, np.broadcast_to(np.eye(Lc.shape[1]), Lc.shape))
-            own = np.matmul(Linv.transpose(0, 2, 1), Linv)
+            G, q = Lc.shape[0], self.q[l]
+            if q == 1:  # scalar blocks: products by broadcasting
+                Linv = 1.0 / Lc
+                own = Linv * Linv
+            else:
+                Linv = _forward(Lc, np.broadcast_to(np.eye(q), Lc.shape))
+                own = np.matmul(Linv.transpose(0, 2, 1), Linv)
             if l == D - 1:
-                chain_cov[l] = own
+                Sgg = chain_cov[l] = own
             else:
                 nz = sum(self.q[l + 1 :])
                 scale = _block_diag([lams[m] for m in range(l + 1, D)])
-                St = np.matmul(S[:, :, :nz], scale)
+                St = _mm(np.ascontiguousarray(S[:, :, :nz]).reshape(G * q, nz), scale).reshape(G, q, nz)
                 Saa = chain_cov[l + 1][self.parent[l]]
-                Sga = -np.matmul(np.matmul(Linv.transpose(0, 2, 1), St), Saa)
-                Sgg = own - np.matmul(np.matmul(Sga, St.transpose(0, 2, 1)), Linv)
-                q = self.q[l]
-                full = np.empty((Lc.shape[0], q + nz, q + nz))
-                full[:, :q, :q] = Sgg
-                full[:, :q, q:] = Sga
-                full[:, q:, :q] = Sga.transpose(0, 2, 1)
-                full[:, q:, q:] = Saa
-                chain_cov[l] = full
-            q = self.q[l]
-            Sgg = chain_cov[l][:, :q, :q]
-            condvar[l] = sigma2 * np.matmul(np.matmul(lams[l], Sgg), lams[l].T)
+                LtSt = Linv * St if q == 1 else np.matmul(Linv.transpose(0, 2, 1), St)
+                Sga = -np.matmul(LtSt, Saa)
+                if q == 1:
+                    Sgg = own - (Sga * St).sum(axis=2, keepdims=True) * Linv
+                else:
+                    Sgg = own - np.matmul(np.matmul(Sga, St.transpose(0, 2, 1)), Linv)
+                if l > 0:  # the chain covariance is needed by the level below only
+                    full = np.empty((G, q + nz, q + nz))
+                    full[:, :q, :q] = Sgg
+                    full[:, :q, q:] = Sga
+                    full[:, q:, :q] = Sga.transpose(0, 2, 1)
+                    full[:, q:, q:] = Saa
+                    chain_cov[l] = full
+            lam = lams[l]
+            if q == 1:
+                condvar[l] = (sigma2 * lam[0, 0] * lam[0, 0]) * Sgg
+            else:
+                condvar[l] = sigma2 * np.matmul(np.matmul(lam, Sgg), lam.T)
         return Solution(
             theta=theta,
             beta=beta,
@@ -358,11 +399,13 @@ def _finish(logdet: float, top: np.ndarray, k: int) -> Profile:
 
 
 def _cross_products(W: list[np.ndarray], codes: np.ndarray, G: int) -> np.ndarray:
-    """C_g = W_g' W_g for every group g (rows of W with ``codes == g``), one bincount per pair;
+    """C_g = W_g' W_g for every group g (rows of W with ``codes == g``), one segment sum per pair;
     ``W`` is given as its list of columns.
 
     Identical columns (the intercept in Z and X, a random slope that is also a fixed effect)
-    share their products, so each distinct pair is summed once.
+    share their products, so each distinct pair is summed once; products with a column of ones
+    are the column itself. Rows sorted by group (the usual layout: sessions of a patient
+    together) are summed by ``np.add.reduceat``, others by ``np.bincount``.
     """
     d = len(W)
     rep = list(range(d))  # the first column identical to each column
@@ -374,15 +417,38 @@ def _cross_products(W: list[np.ndarray], codes: np.ndarray, G: int) -> np.ndarra
     uniq = sorted(set(rep))
     pos = {c: t for t, c in enumerate(uniq)}
     u = len(uniq)
-    Cu = np.empty((G, u, u))
+    seg_sum = _segment_summer(codes, G)
+    cols = [np.ascontiguousarray(W[c]) for c in uniq]
+    ones = [bool(w[0] == 1.0 and np.all(w == 1.0)) for w in cols]
+    members = [[j for j in range(d) if pos[rep[j]] == a] for a in range(u)]  # the columns equal to each
+    C = np.empty((G, d, d))
     for a in range(u):
-        wa = W[uniq[a]]
+        wa = cols[a]
         for b in range(a, u):
-            col = np.bincount(codes, weights=wa * W[uniq[b]], minlength=G)
-            Cu[:, a, b] = col
-            Cu[:, b, a] = col
-    idx = np.array([pos[rep[j]] for j in range(d)])
-    return np.take(Cu.reshape(G, u * u), (idx[:, None] * u + idx[None, :]).ravel(), axis=1).reshape(G, d, d)
+            wb = cols[b]
+            if ones[a]:
+                col = seg_sum(None if ones[b] else wb)
+            else:
+                col = seg_sum(wa if ones[b] else wa * wb)
+            for i in members[a]:
+                for j in members[b]:
+                    C[:, i, j] = col
+                    C[:, j, i] = col
+    return C
+
+
+def _segment_summer(codes: np.ndarray, G: int) -> Callable[[np.ndarray | None], np.ndarray]:
+    """A function summing a row vector over the groups of ``codes`` (None: counting the rows).
+
+    Rows sorted by group with every group present use ``np.add.reduceat`` (about twice as fast),
+    others ``np.bincount``.
+    """
+    if len(codes) and codes[0] == 0 and bool(np.all(codes[1:] >= codes[:-1])):
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        if len(starts) == G:
+            counts = np.diff(np.r_[starts, len(codes)]).astype(float)
+            return lambda w: counts if w is None else np.add.reduceat(w, starts)
+    return lambda w: np.bincount(codes, weights=w, minlength=G).astype(float)
 
 
 BLAS_MNK = 131072  # OpenBLAS runs a matrix product in the calling thread below m n k = 262144

@@ -77,8 +77,9 @@ class Level:
 
     def column_scales(self) -> np.ndarray:
         """Root mean square of each Z column: the scale on which its theta entries live."""
-        Z = np.hstack([t.Z for t in self.terms])
-        return np.sqrt(np.maximum((Z * Z).mean(axis=0), 1e-300))
+        n = self.terms[0].Z.shape[0]
+        sq = np.concatenate([np.einsum("ij,ij->j", t.Z, t.Z) for t in self.terms])
+        return np.sqrt(np.maximum(sq / n, 1e-300))
 
 
 def _colmajor_tril(q: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,24 +169,65 @@ def _lme4_name(column: str, order: dict[str, int]) -> str:
     return ":".join(label for _, label in keyed)
 
 
-def _model_matrix(rhs: str, data: pd.DataFrame, order: dict[str, int], what: str) -> tuple[np.ndarray, list[str]]:
+def _model_matrix(
+    rhs: str, data: pd.DataFrame, order: dict[str, int], what: str
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """The model matrix of ``rhs`` through formulaic, its lme4 column names and formulaic's."""
     try:
-        mm = model_matrix(rhs, data, na_action="ignore")
+        mm = model_matrix(rhs, data, na_action="ignore", output="numpy")
     except Exception as exc:  # formulaic raises many types; report as one line
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelSpecError(f"cannot build the {what} from '{rhs}': {msg}") from None
-    names = [_lme4_name(c, order) for c in mm.columns]
-    return np.asarray(mm, dtype=float), names
+    raw = list(mm.model_spec.column_names)
+    return np.asarray(mm, dtype=float), [_lme4_name(c, order) for c in raw], raw
+
+
+_TOKEN = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
+
+
+def _columns_of(rhs: str, X: np.ndarray, raw: list[str]) -> tuple[np.ndarray, list[str]] | None:
+    """The model matrix of a random-effects term read off the fixed-effects matrix, when it can be.
+
+    A term made of ``1``/``0`` and plain names of numeric columns that are themselves columns of
+    the fixed-effects matrix (``raw``: formulaic's names, which name a numeric variable by itself
+    and a categorical one ``x[T.level]``) has, as formulaic builds it, the intercept first and
+    then those columns in the order written. Anything else (interactions, functions, factors)
+    returns None: the term then goes through formulaic. The matrix is stored column by column
+    (Fortran order), so that its columns are contiguous for the cross-products.
+    """
+    tokens = [t.strip() for t in rhs.split("+")]
+    intercept = "0" not in tokens
+    names_only = [t for t in tokens if t not in ("0", "1")]
+    if (not all(_TOKEN.match(t) for t in names_only) or len(set(names_only)) != len(names_only)
+            or ("0" in tokens and "1" in tokens) or not all(t in raw for t in names_only)):
+        return None
+    if not intercept and not names_only:
+        return None
+    Z = np.empty((X.shape[0], int(intercept) + len(names_only)), order="F")
+    if intercept:
+        Z[:, 0] = 1.0
+    for i, t in enumerate(names_only, start=int(intercept)):
+        Z[:, i] = X[:, raw.index(t)]
+    return Z, (["(Intercept)"] if intercept else []) + names_only
 
 
 def _factorize(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Sorted integer codes of one id column, and its labels as text."""
-    try:
-        codes, uniques = pd.factorize(col, sort=True)
-    except TypeError:  # mixed types that do not sort: compare as text
-        codes, uniques = pd.factorize(col.astype(str), sort=True)
-    labels = np.asarray([str(u) for u in uniques], dtype=object)
-    return codes.astype(np.int64), labels
+    values = col.to_numpy()
+    if values.dtype.kind in "iu" and len(values) and bool(np.all(values[1:] >= values[:-1])):
+        # integer ids in sorted order (rows sorted by patient, say): codes from the changes
+        change = values[1:] != values[:-1]
+        codes = np.zeros(len(values), dtype=np.int64)
+        np.cumsum(change, out=codes[1:])
+        uniques = values[np.r_[0, np.flatnonzero(change) + 1]]
+    else:
+        try:
+            codes, uniques = pd.factorize(col, sort=True)
+        except TypeError:  # mixed types that do not sort: compare as text
+            codes, uniques = pd.factorize(col.astype(str), sort=True)
+    labels = np.empty(len(uniques), dtype=object)
+    labels[:] = list(map(str, uniques.tolist()))
+    return codes.astype(np.int64, copy=False), labels
 
 
 def _group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -213,6 +255,16 @@ def _group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarr
 def _drop_rank_deficient(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
     """Drop aliased fixed-effect columns, as lme4 does (pivoted QR; the later columns go)."""
     if X.shape[1] == 0:
+        return X, names, []
+    n, k = X.shape
+    c = max(n, k) * np.finfo(float).eps * 1e3  # the QR test below: |R_ii| > c max |R_jj|
+    # every |R_ii| of a QR is at least the smallest singular value s_min of X, and max |R_jj| at
+    # most the largest, s_max: s_min > c s_max (checked on X'X, allowing for the rounding of X'X
+    # and of its eigenvalues) means full rank without the QR
+    XtX = X.T @ X
+    ev = np.linalg.eigvalsh(XtX)
+    err = 2.0 * (k + 1) * n * np.finfo(float).eps * float(np.trace(XtX))
+    if ev[0] - err > c * c * (ev[-1] + err):
         return X, names, []
     from scipy.linalg import qr
 
@@ -243,7 +295,12 @@ def build_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
         for f in term.factors:
             if f not in data.columns:
                 raise InputError(f"grouping column '{f}' of the term '({term.lhs} | {term.group})' is not in the data")
-    complete = np.logical_and.reduce([data[c].notna().to_numpy() for c in used]) if used else np.ones(len(data), bool)
+    complete = np.ones(len(data), bool)
+    for c in used:
+        values = data[c].to_numpy()
+        if values.dtype.kind in "iub":  # numpy integers and booleans have no missing values
+            continue
+        complete &= ~np.isnan(values) if values.dtype.kind == "f" else data[c].notna().to_numpy()
     n_dropped = int((~complete).sum())
     # without missing values the columns are used as they are (no copy of the table)
     frame = data.loc[complete, used] if n_dropped else data
@@ -253,8 +310,8 @@ def build_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
     if not np.isfinite(y).all():
         raise InputError(f"response column '{parsed.response}' has non-numeric or infinite values")
 
-    X, fixed_names = _model_matrix(parsed.fixed, frame, order, "fixed-effects matrix")
-    X, fixed_names, dropped_cols = _drop_rank_deficient(X, fixed_names)
+    X_all, all_names, raw_names = _model_matrix(parsed.fixed, frame, order, "fixed-effects matrix")
+    X, fixed_names, dropped_cols = _drop_rank_deficient(X_all, all_names)
     if len(y) <= X.shape[1]:
         raise InputError(f"only {len(y)} complete rows for {X.shape[1]} fixed effects "
                          f"({', '.join(fixed_names)}); a mixed model needs more rows than fixed effects - "
@@ -265,8 +322,10 @@ def build_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
     for spec in parsed.random:
         if spec.lhs.strip() == "1":  # a random intercept: no formula to evaluate
             Z, cols = np.ones((len(frame), 1)), ["(Intercept)"]
-        else:
-            Z, cols = _model_matrix(spec.lhs, frame, order, f"random-effects term ({spec.lhs} | {spec.group})")
+        else:  # columns of the fixed part are reused; other terms go through formulaic
+            found = _columns_of(spec.lhs, X_all, raw_names)
+            Z, cols = found if found is not None else _model_matrix(
+                spec.lhs, frame, order, f"random-effects term ({spec.lhs} | {spec.group})")[:2]
         if Z.shape[1] == 0:
             raise ModelSpecError(f"random-effects term ({spec.lhs} | {spec.group}) has no columns")
         codes, labels = _group_codes(frame, spec.factors)
@@ -314,24 +373,23 @@ def _check_nesting(levels: list[Level], frame: pd.DataFrame) -> list[np.ndarray]
     """
     parents = []
     for fine, coarse in zip(levels[:-1], levels[1:]):
+        parent = np.empty(fine.ngroups, dtype=np.int64)
+        parent[fine.codes] = coarse.codes  # one of the coarse groups of each fine group
+        if np.array_equal(parent[fine.codes], coarse.codes):  # every row agrees: nested
+            parents.append(parent)
+            continue
         key = np.unique(fine.codes * np.int64(coarse.ngroups) + coarse.codes)
         f_of, c_of = key // coarse.ngroups, key % coarse.ngroups
-        counts = np.bincount(f_of, minlength=fine.ngroups)
-        bad = np.flatnonzero(counts > 1)
-        if len(bad):
-            g = int(bad[0])
-            homes = c_of[f_of == g][:2]
-            fine_name = "/".join(fine.terms[0].spec.factors)
-            raise ModelSpecError(
-                f"grouping factors '{fine.group}' and '{coarse.group}' are crossed, not nested: "
-                f"{fine_name} '{fine.labels[g]}' appears under {coarse.group} "
-                f"'{coarse.labels[homes[0]]}' and '{coarse.labels[homes[1]]}' "
-                f"({len(bad)} such {fine.group} groups); theralens fits nested random effects only - "
-                f"give each {fine.group} a single {coarse.group}, or make ids unique within "
-                f"{coarse.group} and use (1 | {coarse.group}:{fine.group})"
-            )
-        pairs = {"f": f_of, "c": c_of}
-        parent = np.empty(fine.ngroups, dtype=np.int64)
-        parent[pairs["f"]] = pairs["c"]
-        parents.append(parent)
+        bad = np.flatnonzero(np.bincount(f_of, minlength=fine.ngroups) > 1)
+        g = int(bad[0])
+        homes = c_of[f_of == g][:2]
+        fine_name = "/".join(fine.terms[0].spec.factors)
+        raise ModelSpecError(
+            f"grouping factors '{fine.group}' and '{coarse.group}' are crossed, not nested: "
+            f"{fine_name} '{fine.labels[g]}' appears under {coarse.group} "
+            f"'{coarse.labels[homes[0]]}' and '{coarse.labels[homes[1]]}' "
+            f"({len(bad)} such {fine.group} groups); theralens fits nested random effects only - "
+            f"give each {fine.group} a single {coarse.group}, or make ids unique within "
+            f"{coarse.group} and use (1 | {coarse.group}:{fine.group})"
+        )
     return parents

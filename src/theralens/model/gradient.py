@@ -1,305 +1,324 @@
 """Analytic gradient of the profiled REML/ML criterion with respect to theta.
 
-Notation (Bates et al. 2015, JSS 67(1), sec. 3): A = [Z X], T = blockdiag(Lambda, I_k),
-G = A'A, the full penalized system including the fixed effects
+The criterion of criterion.py is a function of theta through the block elimination of
+engine.md, level by level: level l turns the statistics M_g (d x d, rows [z_l | rest]) of its
+groups g into the statistics of their parents,
 
-    Omega = T' G T + blockdiag(I_q, 0),   v = Omega^{-1} T' A' y = [u; beta],
-    r = y - Z Lambda u - X beta,          r2 = |r|^2 + |u|^2  (penalized RSS),
+    A_g = Lambda' Mzz_g Lambda + I,   K_g = Lambda A_g^{-1} Lambda',
+    M_parent = sum_{g in parent} (Mrr_g - Mrz_g K_g Mzr_g),   logdet += sum_g log|A_g|,
 
-and log|Omega| = log|L_theta|^2 + log|R_X|^2. The criteria of criterion.py (eqs. 34, 42) are
+and at the top the (k+1) x (k+1) block [X'X X'y; y'X y'y] left gives R_X, beta and r2
+(engine.md; Bates et al. 2015, JSS 67(1), eqs. 34 and 42). The gradient is this computation
+differentiated in reverse (adjoint) order. With Psi_h = dF / dM_h the sensitivity of the
+criterion F to the statistics of a parent h (symmetric, <Psi, dM> = sum_ij Psi_ij dM_ij):
 
-    REML(theta) = log|Omega|       + (n - k) log r2 + const,
-    ML(theta)   = log|L_theta|^2   +  n      log r2 + const.
+(G1) top: Psi = (dof / r2) v v' + [REML] blockdiag((X'X - ...)^{-1}, 0),  v = [-beta; 1],
+     dof = n - k (REML) or n (ML): d log r2 = v' dM v / r2 and d log|R_X|^2 = <(R_X R_X')^{-1}, dM_XX>.
+(G2) with H_g = A_g^{-1} Lambda' Mzr_g and B_g = A_g^{-1} + H_g Psi_h H_g' (h the parent of g),
 
-Derivatives with respect to one entry theta_m, which sits in Lambda_l (dT_m = blockdiag of
-dLambda_m on every level-l group, zero elsewhere):
+         dF / dLambda_l = 2 sum_g (Mzz_g Lambda B_g - Mzr_g Psi_h H_g'),
 
-(G1) d r2 = -2 (dT_m v)' A' r = -2 sum_{g at level l} (dLambda_m u_g)' (Z_g' r)
-     (envelope theorem: v minimises the penalized RSS, so only the explicit dependence counts);
-(G2) d log|Omega| = tr(Omega^{-1} dOmega) = 2 tr(Omega^{-1} T' G dT_m)
-     = 2 sum_p tr(Sigma_chain(p) T' G_p dT_m),
-     G_p = A_p' A_p of innermost cluster p, nonzero only on p's chain (its group at every level,
-     and X); Sigma = Omega^{-1} (REML) or (Lambda'Z'Z Lambda + I)^{-1} (ML, no X in the chain).
-     With F_l = sum_p (Sigma T' G_p)[level-l rows, level-l columns] (q_l x q_l),
-     d log|.| / dLambda_l[i, j] = 2 F_l[j, i].
+     from d log|A_g| = 2 tr(A_g^{-1} Lambda' Mzz_g dLambda) and
+     d(Mrz K Mzr) = R' dLambda H + H' dLambda' R,  R = Mzr - Mzz Lambda H.
+(G3) the sensitivity to a group's own statistics, handed down to its children
+     (d log|A| = <K, dMzz>, dK = -K dMzz K):
 
-Sigma is needed only on each chain; it comes from the block Cholesky factors of the
-elimination by selected inversion top-down (Takahashi et al. 1973): with L_g the Cholesky block
-of group g, S~_g its scaled off-diagonal block (rows of g, columns of its ancestors' chain a),
+         Psi_g = [[Lambda B_g Lambda', -Lambda H_g Psi_h], [-Psi_h H_g' Lambda', Psi_h]].
 
-(G3) Sigma_XX = (R_X R_X')^{-1},
-     Sigma_ga = -L_g^{-T} S~_g Sigma_aa,  Sigma_gg = L_g^{-T} L_g^{-1} - Sigma_ga S~_g' L_g^{-1}.
+(G4) theta_m is the entry (i, j) of Lambda_l: dF / dtheta_m = (dF / dLambda_l)[i, j].
+(G5) one random term per innermost cluster (q_0 = 1, the common case; a_p = lambda^2 C_p[z, z] + 1,
+     m_p = C_p[z, rest]): M_parent = sum_p Mrr_p - lambda^2 Q1, Q1 = sum_p m_p' m_p / a_p, and (G2)
+     collapses to
 
-F_l is accumulated from per-group sums Gbar_h = sum_{p in h} G_p (h at any level m <= l):
-the level-l rows of Sigma times the columns of g's own chain (levels >= l) use Gbar_g, and
-those times a descendant's columns (level m < l) use Gbar_h of that descendant,
+         dF / dlambda = 2 lambda sum_p C_p[z, z] / a_p - 2 lambda sum_h < Psi_h, Q2_h >,
+         Q2_h = sum_{p in h} m_p' m_p / a_p^2,
 
-(G4) F_l = sum_{g at l} [Sigma_gg | Sigma_ga] T_chain' Gbar_g[chain, l]
-           + sum_{m < l} sum_{h at m} Sigma_hg' Lambda_m' Gbar_h[m, l].
+     weighted sums of the constant products m_p' m_p (the ones the criterion uses), so no
+     per-patient matrix is formed.
 
-For one random term per innermost cluster (q_0 = 1, the common case) the innermost sums
-collapse to weighted sums of the constant outer products m_p' m_p of M_zr,p = C_p[z, rest]
-(the same products the criterion uses), with a_p = lambda^2 C_p[z, z] + 1:
-
-(G5) F_0 = lambda sum_p C_p[z, z] / a_p - lambda sum_t < T_a Sigma_aa(t) T_a', sum_{p in t} m_p' m_p / a_p^2 >,
-     F_a += -lambda^2 Sigma_aa(t) T_a' sum_{p in t} m_p' m_p / a_p  (its level-l diagonal blocks),
-
-so no per-patient matrix is formed.
+One call costs about one and a half criterion evaluations: the elimination forward, then per
+level a few batched products of small matrices backward. Nothing depends on the residuals or the
+conditional modes (the envelope theorem is implicit in the profiled top, G1).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from scipy.sparse import csr_matrix
 
 from theralens.model.criterion import (
     NestedCriterion,
-    _backward,
-    _block_diag,
+    _chol,
     _finish,
+    _forward,
     _lam_t_times,
     _mm,
     criterion_from_profile,
-    eliminate_level,
 )
 
 
-def _matvec(A: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """A_g x_g for stacks A (G, p, m) and x (G, m)."""
-    if A.shape[2] == 1:
-        return A[:, :, 0] * x
-    return np.einsum("gij,gj->gi", A, x)
+class _LevelCache(NamedTuple):
+    """What the backward pass (G2, G3) needs of one level's forward elimination."""
+
+    lam: np.ndarray  # Lambda_l (q x q)
+    LtMzz: np.ndarray  # (G, q, q): Lambda' Mzz_g, contiguous
+    Mrz: np.ndarray  # (G, r, q), Mzr transposed, contiguous
+    Ainv: np.ndarray  # (G, q, q): A_g^{-1}
+    H: np.ndarray  # (G, q, r): A_g^{-1} Lambda' Mzr_g
+
+
+def _blocks(M: np.ndarray, q: int, top: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The blocks of statistics M (G, d, d) that ``_forward_level`` takes: Mzz and Mrz
+    (contiguous) and Mrr, summed over the groups at the ``top``."""
+    Mrr = M.sum(0)[q:, q:] if top else M[:, q:, q:]
+    return np.ascontiguousarray(M[:, :q, :q]), np.ascontiguousarray(M[:, q:, :q]), Mrr
+
+
+def _forward_level(lam: np.ndarray, Mzz: np.ndarray, Mrz: np.ndarray, Mrr: np.ndarray,
+                   starts: np.ndarray | None) -> tuple[float, np.ndarray, _LevelCache]:
+    """Eliminate one level: log det of the A_g summed, the parents' statistics (summed over the
+    contiguous children beginning at ``starts``; None: all into one block, the top, where
+    ``Mrr`` is already summed over the groups), and the cache. Blocks as ``_blocks`` gives them."""
+    G, r, q = Mrz.shape
+    if q == 1:
+        l0 = float(lam[0, 0])
+        a = l0 * l0 * Mzz[:, 0, 0] + 1.0
+        logdet = float(np.log(a).sum())
+        Ainv = (1.0 / a)[:, None, None]
+        LtMzz = l0 * Mzz
+        LtMzr = l0 * Mrz.transpose(0, 2, 1)  # (G, 1, r)
+        H = Ainv * LtMzr
+    else:
+        LtMzz = np.ascontiguousarray(_mm(Mzz.reshape(G * q, q), lam).reshape(G, q, q).transpose(0, 2, 1))
+        A = _mm(LtMzz.reshape(G * q, q), lam).reshape(G, q, q)  # Lambda' Mzz Lambda
+        A.reshape(G, q * q)[:, :: q + 1] += 1.0
+        Ainv, logdet = _spd_inverse(A)
+        LtMzr = _lam_t_times(lam, Mrz.transpose(0, 2, 1))
+        H = np.matmul(Ainv, LtMzr)
+    if starts is None:  # the top: everything sums into one block
+        nxt = (Mrr - _mm(LtMzr.reshape(G * q, r).T, H.reshape(G * q, r)))[None]
+    else:
+        if q == 1:
+            red = Mrr - LtMzr[:, 0, :, None] * H[:, 0, None, :]
+        else:
+            red = Mrr - np.matmul(LtMzr.transpose(0, 2, 1), H)
+        nxt = np.add.reduceat(red, starts, axis=0)
+    return logdet, nxt, _LevelCache(lam=lam, LtMzz=LtMzz, Mrz=Mrz, Ainv=Ainv, H=H)
+
+
+def _cofactor_indices(q: int) -> tuple[np.ndarray, ...]:
+    """Flat indices (i1, i2, i3, i4) with cofactor_ij = A[i1] A[i2] - A[i3] A[i4] (q = 3), entry by
+    entry of the flattened q x q matrix, the sign of (-1)^(i+j) folded into the order."""
+    idx: list[list[int]] = [[], [], [], []]
+    for i in range(q):
+        for j in range(q):
+            r1, r2 = (m for m in range(q) if m != i)
+            c1, c2 = (m for m in range(q) if m != j)
+            first, second = (r1 * q + c1, r2 * q + c2), (r1 * q + c2, r2 * q + c1)
+            if (i + j) % 2:
+                first, second = second, first
+            for lst, v in zip(idx, (*first, *second)):
+                lst.append(v)
+    return tuple(np.array(v) for v in idx)
+
+
+_COF3 = _cofactor_indices(3)
+_ADJ2, _SGN2 = np.array([3, 1, 2, 0]), np.array([1.0, -1.0, -1.0, 1.0])
+
+
+def _spd_inverse(A: np.ndarray) -> tuple[np.ndarray, float]:
+    """Inverses of a stack of symmetric positive definite A (G, q, q) and sum_g log|A_g|.
+
+    For q = 2 and 3 by cofactors (adjugate over determinant), a few operations on all blocks at
+    once (A = Lambda' Mzz Lambda + I has all eigenvalues >= 1, so this is as accurate as through
+    Cholesky); otherwise through the Cholesky factors. Raises LinAlgError when a block is not
+    positive definite (its leading minors are not all positive).
+    """
+    G, q = A.shape[0], A.shape[1]
+    if q > 3:
+        Lc = _chol(A)
+        Linv = _forward(Lc, np.broadcast_to(np.eye(q), Lc.shape))
+        return np.matmul(Linv.transpose(0, 2, 1), Linv), 2.0 * float(np.log(np.diagonal(Lc, axis1=1, axis2=2)).sum())
+    A2 = A.reshape(G, q * q)
+    if q == 2:
+        adj = A2[:, _ADJ2] * _SGN2
+        det = A2[:, 0] * A2[:, 3] - A2[:, 1] * A2[:, 2]
+        minor = det
+    else:
+        i1, i2, i3, i4 = _COF3
+        adj = A2[:, i1] * A2[:, i2] - A2[:, i3] * A2[:, i4]
+        det = (A2[:, :3] * adj[:, :3]).sum(axis=1)  # along the first row
+        minor = adj[:, 8]  # the leading 2 x 2 minor
+    if not (A2[:, 0].min() > 0 and minor.min() > 0 and det.min() > 0):  # NaN fails too
+        raise np.linalg.LinAlgError("matrix is not positive definite")
+    return (adj / det[:, None]).reshape(G, q, q), float(np.log(det).sum())
+
+
+def _backward_level(c: _LevelCache, Psi: np.ndarray, children: bool
+                    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+    """dF / dLambda_l (G2) and, when ``children``, the blocks of every group's Psi_g (G3):
+    Lambda B_g Lambda' (G, q, q), -Psi_h H_g' Lambda' (G, r, q) and Psi_h (``_assemble``).
+
+    ``Psi`` holds the parent's Psi_h for every group (G, r, r), or one (r, r) shared by all
+    (the top)."""
+    lam, H = c.lam, c.H
+    G, q, r = H.shape
+    if Psi.ndim == 2:
+        PsiHt = _mm(H.reshape(G * q, r), Psi).reshape(G, q, r).transpose(0, 2, 1)  # Psi H_g'
+    else:
+        PsiHt = np.matmul(Psi, H.transpose(0, 2, 1))
+    PsiHt2 = np.ascontiguousarray(PsiHt).reshape(G * r, q)
+    B = c.Ainv + np.matmul(H, PsiHt)  # A^{-1} + H Psi H', symmetric
+    # sum_g (Mzz_g Lambda) B_g and sum_g Mzr_g Psi H_g' as contractions over (g, row)
+    grad = 2.0 * (_mm(c.LtMzz.reshape(G * q, q).T, B.reshape(G * q, q)) - _mm(c.Mrz.reshape(G * r, q).T, PsiHt2))
+    if not children:
+        return grad, None
+    BLt = _mm(B.reshape(G * q, q), lam.T).reshape(G, q, q)  # B Lambda' = (Lambda B)'
+    zz = _mm(BLt.transpose(0, 2, 1).reshape(G * q, q), lam.T).reshape(G, q, q)  # Lambda B Lambda'
+    rz = _mm(PsiHt2, -lam.T).reshape(G, r, q)  # -Psi H' Lambda'
+    return grad, (zz, rz, Psi)
+
+
+def _assemble(zz: np.ndarray, rz: np.ndarray, Psi: np.ndarray) -> np.ndarray:
+    """Psi_g (G, d, d) from the blocks ``_backward_level`` returns (G3)."""
+    G, r, q = rz.shape
+    out = np.empty((G, q + r, q + r))
+    out[:, :q, :q] = zz
+    out[:, q:, :q] = rz
+    out[:, :q, q:] = rz.transpose(0, 2, 1)
+    out[:, q:, q:] = Psi
+    return out
 
 
 class ProfiledGradient:
     """Criterion value and its exact gradient in theta for a :class:`NestedCriterion`.
 
-    Built once per criterion (contiguous copies of the per-group sums that the gradient reads,
-    eq. G4 and G1); each call costs a few criterion evaluations' worth of small batched products.
-    ``fast`` selects the closed form (G5) for the innermost level when it has a single random
-    term; ``fast=False`` runs the general path there too (used to test one against the other).
+    Built once per criterion; each call runs the elimination forward and its adjoint backward
+    (G1-G4). ``fast`` selects the closed form (G5) for the innermost level when it has a single
+    random term; ``fast=False`` runs the general path there too (used to test one against the
+    other).
     """
 
     def __init__(self, crit: NestedCriterion, fast: bool = True) -> None:
         self.crit = crit
-        D = crit.D
-        self.D = D
-        q = list(crit.q)
-        self.q = q
-        k = crit.k
-        self.k = k
-        offs = [int(v) for v in np.cumsum([0] + q)]
-        self.offs = offs
-        Zdim = offs[D]
-        self.Zdim = Zdim
-        d = crit.d
-        iy = d - 1
-        Cagg = crit.Cagg
-        # theta <-> Lambda_l entries: (rows, cols, theta index) of each level's nonzero entries
+        self.D = crit.D
+        self.q = list(crit.q)
+        self.k = crit.k
         self.ntheta = crit.design.ntheta
+        # theta <-> Lambda_l entries: (rows, cols, theta index) of each level's nonzero entries (G4)
         self.fills = []
         for lv in crit.design.levels:
             marks = lv.lambda_matrix(np.arange(1.0, self.ntheta + 1.0))
             rows, cols = np.nonzero(marks)
             self.fills.append((rows, cols, marks[rows, cols].astype(np.int64) - 1))
-        self.fast = bool(fast and q[0] == 1)
-        # per level l (contiguous): Gbar_g[chain, l] for (G4), with and without X in the chain;
-        # Gbar_g[l, Z-ancestors]; and the pieces of Z_l' r (G1)
-        self.Gl: list[dict[bool, np.ndarray]] = []
-        self.Gla: list[np.ndarray] = []
-        self.Cy: list[np.ndarray] = []
-        self.CX: list[np.ndarray] = []
-        self.Cself: list[dict[int, np.ndarray]] = []
-        self.Cdesc: dict[tuple[int, int], np.ndarray] = {}
-        self.agg: dict[tuple[int, int], csr_matrix] = {}
-        for l in range(D):
-            G = Cagg[l].shape[0]
-            zl = slice(offs[l], offs[l + 1])
-            gl = {}
-            for reml in (True, False):
-                hi = Zdim + (k if reml else 0)
-                gl[reml] = np.ascontiguousarray(Cagg[l][:, offs[l] : hi, zl]).reshape(-1, q[l])
-            self.Gl.append(gl)
-            self.Gla.append(np.ascontiguousarray(Cagg[l][:, zl, offs[l + 1] : Zdim]))
-            self.Cy.append(np.ascontiguousarray(Cagg[l][:, zl, iy]))
-            self.CX.append(np.ascontiguousarray(Cagg[l][:, zl, Zdim : Zdim + k]).reshape(G * q[l], k))
-            self.Cself.append({j: np.ascontiguousarray(Cagg[l][:, zl, offs[j] : offs[j + 1]]) for j in range(l, D)})
-            for j in range(l):
-                self.Cdesc[(j, l)] = np.ascontiguousarray(Cagg[j][:, zl, offs[j] : offs[j + 1]])
-                agg = crit.up[j]
-                for m in range(j + 1, l):
-                    agg = crit.up[m] @ agg
-                self.agg[(j, l)] = agg.tocsr()
+        # children of each parent, contiguous: where they start and how many there are
+        self.starts: list[np.ndarray | None] = [crit.starts[l] for l in range(self.D - 1)] + [None]
+        self.counts = [np.diff(np.r_[crit.starts[l], crit.Cagg[l].shape[0]]) for l in range(self.D - 1)]
+        self.fast = bool(fast and self.q[0] == 1)
         if self.fast:
             # one sparse product gives sum_p w_p m_p' m_p per parent for w = 1/a_p and 1/a_p^2
-            P = crit.C.shape[0]
-            starts = crit.starts[0]
-            T = len(starts)
+            # (over the merged clusters of the criterion: _czz and multiplicities _mult)
+            P = crit._O.shape[0]
+            starts = crit._O_starts
+            self._T = T = len(starts)
             ptr = np.r_[starts, P]
             self._agg = csr_matrix((np.ones(2 * P), np.tile(np.arange(P), 2), np.r_[ptr[:-1], ptr + P]),
                                    shape=(2 * T, P))
-            self._iu = crit._iu
-            self._O = crit._O  # (P, r(r+1)/2): upper triangle of m_p' m_p (q_0 = 1)
-            self._czz = crit.C[:, 0, 0].copy()
-            self._m = np.ascontiguousarray(crit.C[:, 0, 1:])  # m_p = M_zr,p = C_p[z, rest]
-            self._T = T
-            self._counts = np.diff(ptr)
-            # <N, Q2> from Q2's upper triangle: the entries of N (c x c, c = chain size) there
-            i0, i1 = self._iu
-            self._pack: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-            for c in (Zdim - 1, Zdim - 1 + k):
-                inside = np.flatnonzero((i0 < c) & (i1 < c))
-                self._pack[c] = (inside, i0[inside] * c + i1[inside], np.where(i0[inside] == i1[inside], 1.0, 2.0))
+            self._czz = crit._czz
+            self._mult = crit._mult
+            self._mult_czz = crit._mult * crit._czz
+            # <Psi_h, Q2_h> from Q2's upper triangle: positions of those entries in Psi_h, and
+            # weight 2 off the diagonal
+            r = crit.d - 1
+            i0, i1 = crit._iu
+            self._tri_pos = i0 * r + i1
+            self._tri_w = np.where(i0 == i1, 1.0, 2.0)
+            # the blocks of the parents' statistics, read off their upper triangles
+            if self.D > 1:
+                q1 = self.q[1]
+                pos = crit._unpack.reshape(r, r)
+                self._take = (pos[:q1, :q1].ravel(), pos[q1:, :q1].ravel(), pos[q1:, q1:].ravel())
 
     def __call__(self, theta: np.ndarray, reml: bool = True) -> tuple[float, np.ndarray]:
         """Criterion (REML criterion or ML deviance) and its gradient (G1)-(G5) at ``theta``."""
         crit = self.crit
         crit.evaluations += 1
         theta = np.asarray(theta, dtype=float)
-        D, q, k, offs, Zdim = self.D, self.q, self.k, self.offs, self.Zdim
-        lams = crit.lambdas(theta)
-        kx = k if reml else 0
-        fast = self.fast
-        # ---- elimination, keeping every level's factors ------------------------------------
-        Ls: list[np.ndarray] = []
-        Ss: list[np.ndarray] = []
+        D, k = self.D, self.k
+        lams = []
+        for q, (rows, cols, idx) in zip(self.q, self.fills):
+            lam = np.zeros((q, q))
+            lam[rows, cols] = theta[idx]
+            lams.append(lam)
+        # ---- forward: the elimination, keeping what the backward pass needs ------------------
+        caches: list[_LevelCache | None] = []
         logdet = 0.0
-        M = crit.C
         lam0 = float(lams[0][0, 0])
-        a_p = Q1 = Q2tri = np.empty(0)
-        for l in range(D):
-            if l == 0 and fast:
-                a_p = lam0 * lam0 * self._czz + 1.0
-                logdet += float(np.log(a_p).sum())
-                ia = 1.0 / a_p
-                self._agg.data = np.concatenate([ia, ia * ia])
-                tri = self._agg @ self._O
-                T = self._T
-                Q1tri = tri[:T]  # sum_p m_p' m_p / a_p per parent (upper triangles)
-                Q2tri = tri[T:]  # sum_p m_p' m_p / a_p^2 per parent
-                Q1 = crit.unpack(Q1tri)
-                M = crit._Mrr_sum - lam0 * lam0 * Q1
-                Ls.append(np.sqrt(a_p)[:, None, None])
-                Ss.append(np.empty((0, 0, 0)))  # not formed (G5)
-                continue
-            ld, M, Lc, S = eliminate_level(lams[l], M, crit.up[l], keep=True)
+        ia = Q2tri = np.empty(0)
+        if self.fast:  # (G5): the innermost level from the constant products m_p' m_p
+            a = lam0 * lam0 * self._czz + 1.0
+            logdet += float(self._mult @ np.log(a))
+            ia = 1.0 / a
+            self._agg.data = np.concatenate([ia, ia * ia])
+            tri = self._agg @ crit._O
+            Q2tri = tri[self._T :]  # sum_p m_p' m_p / a_p^2 per parent (upper triangles)
+            Mtri = crit._Mrr_tri - (lam0 * lam0) * tri[: self._T]  # the parents' statistics
+            caches.append(None)
+        M = crit.C if not self.fast else crit.unpack(Mtri) if D == 1 else None
+        for l in range(len(caches), D):
+            if M is None:  # the parents of the fast innermost level: their blocks from Mtri
+                q1, T = self.q[1], self._T
+                tzz, trz, trr = self._take
+                r1 = len(trz) // q1
+                blocks = (np.take(Mtri, tzz, axis=1).reshape(T, q1, q1), np.take(Mtri, trz, axis=1).reshape(T, r1, q1),
+                          np.take(Mtri.sum(0), trr).reshape(r1, r1) if D == 2
+                          else np.take(Mtri, trr, axis=1).reshape(T, r1, r1))
+            else:
+                blocks = _blocks(M, self.q[l], l == D - 1)
+            ld, M, cache = _forward_level(lams[l], *blocks, self.starts[l])
             logdet += ld
-            assert Lc is not None and S is not None
-            Ls.append(Lc)
-            Ss.append(S)
-        prof = _finish(logdet, M[0], k)
+            caches.append(cache)
+        top = M[0]
+        prof = _finish(logdet, top, k)
         f = criterion_from_profile(prof, crit.n, k, reml)
         if not np.isfinite(f):
             return f, np.full(self.ntheta, np.nan)
-        # ---- back-substitution: beta, u_l, b_l = u_l Lambda_l' ------------------------------
-        beta = np.linalg.solve(prof.RX.T, prof.z) if k else np.zeros(0)
-        u: list[np.ndarray] = [np.empty(0)] * D
-        b: list[np.ndarray] = [np.empty(0)] * D
-        rhs0 = np.empty(0)
-        for l in reversed(range(D)):
-            nz = Zdim - offs[l + 1]
-            if l == 0 and fast:
-                m = self._m
-                rhs0 = m[:, -1] - (_mm(m[:, nz : nz + k], beta) if k else 0.0)
-                off = 0
-                for j in range(1, D):
-                    bj = np.repeat(b[j], self._counts, axis=0) if j == 1 else b[j][crit.anc[0][j]]
-                    rhs0 = rhs0 - np.einsum("gj,gj->g", m[:, off : off + q[j]], bj)
-                    off += q[j]
-                u[0] = (lam0 / a_p * rhs0)[:, None]
-                b[0] = u[0] * lam0
-                continue
-            Lc, S = Ls[l], Ss[l]
-            G = S.shape[0]
-            S2 = S.reshape(G * q[l], -1)
-            rhs = S[:, :, -1] - (_mm(S2[:, nz : nz + k], beta).reshape(G, q[l]) if k else 0.0)
-            off = 0
-            for j in range(l + 1, D):
-                rhs = rhs - _matvec(S[:, :, off : off + q[j]], b[j][crit.anc[l][j]])
-                off += q[j]
-            u[l] = _backward(Lc, rhs)
-            b[l] = _mm(u[l], lams[l].T)
-        # ---- selected inversion (G3) and the trace terms (G4, G5) ---------------------------
-        F = [np.zeros((ql, ql)) for ql in q]
-        root = np.linalg.inv(M[0][:k, :k]) if kx else np.zeros((0, 0))  # Sigma_XX = (R_X R_X')^{-1}
-        chain_cov: list[np.ndarray] = [np.empty(0)] * D
-        for l in reversed(range(D)):
-            ql = q[l]
-            cl = Zdim - offs[l] + kx
-            ca = cl - ql
-            nz = Zdim - offs[l + 1]
-            Tchain = _block_diag([lams[j] for j in range(l, D)] + [np.eye(kx)])
-            Ta = Tchain[ql:, ql:]
-            if l == 0 and fast:
-                Saa = chain_cov[1] if D > 1 else root[None]
-                Ga = Saa.shape[0]
-                Y = _mm(Saa.reshape(Ga * ca, ca), Ta.T).reshape(Ga, ca, ca)  # Sigma_aa T_a'
-                Nt = _mm(Y.transpose(0, 2, 1).reshape(Ga * ca, ca), Ta.T).reshape(Ga, ca * ca)  # T_a Sigma_aa T_a'
-                # sum_t <N_t, Q2_t> from the upper triangles (off-diagonal entries twice)
-                inside, pos, wts = self._pack[ca]
-                nq2 = float(np.einsum("ij,ij->", np.take(Nt, pos, axis=1) * wts, np.take(Q2tri, inside, axis=1)))
-                F[0][0, 0] += lam0 * float((self._czz / a_p).sum()) - lam0 * nq2
-                if nz:  # ancestors' blocks: -lambda^2 sum_t Sigma_aa(t) T_a' Q1_t, Z part only
-                    Yz = np.ascontiguousarray(Y[:, :nz, :].transpose(1, 0, 2)).reshape(nz, Ga * ca)
-                    W = -lam0 * lam0 * _mm(Yz, np.ascontiguousarray(Q1[:, :ca, :nz]).reshape(Ga * ca, nz))
-                    self._add_ancestor_blocks(F, W, 0)
-                continue
-            Lc, S = Ls[l], Ss[l]
-            G = S.shape[0]
-            S2 = S.reshape(G * ql, -1)
-            St2 = np.concatenate([_mm(S2[:, :nz], Ta[:nz, :nz]), S2[:, nz : nz + kx]], axis=1)  # S~ (G*q, c_a)
-            if l == D - 1:
-                E = _mm(St2, root).reshape(G, ql, ca)  # S~ Sigma_aa, Sigma_aa shared (the root)
-                Saa = None
-            else:
-                Saa = chain_cov[l + 1][crit.parent[l]]
-                E = np.matmul(St2.reshape(G, ql, ca), Saa)
-            Sha = -_backward(Lc, E)  # Sigma_ga = -L^{-T} S~ Sigma_aa
-            Mid = np.matmul(E, St2.reshape(G, ql, ca).transpose(0, 2, 1))
-            Mid[:, np.arange(ql), np.arange(ql)] += 1.0
-            # Sigma_gg = L^{-T} (I + S~ Sigma_aa S~') L^{-1}
-            Shh = _backward(Lc, _backward(Lc, Mid).transpose(0, 2, 1))
-            if l > 0:
-                full = np.empty((G, cl, cl))
-                full[:, :ql, :ql] = Shh
-                full[:, :ql, ql:] = Sha
-                full[:, ql:, :ql] = Sha.transpose(0, 2, 1)
-                full[:, ql:, ql:] = root if Saa is None else Saa
-                chain_cov[l] = full
-            R = np.concatenate([Shh, Sha], axis=2).reshape(G * ql, cl)
-            RT = np.ascontiguousarray(_mm(R, Tchain.T).reshape(G, ql, cl).transpose(1, 0, 2)).reshape(ql, G * cl)
-            F[l] += _mm(RT, self.Gl[l][reml])
-            if nz:
-                Y = _lam_t_times(lams[l], self.Gla[l])  # Lambda_l' Gbar_g[l, Z-ancestors]
-                ShaZ = np.ascontiguousarray(Sha[:, :, :nz].transpose(2, 0, 1)).reshape(nz, G * ql)
-                W = _mm(ShaZ, np.ascontiguousarray(Y).reshape(G * ql, nz))
-                self._add_ancestor_blocks(F, W, l)
-        # ---- residual part (G1): w_g = Z_g' r per group --------------------------------------
+        # ---- (G1) the top's sensitivity ----------------------------------------------------
+        XXinv = np.linalg.inv(top[:k, :k]) if k else np.zeros((0, 0))  # (R_X R_X')^{-1}
+        v = np.empty(k + 1)
+        v[:k] = -(XXinv @ top[:k, k])  # -beta
+        v[k] = 1.0
         dof = (crit.n - k) if reml else crit.n
-        coef = dof / prof.r2
+        top_psi = (dof / prof.r2) * np.outer(v, v)
+        if reml and k:
+            top_psi[:k, :k] += XXinv
+        Psi: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray] = top_psi
+        # ---- backward, level by level (G2-G5) -----------------------------------------------
         grad = np.zeros(self.ntheta)
-        for l in range(D):
-            G = self.Cy[l].shape[0]
-            if l == 0 and fast:
-                w = rhs0 - self._czz * b[0][:, 0]  # Z_p' r = m_p[y] - m_p[X] beta - m_p[Z_anc] b_anc - C_zz b_p
-                w = w[:, None]
-            else:
-                w = self.Cy[l] - (_mm(self.CX[l], beta).reshape(G, q[l]) if k else 0.0)
-                for j in range(l, D):
-                    w = w - _matvec(self.Cself[l][j], b[j] if j == l else b[j][crit.anc[l][j]])
-            for j in range(l):
-                w = w - self.agg[(j, l)] @ _matvec(self.Cdesc[(j, l)], b[j])
-            Rsum = _mm(w.T, u[l])  # Rsum[i, j] = sum_g w_g[i] u_g[j]
-            gL = 2.0 * F[l].T - 2.0 * coef * Rsum
+        for l in reversed(range(D)):
             rows, cols, idx = self.fills[l]
+            cache = caches[l]
+            if cache is None:  # (G5)
+                if isinstance(Psi, tuple):  # <Psi_h, Q2_h> block by block (off-diagonal twice)
+                    zz, rz, Prr = Psi
+                    tzz, trz, trr = self._take
+                    T = Q2tri.shape[0]
+                    nq2 = (float((zz.reshape(T, -1) * np.take(Q2tri, tzz, axis=1)).sum())
+                           + 2.0 * float((rz.reshape(T, -1) * np.take(Q2tri, trz, axis=1)).sum())
+                           + (float((Prr * np.take(Q2tri.sum(0), trr).reshape(Prr.shape)).sum()) if Prr.ndim == 2
+                              else float((Prr.reshape(T, -1) * np.take(Q2tri, trr, axis=1)).sum())))
+                else:  # the top itself, from the upper triangles
+                    nq2 = float((np.take(Psi.reshape(-1), self._tri_pos) * self._tri_w * Q2tri[0]).sum())
+                grad[idx] = 2.0 * lam0 * (float(self._mult_czz @ ia) - nq2)
+                continue
+            if isinstance(Psi, tuple):
+                Psi = _assemble(*Psi)
+            if Psi.ndim == 3:  # the parent's Psi for every group
+                Psi = np.repeat(Psi, self.counts[l], axis=0)
+            gL, nxt = _backward_level(cache, Psi, children=l > 0)
             grad[idx] = gL[rows, cols]
+            if nxt is not None:
+                Psi = nxt
         return f, grad
-
-    def _add_ancestor_blocks(self, F: list[np.ndarray], W: np.ndarray, l: int) -> None:
-        """Add the level-m diagonal blocks (m > l) of W (Z-ancestor chain of level l) to F_m."""
-        off = 0
-        for m in range(l + 1, self.D):
-            qm = self.q[m]
-            F[m] += W[off : off + qm, off : off + qm]
-            off += qm
-

@@ -17,6 +17,7 @@ Either way the fit is declared converged only when the (projected) gradient at t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -270,6 +271,11 @@ def _cubic_min(a: float, fa: float, da: float, b: float, fb: float, db: float) -
     return float(b - (b - a) * (db + d2 - d1) / denom)
 
 
+def _norm(v: np.ndarray) -> float:
+    """Euclidean norm of a vector (as ``np.linalg.norm`` computes it, with less overhead)."""
+    return math.sqrt(float(v @ v))
+
+
 def _bfgs(
     fg: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, gtol: float, maxiter: int = 500
 ) -> str:
@@ -283,22 +289,23 @@ def _bfgs(
     n = len(x0)
     x = np.asarray(x0, dtype=float)
     f, g = fg(x)
-    H = np.eye(n)
+    eye = np.eye(n)
+    H = eye
     first = True
     for _ in range(maxiter):
-        gnorm = float(np.max(np.abs(g)))
+        gnorm = float(np.abs(g).max())
         if gnorm < gtol:
             return "success"
         p = -H @ g
         if float(g @ p) >= 0:  # not a descent direction: restart from steepest descent
-            H = np.eye(n)
+            H = eye
             first = True
             p = -g
-        pnorm = float(np.linalg.norm(p))
+        pnorm = _norm(p)
         if first:
             p = p / max(1.0, pnorm)  # first step of length at most one in phi
-        elif pnorm > 10.0 * max(1.0, float(np.linalg.norm(x))):
-            p = p * (10.0 * max(1.0, float(np.linalg.norm(x))) / pnorm)  # a poor Hessian estimate
+        elif pnorm > 10.0 * max(1.0, _norm(x)):
+            p = p * (10.0 * max(1.0, _norm(x)) / pnorm)  # a poor Hessian estimate
         ftol = ROUNDOFF * (abs(f) + 1.0)
         if -0.5 * float(g @ p) < ftol:
             f1, g1 = fg(x + p)
@@ -313,11 +320,11 @@ def _bfgs(
             x1 = x + a * p
         s, y = x1 - x, g1 - g
         sy = float(s @ y)
-        if sy > 1e-12 * float(np.linalg.norm(s) * np.linalg.norm(y)):
+        if sy > 1e-12 * _norm(s) * _norm(y):
             if first:
-                H = (sy / float(y @ y)) * np.eye(n)
+                H = (sy / float(y @ y)) * eye
             rho = 1.0 / sy
-            V = np.eye(n) - rho * np.outer(s, y)
+            V = eye - rho * np.outer(s, y)
             H = V @ H @ V.T + rho * np.outer(s, s)
             first = False
         x, f, g = x1, f1, g1
@@ -351,7 +358,7 @@ def _minimize_gradient(
         return f(phi / scale)
 
     def fg_phi(phi: np.ndarray) -> tuple[float, np.ndarray]:
-        if best["armed"] and np.max(np.abs(phi), initial=0.0) > PHI_MAX:
+        if best["armed"] and float(np.abs(phi).max(initial=0.0)) > PHI_MAX:
             raise _DivergedError
         counts["fg"] += 1
         try:
@@ -359,9 +366,9 @@ def _minimize_gradient(
         except np.linalg.LinAlgError:
             val, g = np.inf, np.full(len(phi), np.nan)
         g = np.asarray(g, dtype=float) / scale
-        if not (np.isfinite(val) and np.all(np.isfinite(g))):
+        gnorm = float(np.abs(g).max(initial=0.0))  # NaN or inf when any component is
+        if not (np.isfinite(val) and np.isfinite(gnorm)):
             return np.inf, np.full(len(phi), np.nan)
-        gnorm = float(np.max(np.abs(g), initial=0.0))
         noise = ROUNDOFF * (abs(val) + 1.0)
         if val < best["f"] - noise or (val <= best["f"] + noise and gnorm < best["gnorm"]):
             best.update(f=float(val), phi=phi.copy(), g=g.copy(), gnorm=gnorm, stale=0)
