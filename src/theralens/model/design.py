@@ -8,6 +8,7 @@ Z_l per grouping factor, and the tree that nests the grouping factors inside eac
 
 from __future__ import annotations
 
+import gc
 import re
 from dataclasses import dataclass, field
 
@@ -179,7 +180,14 @@ def _model_matrix(
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelSpecError(f"cannot build the {what} from '{rhs}': {msg}") from None
     raw = list(mm.model_spec.column_names)
-    return np.asarray(mm, dtype=float), [_lme4_name(c, order) for c in raw], raw
+    X = np.asarray(mm, dtype=float)
+    del mm
+    # formulaic's materializer leaves reference cycles that hold evaluated columns of the data;
+    # free them now (they are young: a generation-1 pass finds them in well under a
+    # millisecond) rather than whenever Python's cyclic collector next runs, which on large
+    # data let several fits' worth of them pile up (peak memory of repeated fits)
+    gc.collect(1)
+    return X, [_lme4_name(c, order) for c in raw], raw
 
 
 _TOKEN = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
