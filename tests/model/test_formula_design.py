@@ -108,3 +108,28 @@ def test_depth_four_nesting_runs() -> None:
     assert m.converged
     assert list(m.ngroups.values()) == [256, 64, 16, 4]
     assert len(m.varcorr) == 5
+
+
+def test_building_a_design_leaves_no_cyclic_garbage_of_the_data() -> None:
+    """formulaic's materializer leaves reference cycles holding evaluated data columns;
+    build_design frees them at once, so repeated fits on large data do not pile them up
+    until Python's cyclic collector happens to run (peak memory, benchmarks/RESULTS.md)."""
+    import gc
+
+    from theralens.model.design import build_design
+
+    rng = np.random.default_rng(3)
+    n = 400
+    df = pd.DataFrame({"y": rng.normal(size=n), "x": rng.normal(size=n), "c": rng.choice(["a", "b"], n),
+                       "g": np.repeat(np.arange(40), 10)})
+    parsed = parse_formula("y ~ x * c + (1 + x | g)")
+    build_design(parsed, df)  # warm-up: imports and caches
+    gc.collect()
+    gc.disable()  # no automatic collection: whatever cyclic garbage the build leaves stays
+    try:
+        design = build_design(parsed, df)
+        left = gc.collect()  # unreachable objects found (cycles the build left behind)
+    finally:
+        gc.enable()
+    assert design.X.shape == (n, 4)
+    assert left == 0
