@@ -201,4 +201,9 @@ def test_scale_equivariance(args, c, reml):
     big = vb["sdcor"].to_numpy()[sd_rows] > 1e-2 * base.sigma  # SDs not at the boundary
     np.testing.assert_allclose(vm["sdcor"].to_numpy()[sd_rows][big], abs(c) * vb["sdcor"].to_numpy()[sd_rows][big],
                                rtol=2e-3)
-    np.testing.assert_allclose(m.theta.to_numpy(), base.theta.to_numpy(), rtol=2e-3, atol=1e-3)
+    # theta is scale-free; a diagonal entry within 1e-2 of zero in both fits is a relative SD
+    # at the boundary (the SDs above leave those out too): the criterion is flat there to
+    # ~1e-9, so where the optimizer stops in that valley is not a property of the model
+    tb, tm = base.theta.to_numpy(), m.theta.to_numpy()
+    flat = np.isfinite(base.design.theta_lower_bounds()) & (tb < 1e-2) & (tm < 1e-2)  # diagonal entries near 0
+    np.testing.assert_allclose(tm[~flat], tb[~flat], rtol=2e-3, atol=1e-3)

@@ -144,7 +144,11 @@ def minimize_theta(
 
 BFGS_GTOL = 1e-6  # BFGS stops at max|gradient| below this (in phi)
 ROUNDOFF = 1e-14  # relative size of criterion changes that are rounding noise (sums over clusters)
-SNAP_TOL = 1e-6  # diagonal entries of Lambda this close to zero are tried at exactly zero
+SNAP_TOL = 1e-2  # diagonal entries of Lambda (phi scale) this close to zero are tried at exactly zero
+ZERO_TOL = 1e-6  # a diagonal entry this close to zero is at the boundary (probed from inside)
+#: A snap to zero may raise the criterion by max(SNAP_SLACK, SNAP_SLACK_REL |criterion|): what
+#: the other parameters, stopped at BFGS_GTOL in a flat valley, leave undetermined anyway.
+SNAP_SLACK, SNAP_SLACK_REL = 1e-9, 1e-12
 PROBE_STEP = 1e-3  # step inside the feasible set to test a zero diagonal (phi scale)
 STALL_GTOL = 1e-4  # with max|gradient| below this, a few evaluations without progress end the run
 STALL_EVALS = 3
@@ -412,22 +416,35 @@ def _minimize_gradient(
     if best["phi"] is None:  # the criterion is not finite at the start
         return fallback("could not start")
     diag = np.isfinite(lower)
-    while True:
+
+    def snap() -> tuple[np.ndarray, float, np.ndarray, float]:
+        """Set small diagonal entries to zero when that does not worsen the criterion beyond
+        :data:`SNAP_SLACK`: near a boundary optimum the criterion is flat (even in a
+        single-column term's entry), so BFGS stops wherever the gradient falls below its
+        tolerance, up to ~1e-2 from the zero. All small entries at once are tried, else one at
+        a time."""
         phi, fx, g, gnorm = current()
-        # snap tiny diagonal entries to zero when that does not worsen the criterion
-        tiny = diag & (phi != lower) & (np.abs(phi - lower) < SNAP_TOL)
-        if tiny.any():
+        tiny = np.flatnonzero(diag & (phi != lower) & (np.abs(phi - lower) < SNAP_TOL))
+        candidates = [] if not len(tiny) else [tiny] if len(tiny) == 1 else [tiny, *([i] for i in tiny)]
+        for group in candidates:
             ps = phi.copy()
-            ps[tiny] = lower[tiny]
+            ps[group] = lower[group]
             fs, gs = fg_phi(ps)
-            if fs <= fx + ROUNDOFF * (abs(fx) + 1.0):
+            if fs <= fx + max(SNAP_SLACK, SNAP_SLACK_REL * abs(fx)):
                 best.update(f=fs, phi=ps, g=gs, gnorm=float(np.max(np.abs(gs))))
-            phi, fx, g, gnorm = current()
+                phi, fx, g, gnorm = current()
+                if len(group) == len(tiny):
+                    break
+        return current()
+
+    polished = False
+    while True:
+        phi, fx, g, gnorm = snap()
         if restarts >= max_restarts:
             break
         # a zero diagonal with a zero gradient may be a saddle: probe inside (lme4's restart_edge)
         moved = False
-        for i in np.flatnonzero(diag & (phi - lower <= SNAP_TOL)):
+        for i in np.flatnonzero(diag & (phi - lower <= ZERO_TOL)):
             probe = phi.copy()
             probe[i] = lower[i] + PROBE_STEP
             if f_phi(probe) < fx - ROUNDOFF * (abs(fx) + 1.0):
@@ -444,6 +461,7 @@ def _minimize_gradient(
             # the gradient method did not reach a stationary point: let BOBYQA polish from here
             phi_b, f_b, code_b = _bobyqa(f_phi, phi, lower, step=0.02)
             restarts += 1
+            polished = True
             method = "BFGS (analytic gradient), then BOBYQA (NLopt)"
             code = code_b
             if f_b < fx:
@@ -454,8 +472,8 @@ def _minimize_gradient(
                     except _DivergedError:
                         return fallback("diverged")
                     continue
-            phi, fx, g, gnorm = current()
         break
+    phi, fx, g, gnorm = snap() if polished else current()
     converged = gnorm < GRADIENT_TOL
     if not converged:
         messages.append(
@@ -498,12 +516,12 @@ def _minimize_bobyqa(
     messages: list[str] = []
     while True:
         # snap tiny diagonal entries to the bound when that does not worsen the criterion
-        at = np.isfinite(lower) & (np.abs(phi - lower) < 1e-6) & (phi != lower)
+        at = np.isfinite(lower) & (np.abs(phi - lower) < SNAP_TOL) & (phi != lower)
         if at.any():
             ps = phi.copy()
             ps[at] = lower[at]
             fs = g_phi(ps)
-            if fs <= fx + 1e-10:
+            if fs <= fx + max(SNAP_SLACK, SNAP_SLACK_REL * abs(fx)):
                 phi, fx = ps, fs
         g = projected(gradient(g_phi, phi, lower), phi, lower)
         gnorm = float(np.max(np.abs(g))) if len(g) else 0.0
