@@ -37,14 +37,14 @@ def test_fixed_chunk_size() -> None:
 def test_reuse_freed_memory_nests_and_restores(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(memory, "_set", lambda mmap, trim: calls.append((mmap, trim)))
-    monkeypatch.setattr(memory, "_pinned", False)
+    monkeypatch.setattr(memory._setting, "pinned", False)
     raised = (memory.MMAP_THRESHOLD, memory.TRIM_THRESHOLD)
     with memory.reuse_freed_memory():
         with memory.reuse_freed_memory():
             pass
         assert calls == [raised]
     assert calls == [raised, (memory._DEFAULT, memory._DEFAULT)]
-    assert memory._users == 0
+    assert memory._setting.users == 0
 
 
 def test_reuse_freed_memory_is_harmless_for_real() -> None:
@@ -66,4 +66,4 @@ def test_single_thread_blas_nests_and_restores() -> None:
             assert all(int(get()) == 1 for _, get in libs)
         assert all(int(get()) == 1 for _, get in libs)
     assert [int(get()) for _, get in libs] == counts
-    assert blas._users == 0
+    assert blas._setting.users == 0

@@ -15,15 +15,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
+
+from theralens.planning.scoped import ScopedSetting
 
 __all__ = ["pin", "single_thread_blas"]
-
-_pinned = False
-_lock = threading.Lock()
-_users = 0
-_saved: list[tuple[ctypes._CFuncPtr, int]] = []  # (set function, thread count before)
 
 _NAMES = [("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
           ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
@@ -52,35 +48,29 @@ def _openblas() -> list[tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]]:
     return out
 
 
+def _one_thread() -> Callable[[], None]:
+    """Set every OpenBLAS library to one thread; return what restores the previous counts."""
+    saved = [(set_threads, int(get_threads())) for set_threads, get_threads in _openblas()]
+    for set_threads, _ in saved:
+        set_threads(1)
+
+    def restore() -> None:
+        for set_threads, n in saved:
+            set_threads(n)
+
+    return restore
+
+
+_setting = ScopedSetting(_one_thread)
+
+
 def pin() -> None:
     """One OpenBLAS thread for the rest of the process (a pool worker's initializer); later
     :func:`single_thread_blas` blocks then cost nothing."""
-    global _pinned
-    for set_threads, _ in _openblas():
-        set_threads(1)
-    _pinned = True
+    _setting.pin()
 
 
-@contextlib.contextmanager
-def single_thread_blas() -> Iterator[None]:
+def single_thread_blas() -> contextlib.AbstractContextManager[None]:
     """Run the body with one OpenBLAS thread, then restore the previous counts (nested and
     concurrent uses count: the first in sets, the last out restores)."""
-    global _users, _saved
-    if _pinned:
-        yield
-        return
-    with _lock:
-        _users += 1
-        if _users == 1:
-            _saved = [(set_threads, int(get_threads())) for set_threads, get_threads in _openblas()]
-            for set_threads, _ in _saved:
-                set_threads(1)
-    try:
-        yield
-    finally:
-        with _lock:
-            _users -= 1
-            if _users == 0:
-                for set_threads, n in _saved:
-                    set_threads(n)
-                _saved = []
+    return _setting.held()

@@ -20,8 +20,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
+
+from theralens.planning.scoped import ScopedSetting
 
 __all__ = ["pin", "reuse_freed_memory"]
 
@@ -32,9 +33,6 @@ MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
 _DEFAULT = 128 << 10  # glibc's default for both
 
-_lock = threading.Lock()
-_users = 0
-_pinned = False
 _libc: ctypes.CDLL | None | bool = False  # False: not looked up yet
 
 
@@ -63,26 +61,19 @@ def _set(mmap: int, trim: int) -> None:
         mallopt(_M_TRIM_THRESHOLD, trim)
 
 
+def _raise_thresholds() -> Callable[[], None]:
+    _set(MMAP_THRESHOLD, TRIM_THRESHOLD)
+    return lambda: _set(_DEFAULT, _DEFAULT)
+
+
+_setting = ScopedSetting(_raise_thresholds)
+
+
 def pin() -> None:
     """Raise the thresholds for the rest of the process (a pool worker's initializer)."""
-    global _pinned
-    with _lock:
-        _pinned = True
-        _set(MMAP_THRESHOLD, TRIM_THRESHOLD)
+    _setting.pin()
 
 
-@contextlib.contextmanager
-def reuse_freed_memory() -> Iterator[None]:
+def reuse_freed_memory() -> contextlib.AbstractContextManager[None]:
     """Run the body with freed memory kept for reuse, then restore glibc's defaults."""
-    global _users
-    with _lock:
-        _users += 1
-        if _users == 1 and not _pinned:
-            _set(MMAP_THRESHOLD, TRIM_THRESHOLD)
-    try:
-        yield
-    finally:
-        with _lock:
-            _users -= 1
-            if _users == 0 and not _pinned:
-                _set(_DEFAULT, _DEFAULT)
+    return _setting.held()
