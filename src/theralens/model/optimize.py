@@ -149,6 +149,11 @@ ZERO_TOL = 1e-6  # a diagonal entry this close to zero is at the boundary (probe
 #: A snap to zero may raise the criterion by max(SNAP_SLACK, SNAP_SLACK_REL |criterion|): what
 #: the other parameters, stopped at BFGS_GTOL in a flat valley, leave undetermined anyway.
 SNAP_SLACK, SNAP_SLACK_REL = 1e-9, 1e-12
+
+
+def _snap_allowed(f_zero: float, f: float) -> bool:
+    """Whether a snap to zero that moves the criterion from ``f`` to ``f_zero`` is kept."""
+    return f_zero <= f + max(SNAP_SLACK, SNAP_SLACK_REL * abs(f))
 PROBE_STEP = 1e-3  # step inside the feasible set to test a zero diagonal (phi scale)
 STALL_GTOL = 1e-4  # with max|gradient| below this, a few evaluations without progress end the run
 STALL_EVALS = 3
@@ -430,7 +435,7 @@ def _minimize_gradient(
             ps = phi.copy()
             ps[group] = lower[group]
             fs, gs = fg_phi(ps)
-            if fs <= fx + max(SNAP_SLACK, SNAP_SLACK_REL * abs(fx)):
+            if _snap_allowed(fs, fx):
                 best.update(f=fs, phi=ps, g=gs, gnorm=float(np.max(np.abs(gs))))
                 phi, fx, g, gnorm = current()
                 if len(group) == len(tiny):
@@ -474,26 +479,8 @@ def _minimize_gradient(
                     continue
         break
     phi, fx, g, gnorm = snap() if polished else current()
-    converged = gnorm < GRADIENT_TOL
-    if not converged:
-        messages.append(
-            f"the optimizer stopped ({code}) with max|gradient| = {gnorm:.2g} "
-            f"(tolerance {GRADIENT_TOL:g}); the estimates may not be at the optimum"
-        )
-    return OptimizerRecord(
-        method=method,
-        initial=np.asarray(x0, dtype=float),
-        final=phi / scale,
-        evaluations=counts["f"] + counts["fg"],
-        criterion=fx,
-        gradient=g,
-        gradient_norm=gnorm,
-        restarts=restarts,
-        return_code=code,
-        converged=converged,
-        messages=messages,
-        gradient_evaluations=counts["fg"],
-    )
+    return _record(method, x0, phi / scale, counts["f"] + counts["fg"], fx, g, gnorm, restarts, code,
+                   gnorm < GRADIENT_TOL, messages, gradient_evaluations=counts["fg"])
 
 
 def _minimize_bobyqa(
@@ -521,7 +508,7 @@ def _minimize_bobyqa(
             ps = phi.copy()
             ps[at] = lower[at]
             fs = g_phi(ps)
-            if fs <= fx + max(SNAP_SLACK, SNAP_SLACK_REL * abs(fx)):
+            if _snap_allowed(fs, fx):
                 phi, fx = ps, fs
         g = projected(gradient(g_phi, phi, lower), phi, lower)
         gnorm = float(np.max(np.abs(g))) if len(g) else 0.0
@@ -536,22 +523,20 @@ def _minimize_bobyqa(
             phi, fx, code = phi_new, f_new, code_new
         if not improved and gnorm < GRADIENT_TOL:
             break
-    converged = gnorm < GRADIENT_TOL and code not in ("maxeval", "maxtime")
+    return _record("BOBYQA (NLopt) with restarts" if len(x0) > 1 else "Brent (bounded)", x0, phi / scale, count[0],
+                   fx, g, gnorm, restarts, code, gnorm < GRADIENT_TOL and code not in ("maxeval", "maxtime"),
+                   messages)
+
+
+def _record(method: str, x0: np.ndarray, final: np.ndarray, evaluations: int, fx: float, g: np.ndarray,
+            gnorm: float, restarts: int, code: str, converged: bool, messages: list[str],
+            gradient_evaluations: int = 0) -> OptimizerRecord:
+    """The optimizer record of a finished fit; a fit that did not converge says so in ``messages``."""
     if not converged:
         messages.append(
             f"the optimizer stopped ({code}) with max|gradient| = {gnorm:.2g} "
             f"(tolerance {GRADIENT_TOL:g}); the estimates may not be at the optimum"
         )
-    return OptimizerRecord(
-        method="BOBYQA (NLopt) with restarts" if len(x0) > 1 else "Brent (bounded)",
-        initial=np.asarray(x0, dtype=float),
-        final=phi / scale,
-        evaluations=count[0],
-        criterion=float(fx),
-        gradient=g,
-        gradient_norm=gnorm,
-        restarts=restarts,
-        return_code=code,
-        converged=converged,
-        messages=messages,
-    )
+    return OptimizerRecord(method=method, initial=np.asarray(x0, dtype=float), final=final, evaluations=evaluations,
+                           criterion=float(fx), gradient=g, gradient_norm=gnorm, restarts=restarts, return_code=code,
+                           converged=converged, messages=messages, gradient_evaluations=gradient_evaluations)
