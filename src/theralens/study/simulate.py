@@ -474,6 +474,17 @@ def _moderation(
     return sum(effects.get((m, q, target), 0.0) * Wc[m] for m in MODERATORS)
 
 
+def _therapist_coefficients(
+    within: float, within_x_between: float, between: float, effects: Mapping[tuple[str, str, str], float],
+    Wc: Mapping[str, np.ndarray], process: str, between_j: np.ndarray, u_slope: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each therapist's within slope b1j = w + sum_W g11 (W_j - c_W) + g12 between_j + u1j and
+    between association k + sum_W g03 (W_j - c_W) (module docstring, both designs)."""
+    b1 = within + _moderation(effects, Wc, process, "within_slope") + within_x_between * between_j + u_slope
+    assoc = between + _moderation(effects, Wc, process, "between_association")
+    return b1, np.broadcast_to(assoc, between_j.shape)
+
+
 def _moderator_truth(
     effects: Mapping[tuple[str, str, str], float],
 ) -> list[dict[str, Any]]:
@@ -523,14 +534,8 @@ def _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age):
         grand = float(np.nanmean(xbar_j))
         between_j = xbar_j - grand
         within = xs[q] - xbar_j[tj]
-        b1 = (
-            p.within[q]
-            + _moderation(p.moderator_effects, Wc, q, "within_slope")
-            + p.within_x_between[q] * between_j
-            + u[:, k + 1]
-        )
-        g01 = p.between[q] + _moderation(p.moderator_effects, Wc, q, "between_association")
-        g01 = np.broadcast_to(g01, (J,))
+        b1, g01 = _therapist_coefficients(p.within[q], p.within_x_between[q], p.between[q], p.moderator_effects, Wc,
+                                          q, between_j, u[:, k + 1])
         contrib = b1[tj] * within + g01[tj] * between_j[tj]
         y_final = y_final + np.where(analysed, contrib, 0.0)
         slopes[q] = b1
@@ -595,14 +600,9 @@ def _session_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age):
         xbar_j = _group_mean(np.nan_to_num(xbar_i), tj, J, analysed)
         grand = float(np.nanmean(xbar_j))
         btw_t = xbar_j - grand
-        b1 = (
-            p.session_within_patient[q]
-            + _moderation(p.session_moderator_effects, Wc, q, "within_slope")
-            + p.session_within_x_between[q] * btw_t
-            + u[:, k + 1]
-        )
-        kt = p.session_between_therapist[q] + _moderation(p.session_moderator_effects, Wc, q, "between_association")
-        kt = np.broadcast_to(kt, (J,))
+        b1, kt = _therapist_coefficients(p.session_within_patient[q], p.session_within_x_between[q],
+                                         p.session_between_therapist[q], p.session_moderator_effects, Wc, q, btw_t,
+                                         u[:, k + 1])
         comp[q] = (xo, xbar_i, xbar_j, btw_t, b1, kt)
         slopes[q] = b1
 
