@@ -489,3 +489,28 @@ def test_output_folder_without_write_permission(tmp_path, demo_frames):
     assert r.stderr.splitlines() == [r.stderr.strip()]
     assert "locked is not writable" in r.stderr and "choose an --out folder you can write to" in r.stderr
     assert not (locked / "results").exists()
+
+
+@pytest.mark.parametrize(("name", "module", "extra"), [("sessions.xlsx", "openpyxl", "excel"),
+                                                       ("sessions.sav", "pyreadstat", "spss")])
+def test_missing_optional_reader_is_one_line_naming_the_extra(tmp_path, demo_frames, name, module, extra):
+    """Excel and SPSS/Stata readers are extras: without them the command answers with the install line."""
+    s, _ = demo_frames
+    work = tmp_path / "work"
+    work.mkdir()
+    if module == "openpyxl":
+        s.to_excel(work / name, index=False)
+    else:
+        import pyreadstat
+
+        pyreadstat.write_sav(s.assign(therapist=s["therapist"].str[1:].astype(float),
+                                      patient=s["patient"].str[1:].astype(float)), str(work / name))
+    blocker = tmp_path / "blocked" / module
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(f"raise ImportError('No module named {module}')\n")
+    before = fingerprint(work)
+    r = run_cli("validate", name, cwd=work, env={"PYTHONPATH": str(tmp_path / "blocked")})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [r.stderr.strip()], r.stderr
+    assert name in r.stderr and module in r.stderr and f"pip install 'theralens[{extra}]'" in r.stderr
+    assert fingerprint(work) == before

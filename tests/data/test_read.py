@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -231,3 +232,23 @@ def test_duplicate_column_names(tmp_path):
     pd.DataFrame([[1, 2]], columns=["a", "b"]).to_excel(path, index=False)
     df = read_table(path)
     assert list(df.columns) == ["a", "b"]
+
+
+@pytest.mark.parametrize(("ext", "module", "extra"), [(".xlsx", "openpyxl", "excel"), (".sav", "pyreadstat", "spss"),
+                                                      (".dta", "pyreadstat", "spss")])
+def test_missing_optional_reader_names_the_extra(tmp_path, frame, monkeypatch, ext, module, extra):
+    """Without openpyxl / pyreadstat (optional extras) the file is refused in one line naming the extra."""
+    path = tmp_path / f"s{ext}"
+    numeric = frame.assign(therapist=[1, 1, 2, 2], patient=[1, 1, 2, 2])
+    if ext == ".xlsx":
+        numeric.to_excel(path, index=False)
+    elif ext == ".sav":
+        pyreadstat.write_sav(numeric, str(path))
+    else:
+        pyreadstat.write_dta(numeric, str(path))
+    monkeypatch.setitem(sys.modules, module, None)  # the import now raises ImportError
+    with pytest.raises(InputError) as err:
+        read_table(path)
+    one_line(err, f"s{ext}", module, f"pip install 'theralens[{extra}]'")
+    monkeypatch.undo()
+    same(read_table(path), numeric)

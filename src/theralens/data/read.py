@@ -3,7 +3,9 @@
 Supported: ``.csv``, ``.tsv``, ``.txt`` (delimiter detected: comma, semicolon, tab or
 bar; UTF-8, falling back to Windows-1252), ``.parquet``, ``.xlsx``/``.xlsm`` (openpyxl),
 ``.xls`` (only if the optional ``xlrd`` package is installed), ``.sav``/``.zsav`` (SPSS,
-pyreadstat) and ``.dta`` (Stata, pyreadstat).
+pyreadstat) and ``.dta`` (Stata, pyreadstat). openpyxl and pyreadstat are optional: the
+extras ``theralens[excel]`` and ``theralens[spss]`` (or ``theralens[all]``) install them, and
+a file that needs a missing one raises an InputError naming the extra.
 
 SPSS and Stata value labels. Numbers stay numbers: a labelled variable keeps its numeric
 codes (a 1-7 alliance item labelled "1 = not at all" is still the number 1), except a
@@ -201,9 +203,17 @@ def _read_excel(p: Path, label: str, ext: str, sheet: str | int | None, what: st
         except ImportError as exc:
             raise InputError(
                 f"{label} is an old-style .xls workbook; save it as .xlsx or .csv in Excel "
-                "(or install the xlrd package)"
+                "(or install the xlrd package: pip install xlrd)"
             ) from exc
         engine = "xlrd"
+    else:
+        try:
+            import openpyxl  # noqa: F401
+        except ImportError as exc:
+            raise InputError(
+                f"{label} is an Excel workbook, which needs the optional openpyxl package; "
+                "install it with: pip install 'theralens[excel]' (or save the sheet as .csv)"
+            ) from exc
     try:
         book = pd.ExcelFile(p, engine=engine)
     except Exception as exc:  # zipfile.BadZipFile, KeyError, InvalidFileException, ...
@@ -259,10 +269,16 @@ def _drop_trailing_blank(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _read_stat(p: Path, label: str, ext: str) -> pd.DataFrame:
-    import pyreadstat
+    kind = "Stata" if ext == ".dta" else "SPSS"
+    try:
+        import pyreadstat
+    except ImportError as exc:
+        raise InputError(
+            f"{label} is a file of {kind} data, which needs the optional pyreadstat package; "
+            "install it with: pip install 'theralens[spss]' (or export the data as .csv)"
+        ) from exc
 
     reader = pyreadstat.read_dta if ext == ".dta" else pyreadstat.read_sav
-    kind = "Stata" if ext == ".dta" else "SPSS"
     try:
         df, meta = reader(str(p))  # numeric codes; labels are in meta
     except Exception as exc:  # pyreadstat.ReadstatError and friends
