@@ -66,7 +66,7 @@ RESERVED_NAMES = frozenset(
     {"row", "therapist", "patient", "time", "date", "outcome", "n_patients", "baseline", "final"}
 )
 
-_MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", ".", "-", "--", "missing", "#n/a", "?"})
+MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", ".", "-", "--", "missing", "#n/a", "?"})
 _TRUE_LEVELS = {"yes", "true", "y", "ja", "si", "oui", "1"}
 _FALSE_LEVELS = {"no", "false", "n", "nein", "non", "0"}
 MAX_CATEGORIES = 10
@@ -194,12 +194,12 @@ def _as_text(series: pd.Series) -> pd.Series:
     for i, (v, m) in enumerate(zip(arr, missing, strict=True)):
         if not m:
             t = str(v).strip()
-            if t.lower() not in _MISSING_TOKENS:
+            if t.lower() not in MISSING_TOKENS:
                 out[i] = t
     return pd.Series(out, index=series.index, dtype=object)
 
 
-def _normalize_ids(series: pd.Series) -> pd.Series:
+def normalize_ids(series: pd.Series) -> pd.Series:
     """Ids as text; integral floats lose their '.0' so that 3, 3.0 and "3" agree."""
     if pd.api.types.is_bool_dtype(series):
         series = series.astype("Int64")
@@ -216,7 +216,7 @@ def _normalize_ids(series: pd.Series) -> pd.Series:
     return s.astype("object").where(s.notna(), None)
 
 
-def _to_numeric(
+def to_numeric(
     series: pd.Series,
     column: str,
     role: str,
@@ -286,7 +286,7 @@ def _make_date(y: int, m: int, d: int) -> date | None:
         return None
 
 
-def _parse_dates(text: pd.Series, column: str, rows: np.ndarray, where: str) -> pd.Series:
+def parse_dates(text: pd.Series, column: str, rows: np.ndarray, where: str) -> pd.Series:
     """Parse dates written in several formats (ISO, day.month.year, d/m/y or m/d/y, names).
 
     Slash dates are read day-first or month-first as the column shows (a first part above
@@ -379,7 +379,7 @@ def _codes_back(frame: pd.DataFrame, column: str, attrs: dict[str, Any], where: 
     return True
 
 
-def _parse_time(series: pd.Series, column: str, rows: np.ndarray, where: str) -> tuple[pd.Series, pd.Series | None]:
+def parse_time(series: pd.Series, column: str, rows: np.ndarray, where: str) -> tuple[pd.Series, pd.Series | None]:
     """(numeric time, dates or None)."""
     if pd.api.types.is_datetime64_any_dtype(series):
         dates = pd.to_datetime(series)
@@ -410,10 +410,10 @@ def _parse_time(series: pd.Series, column: str, rows: np.ndarray, where: str) ->
     numbers = pd.to_numeric(text, errors="coerce")
     if numbers[text.notna()].notna().all():
         return numbers.astype(float), None
-    return pd.Series(np.nan, index=series.index), _parse_dates(text, column, rows, where)
+    return pd.Series(np.nan, index=series.index), parse_dates(text, column, rows, where)
 
 
-def _code_column(
+def code_column(
     series: pd.Series,
     column: str,
     role: str,
@@ -447,7 +447,7 @@ def _code_column(
             return _dummies(text, column, role, where, taken, notes)
     name = safe_name(column, taken)
     taken.add(name)
-    values = _to_numeric(series, column, role, rows, where, notes, labelled)
+    values = to_numeric(series, column, role, rows, where, notes, labelled)
     return {name: values}, {name: column}
 
 
@@ -503,6 +503,140 @@ def _dummies(
 
 
 # ---------------------------------------------------------------------------- sessions
+# The checks below are shared by the two adapters of validation: validate_sessions (pandas)
+# and theralens.data.scan (DuckDB SQL). Each takes the summary it needs (a count, the
+# offending rows), so the decision and its message exist once.
+
+#: Seconds in a week: dates become weeks since each patient's first assessment.
+WEEK_SECONDS = 7 * 86400.0
+
+
+def column_roles(config: StudyConfig) -> list[tuple[str, str, str]]:
+    """(column, role, config key) of every column the configuration uses, in checking order."""
+    cols = config.columns
+    roles: list[tuple[str, str, str]] = [
+        (cols.therapist, "therapist id", "therapist"),
+        (cols.patient, "patient id", "patient"),
+        (cols.time, "time", "time"),
+        (cols.outcome, "outcome", "outcome"),
+    ]
+    roles += [(p, "process", "process") for p in cols.process]
+    roles += [(c, "covariate", "covariates") for c in cols.covariates]
+    return roles
+
+
+def check_columns_present(available: list[str], config: StudyConfig, where: str) -> None:
+    """Every configured column is in the table (else the closest name)."""
+    for column, role, key in column_roles(config):
+        if column not in available:
+            raise InputError(
+                f'{where}: no column "{column}" for the {role} ({_suggest(column, available)}); '
+                f"rename the column or set [columns] {key} in the config"
+            )
+
+
+def check_not_empty(rows_read: int, where: str) -> None:
+    """Some row has a value in the columns used."""
+    if rows_read == 0:
+        raise InputError(f"{where}: every row is empty in the columns used; export the data again")
+
+
+def check_filled(filled: dict[str, int], labels: dict[str, str], where: str) -> None:
+    """Outcome, processes and covariates each have a value somewhere (``filled``: name -> values)."""
+    for name, count in filled.items():
+        if count == 0:
+            raise InputError(
+                f"{where}: column {labels[name]!r} has no values (every cell is empty); "
+                "check that the config names the right column"
+            )
+
+
+def check_covariates_vary(levels: dict[str, int], labels: dict[str, str], where: str) -> None:
+    """A covariate takes two values or more (``levels``: name -> distinct values)."""
+    for name, count in levels.items():
+        if count < 2:
+            raise InputError(
+                f"{where}: covariate column {labels[name]!r} has the same value in every row; "
+                "it cannot adjust for anything, remove it from [columns] covariates"
+            )
+
+
+def check_time_filled(n_values: int, where: str, time_col: str) -> None:
+    """The time column has values (``n_values``: numbers, or dates)."""
+    if n_values == 0:
+        raise InputError(
+            f"{where}: column {time_col!r} (time) has no values; fill in the session number or date of every assessment"
+        )
+
+
+def exclusion_reasons(config: StudyConfig) -> dict[str, str]:
+    """Reasons of the rows validation drops, in the order it drops them."""
+    cols = config.columns
+    return {
+        "therapist": f"no therapist id (column {cols.therapist!r})",
+        "patient": f"no patient id (column {cols.patient!r})",
+        "time": f"no time (column {cols.time!r})",
+        "nothing": "neither an outcome nor a process value",
+    }
+
+
+def check_rows_left(n_rows: int, where: str) -> None:
+    """Rows are left after the exclusions."""
+    if n_rows == 0:
+        raise InputError(f"{where}: no row has ids, a time and a value; check the columns")
+
+
+def dates_note(where: str) -> str:
+    """The note saying how dates became times."""
+    return f"{where}: time is given as dates; used as weeks since each patient's first assessment."
+
+
+def check_therapist_count(n_therapists: int, where: str, therapist_col: str) -> None:
+    """At least three therapists."""
+    if n_therapists < 3:
+        raise InputError(
+            f"{where}: only {n_therapists} therapist(s) in column {therapist_col!r}; "
+            "therapist-level effects need at least 3 therapists (better 30 or more)"
+        )
+
+
+def check_outcome_varies(n_distinct: int, where: str, outcome_col: str) -> None:
+    """The outcome takes two values or more."""
+    if n_distinct < 2:
+        raise InputError(
+            f"{where}: the outcome column {outcome_col!r} has the same value in every row; "
+            "check that the config names the right column"
+        )
+
+
+def check_repeated_outcome(n_patients_repeated: int, where: str, config: StudyConfig) -> None:
+    """Some patient has two outcome assessments or more."""
+    if n_patients_repeated > 0:
+        return
+    if config.design.level == "session":
+        fix = (
+            "the session-level (lagged) design needs at least two outcome assessments per "
+            "patient: check that the column holds the repeated outcome, or add the "
+            "repeated assessments"
+        )
+    else:
+        fix = "a change needs a baseline and a later outcome assessment for each patient"
+    raise InputError(
+        f"{where}: every patient has at most one outcome assessment in column {config.columns.outcome!r}; {fix}"
+    )
+
+
+def value_names(config: StudyConfig) -> tuple[dict[str, str], list[str]]:
+    """({formula-safe name: user's column} for outcome and processes, process names)."""
+    taken = set(RESERVED_NAMES)
+    labels: dict[str, str] = {"outcome": config.columns.outcome}
+    processes: list[str] = []
+    for p in config.columns.process:
+        name = safe_name(p, taken)
+        taken.add(name)
+        labels[name] = p
+        processes.append(name)
+    return labels, processes
 
 
 def validate_sessions(
@@ -521,22 +655,9 @@ def validate_sessions(
     first_row = int(df.attrs.get("first_data_row", 2))
     available = [str(c) for c in df.columns]
 
-    roles: list[tuple[str, str, str]] = [
-        (cols.therapist, "therapist id", "therapist"),
-        (cols.patient, "patient id", "patient"),
-        (cols.time, "time", "time"),
-        (cols.outcome, "outcome", "outcome"),
-    ]
-    roles += [(p, "process", "process") for p in cols.process]
-    roles += [(c, "covariate", "covariates") for c in cols.covariates]
-    for column, role, key in roles:
-        if column not in df.columns:
-            raise InputError(
-                f'{where}: no column "{column}" for the {role} ({_suggest(column, available)}); '
-                f"rename the column or set [columns] {key} in the config"
-            )
+    check_columns_present(available, config, where)
     rows = np.arange(len(df)) + first_row
-    used = [c for c, _, _ in roles]
+    used = [c for c, _, _ in column_roles(config)]
     frame = df.loc[:, used].copy()
     frame.index = pd.RangeIndex(len(frame))
     for column in dict.fromkeys([cols.outcome, *cols.process]):
@@ -551,56 +672,38 @@ def validate_sessions(
         blank &= col.isna().to_numpy() if numeric else _as_text(col).isna().to_numpy()
     rows_read = int((~blank).sum())
     frame, rows = frame.loc[~blank].reset_index(drop=True), rows[~blank]
-    if len(frame) == 0:
-        raise InputError(f"{where}: every row is empty in the columns used; export the data again")
+    check_not_empty(len(frame), where)
 
     out = pd.DataFrame({"row": rows})
-    out["therapist"] = _normalize_ids(frame[cols.therapist]).to_numpy()
-    out["patient"] = _normalize_ids(frame[cols.patient]).to_numpy()
+    out["therapist"] = normalize_ids(frame[cols.therapist]).to_numpy()
+    out["patient"] = normalize_ids(frame[cols.patient]).to_numpy()
 
-    time, dates = _parse_time(frame[cols.time], cols.time, rows, where)
+    time, dates = parse_time(frame[cols.time], cols.time, rows, where)
     out["time"] = time.to_numpy()
     if dates is not None:
         out["date"] = dates.to_numpy()
     time_kind = "date" if dates is not None else "number"
 
-    out["outcome"] = _to_numeric(
+    out["outcome"] = to_numeric(
         frame[cols.outcome], cols.outcome, "outcome", rows, where, notes, cols.outcome in applied
     ).to_numpy()
-    taken = set(RESERVED_NAMES)
-    labels: dict[str, str] = {"outcome": cols.outcome}
-    processes: list[str] = []
-    for p in cols.process:
-        name = safe_name(p, taken)
-        taken.add(name)
-        out[name] = _to_numeric(frame[p], p, "process", rows, where, notes, p in applied).to_numpy()
-        labels[name] = p
-        processes.append(name)
+    labels, processes = value_names(config)
+    taken = set(RESERVED_NAMES) | set(processes)
+    for name in processes:
+        p = labels[name]
+        out[name] = to_numeric(frame[p], p, "process", rows, where, notes, p in applied).to_numpy()
     covariates: list[str] = []
     for c in cols.covariates:
-        coded, lab = _code_column(frame[c], c, "covariate", rows, where, taken, notes, c in applied)
+        coded, lab = code_column(frame[c], c, "covariate", rows, where, taken, notes, c in applied)
         for name, values in coded.items():
             out[name] = values.to_numpy()
             covariates.append(name)
         labels.update(lab)
 
-    for name in ["outcome", *processes, *covariates]:
-        if out[name].isna().all():
-            raise InputError(
-                f"{where}: column {labels[name]!r} has no values (every cell is empty); "
-                "check that the config names the right column"
-            )
-    for name in covariates:
-        if out[name].nunique(dropna=True) < 2:
-            raise InputError(
-                f"{where}: covariate column {labels[name]!r} has the same value in every row; "
-                "it cannot adjust for anything, remove it from [columns] covariates"
-            )
-    if out["time"].isna().all() and dates is None:
-        raise InputError(
-            f"{where}: column {cols.time!r} (time) has no values; "
-            "fill in the session number or date of every assessment"
-        )
+    check_filled({name: int(out[name].notna().sum()) for name in ["outcome", *processes, *covariates]}, labels, where)
+    check_covariates_vary({name: int(out[name].nunique(dropna=True)) for name in covariates}, labels, where)
+    if dates is None:
+        check_time_filled(int(out["time"].notna().sum()), where, cols.time)
 
     exclusions: list[Exclusion] = []
 
@@ -615,47 +718,29 @@ def validate_sessions(
         removed = len(before - set(out["patient"]))
         exclusions.append(Exclusion(reason, int(mask.sum()), int(touched), removed, examples))
 
-    drop(out["therapist"].isna().to_numpy(), f"no therapist id (column {cols.therapist!r})")
-    drop(out["patient"].isna().to_numpy(), f"no patient id (column {cols.patient!r})")
+    reasons = exclusion_reasons(config)
+    drop(out["therapist"].isna().to_numpy(), reasons["therapist"])
+    drop(out["patient"].isna().to_numpy(), reasons["patient"])
     no_time = out["time"].isna() if dates is None else out["date"].isna()
-    drop(no_time.to_numpy(), f"no time (column {cols.time!r})")
+    drop(no_time.to_numpy(), reasons["time"])
     nothing = out[["outcome", *processes]].isna().all(axis=1).to_numpy()
-    drop(nothing, "neither an outcome nor a process value")
-    if len(out) == 0:
-        raise InputError(f"{where}: no row has ids, a time and a value; check the columns")
+    drop(nothing, reasons["nothing"])
+    check_rows_left(len(out), where)
 
-    _check_one_therapist(out, where, cols.patient)
+    check_one_therapist(out, where, cols.patient)
     if dates is not None:
         first = out.groupby("patient")["date"].transform("min")
-        out["time"] = (out["date"] - first).dt.total_seconds() / (7 * 86400.0)
-        notes.append(f"{where}: time is given as dates; used as weeks since each patient's first assessment.")
-    _check_duplicates(out, where, cols.time, dates is not None)
+        out["time"] = (out["date"] - first).dt.total_seconds() / WEEK_SECONDS
+        notes.append(dates_note(where))
+    check_duplicates(out, where, cols.time, dates is not None)
 
-    n_therapists = out["therapist"].nunique()
-    if n_therapists < 3:
-        raise InputError(
-            f"{where}: only {n_therapists} therapist(s) in column {cols.therapist!r}; "
-            "therapist-level effects need at least 3 therapists (better 30 or more)"
-        )
-    if out["outcome"].nunique(dropna=True) < 2:
-        raise InputError(
-            f"{where}: the outcome column {cols.outcome!r} has the same value in every row; "
-            "check that the config names the right column"
-        )
+    check_therapist_count(int(out["therapist"].nunique()), where, cols.therapist)
+    check_outcome_varies(int(out["outcome"].nunique(dropna=True)), where, cols.outcome)
     for name in processes:
-        _check_within_variance(out, name, labels[name], where)
+        check_within_variance(out, name, labels[name], where)
 
     n_outcome = out.groupby("patient")["outcome"].count()
-    if (n_outcome >= 2).sum() == 0:
-        if config.design.level == "session":
-            fix = (
-                "the session-level (lagged) design needs at least two outcome assessments per "
-                "patient: check that the column holds the repeated outcome, or add the "
-                "repeated assessments"
-            )
-        else:
-            fix = "a change needs a baseline and a later outcome assessment for each patient"
-        raise InputError(f"{where}: every patient has at most one outcome assessment in column {cols.outcome!r}; {fix}")
+    check_repeated_outcome(int((n_outcome >= 2).sum()), where, config)
 
     out = out.sort_values(["therapist", "patient", "time"], kind="stable").reset_index(drop=True)
     counts = {
@@ -684,7 +769,7 @@ def validate_sessions(
     )
 
 
-def _check_one_therapist(out: pd.DataFrame, where: str, patient_col: str) -> None:
+def check_one_therapist(out: pd.DataFrame, where: str, patient_col: str) -> None:
     pcode, patients = pd.factorize(out["patient"].to_numpy())
     tcode, _ = pd.factorize(out["therapist"].to_numpy())
     pairs = np.unique(pcode.astype(np.int64) * (int(tcode.max()) + 1) + tcode)
@@ -705,7 +790,7 @@ def _check_one_therapist(out: pd.DataFrame, where: str, patient_col: str) -> Non
     )
 
 
-def _check_duplicates(out: pd.DataFrame, where: str, time_col: str, dates: bool) -> None:
+def check_duplicates(out: pd.DataFrame, where: str, time_col: str, dates: bool) -> None:
     key = ["patient", "date"] if dates else ["patient", "time"]
     dup = out.duplicated(key, keep=False)
     if not dup.any():
@@ -721,7 +806,7 @@ def _check_duplicates(out: pd.DataFrame, where: str, time_col: str, dates: bool)
     )
 
 
-def _check_within_variance(out: pd.DataFrame, name: str, label: str, where: str) -> None:
+def check_within_variance(out: pd.DataFrame, name: str, label: str, where: str) -> None:
     x = out[name].to_numpy(float)
     ok = ~np.isnan(x)
     x = x[ok]
@@ -759,10 +844,15 @@ def validate_therapists(
 
     Returns one row per therapist of ``sessions`` (sorted by id): column ``therapist`` and
     one numeric column per moderator (categorical text dummy-coded, see module docstring).
-    A therapist in the data but not in the table gets missing moderators (not an error:
-    the aims leave them out of the moderator models and count them). Recorded in
-    ``attrs``: ``moderators`` ({user column: [coded columns]}), ``labels`` ({coded column:
-    description}), ``missing_therapists`` (ids not in the table), ``notes``, ``source``.
+    The moderators are the columns of ``[therapist_moderators] columns``; when none are
+    configured, every column of the table other than the therapist id (a user who passes a
+    therapist table means its columns), checked and coded alike. The table itself (ids,
+    duplicates, therapists not in the data) is checked either way. A therapist in the data
+    but not in the table gets missing moderators (not an error: the aims leave them out of
+    the moderator models and count them). Recorded in ``attrs``: ``moderators`` ({user
+    column: [coded columns]}), ``labels`` ({coded column: description}),
+    ``moderators_from`` ("config" or "table"), ``missing_therapists`` (ids not in the
+    table), ``notes``, ``source``.
     """
     config = config or StudyConfig()
     where = str(source)
@@ -772,7 +862,7 @@ def validate_therapists(
     first_row = int(tdf.attrs.get("first_data_row", 2))
     available = [str(c) for c in tdf.columns]
     data = sessions.sessions if isinstance(sessions, ValidatedData) else sessions
-    data_ids = sorted(set(_normalize_ids(data["therapist"]).dropna()))
+    data_ids = sorted(set(normalize_ids(data["therapist"]).dropna()))
 
     if id_col not in tdf.columns:
         raise InputError(
@@ -781,6 +871,9 @@ def validate_therapists(
             "([columns] therapist)"
         )
     wanted = list(config.therapist_moderators.columns)
+    from_table = not wanted
+    if from_table:
+        wanted = [c for c in available if c != id_col]
     for column in wanted:
         if column not in tdf.columns:
             raise InputError(
@@ -790,7 +883,7 @@ def validate_therapists(
     rows = np.arange(len(tdf)) + first_row
     frame = tdf.loc[:, [id_col, *wanted]].copy()
     frame.index = pd.RangeIndex(len(frame))
-    ids = _normalize_ids(frame[id_col])
+    ids = normalize_ids(frame[id_col])
     blank = np.ones(len(tdf), dtype=bool)
     for c in tdf.columns:
         blank &= _as_text(tdf[c]).isna().to_numpy()
@@ -824,20 +917,26 @@ def validate_therapists(
     coded_frame = pd.DataFrame({"therapist": ids.to_numpy()})
     frame = frame.reset_index(drop=True)
     for column in wanted:
-        coded, lab = _code_column(frame[column], column, "moderator", rows, where, taken, notes, column in applied)
-        for name, values in coded.items():
-            values = values.reset_index(drop=True)
-            if values.isna().all():
-                raise InputError(
-                    f"{where}: moderator column {column!r} has no values; fill it in or remove it "
-                    "from [therapist_moderators] columns"
-                )
-            if values.nunique(dropna=True) < 2:
-                raise InputError(
-                    f"{where}: moderator column {column!r} has the same value for every "
-                    "therapist; it cannot explain differences between therapists, remove it"
-                )
-            coded_frame[name] = values.to_numpy()
+        try:
+            coded, lab = code_column(frame[column], column, "moderator", rows, where, taken, notes, column in applied)
+            for name, values in coded.items():
+                values = values.reset_index(drop=True)
+                if values.isna().all():
+                    remove = "delete the column" if from_table else "remove it from [therapist_moderators] columns"
+                    raise InputError(f"{where}: moderator column {column!r} has no values; fill it in or {remove}")
+                if values.nunique(dropna=True) < 2:
+                    raise InputError(
+                        f"{where}: moderator column {column!r} has the same value for every "
+                        "therapist; it cannot explain differences between therapists, remove it"
+                    )
+                coded_frame[name] = values.to_numpy()
+        except InputError as exc:
+            if not from_table:
+                raise
+            raise InputError(
+                f"{exc} (no [therapist_moderators] columns are configured, so every column of the therapist "
+                "table is a moderator: delete this column from the table or list the moderators in the config)"
+            ) from None
         moderators[column] = list(coded)
         labels.update(lab)
         n_missing = int(frame[column].isna().sum())
@@ -857,6 +956,7 @@ def validate_therapists(
         )
     result.attrs.update(
         moderators=moderators,
+        moderators_from="table" if from_table else "config",
         labels=labels,
         missing_therapists=missing,
         notes=notes,
