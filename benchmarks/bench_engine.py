@@ -12,6 +12,19 @@ Peers: ``theralens`` (``theralens.fit_mixed``), ``mixedlm`` (PyPI, Rust backend,
 ``lme4`` (``lmer`` through ``Rscript``). Only the fit is timed (model building included,
 data loading excluded): one warm-up fit, then the median of ``--repeats`` fits.
 
+Two paths (``--paths``): ``simulated`` fits the model above to the simulated table as it is
+(integer ids, Parquet); ``user`` is what a user does: the same sessions written to CSV with
+string ids and the lagged decomposition of the processes (within patient, between patients,
+between therapists), read back with ``pandas.read_csv`` and fitted with the lagged model
+
+    outcome_next ~ outcome + alliance_wp + alliance_bp + alliance_bt + expectancy_wp
+                   + expectancy_bp + expectancy_bt
+                   + (1 + alliance_wp + expectancy_wp | therapist) + (1 | patient)
+
+(the last session of every patient has no next outcome: those rows are dropped by every peer).
+Every path runs with each thread setting of ``--threads`` (``default``: the libraries' own
+thread pools; ``1``: one thread).
+
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_engine.py --sizes small,medium --peers mixedlm,lme4
@@ -41,6 +54,11 @@ import numpy as np
 
 FORMULA = "outcome ~ alliance + expectancy + session + (1 + alliance + expectancy | therapist) + (1 | patient)"
 FIXED_NAMES = ["(Intercept)", "alliance", "expectancy", "session"]
+USER_FORMULA = ("outcome_next ~ outcome + alliance_wp + alliance_bp + alliance_bt + expectancy_wp + expectancy_bp"
+                " + expectancy_bt + (1 + alliance_wp + expectancy_wp | therapist) + (1 | patient)")
+USER_FIXED = ["(Intercept)", "outcome", "alliance_wp", "alliance_bp", "alliance_bt", "expectancy_wp",
+              "expectancy_bp", "expectancy_bt"]
+PATHS = {"simulated": FORMULA, "user": USER_FORMULA}
 ALL_PEERS = ["theralens", "mixedlm", "statsmodels", "lme4"]
 SEED = 20240611
 RESULT_TAG = "BENCH_RESULT_JSON "
@@ -139,6 +157,33 @@ def simulate(size: Size, seed: int = SEED) -> Any:
     )
 
 
+def user_table(df: Any) -> Any:
+    """The simulated sessions as a user's file holds them: string ids (``T0001``, ``P000001``),
+    each process split into its within-patient deviation (``_wp``), the patient mean's deviation
+    from the therapist mean (``_bp``) and the therapist mean's deviation from the grand mean
+    (``_bt``), and the next session's outcome (``outcome_next``; missing at a patient's last
+    session)."""
+    out = df[["therapist", "patient", "session", "outcome"]].copy()
+    out["therapist"] = [f"T{t:04d}" for t in df["therapist"]]
+    out["patient"] = [f"P{p:06d}" for p in df["patient"]]
+    for proc in ("alliance", "expectancy"):
+        x = df[proc]
+        patient_mean = x.groupby(df["patient"]).transform("mean")
+        therapist_mean = x.groupby(df["therapist"]).transform("mean")
+        out[f"{proc}_wp"] = np.round(x - patient_mean, 6)
+        out[f"{proc}_bp"] = np.round(patient_mean - therapist_mean, 6)
+        out[f"{proc}_bt"] = np.round(therapist_mean - x.mean(), 6)
+    out["outcome_next"] = df["outcome"].groupby(df["patient"]).shift(-1)
+    return out
+
+
+def read_data(path: str) -> Any:
+    """The data file as a peer reads it: CSV through ``pandas.read_csv`` (the user path), else Parquet."""
+    import pandas as pd
+
+    return pd.read_csv(path) if path.endswith(".csv") else pd.read_parquet(path)
+
+
 # --------------------------------------------------------------------------- workers
 # Each worker runs in a fresh interpreter: load data (not timed), one warm-up fit, then
 # ``repeats`` timed fits; it prints one tagged JSON line with its results.
@@ -179,10 +224,10 @@ def _import_peer(peer: str) -> None:
         import statsmodels.formula.api  # noqa: F401
 
 
-def _fit_theralens(df: Any) -> dict[str, Any]:
+def _fit_theralens(df: Any, formula: str) -> dict[str, Any]:
     import theralens
 
-    res = theralens.fit_mixed(FORMULA, df, reml=True)
+    res = theralens.fit_mixed(formula, df, reml=True)
     fe = res.fixed_effects
     opt = getattr(res, "optimizer", None)
     return {
@@ -194,10 +239,10 @@ def _fit_theralens(df: Any) -> dict[str, Any]:
     }
 
 
-def _fit_mixedlm(df: Any) -> dict[str, Any]:
+def _fit_mixedlm(df: Any, formula: str) -> dict[str, Any]:
     import mixedlm
 
-    res = mixedlm.lmer(FORMULA, df, REML=True)
+    res = mixedlm.lmer(formula, df, REML=True)
     return {
         # REMLcrit = -2 * REML log-likelihood, same definition as lme4::REMLcrit.
         "criterion": float(res.REMLcrit()),
@@ -210,16 +255,19 @@ def _fit_mixedlm(df: Any) -> dict[str, Any]:
     }
 
 
-def _fit_statsmodels(df: Any) -> dict[str, Any]:
+def _fit_statsmodels(df: Any, formula: str) -> dict[str, Any]:
     import warnings
 
     import statsmodels.formula.api as smf
 
+    fixed = formula.split(" + (")[0]
+    slopes = formula.split(" + (1 + ")[1].split(" |")[0]
+    response = fixed.split(" ~ ")[0]
     model = smf.mixedlm(
-        "outcome ~ alliance + expectancy + session",
-        df,
-        groups=df["therapist"],
-        re_formula="~alliance + expectancy",
+        fixed,
+        df[df[response].notna()],
+        groups="therapist",
+        re_formula="~" + slopes,
         vc_formula={"patient": "0 + C(patient)"},
     )
     # Default optimizers: bfgs, then lbfgs, then cg when the previous one did not converge
@@ -256,15 +304,15 @@ PY_FITTERS = {
 }
 
 
-def run_python_worker(peer: str, data_path: str, repeats: int, warmup: int) -> None:
+def run_python_worker(peer: str, data_path: str, formula: str, repeats: int, warmup: int) -> None:
     """Entry point of a Python worker subprocess; prints one tagged JSON line."""
     import warnings
 
     out: dict[str, Any] = {"peer": peer, "status": "ok"}
     try:
-        import pandas as pd
-
-        df = pd.read_parquet(data_path)
+        t0 = time.perf_counter()
+        df = read_data(data_path)
+        out["read_seconds"] = time.perf_counter() - t0
         out["rows"] = int(len(df))
         out["rss_after_load_mb"] = _current_rss_mb()
         _import_peer(peer)
@@ -277,7 +325,7 @@ def run_python_worker(peer: str, data_path: str, repeats: int, warmup: int) -> N
             with warnings.catch_warnings(record=True) as wlist:
                 warnings.simplefilter("always")
                 t0, c0 = time.perf_counter(), time.process_time()
-                info = fitter(df)
+                info = fitter(df, formula)
                 elapsed = time.perf_counter() - t0
                 cpu = time.process_time() - c0
             for w in wlist:
@@ -393,6 +441,7 @@ def run_lme4(
     warmup: int,
     timeout: float,
     threads: int | None = None,
+    formula: str = FORMULA,
 ) -> dict[str, Any]:
     """Fit with lme4 through Rscript (wrapped in /usr/bin/time -v for the peak RSS)."""
     out: dict[str, Any] = {"peer": "lme4", "status": "ok"}
@@ -401,7 +450,7 @@ def run_lme4(
         return {**out, "status": "skipped", "error": "Rscript not on PATH"}
     script = workdir / "fit_lme4.R"
     script.write_text(R_SCRIPT)
-    cmd = [rscript, "--vanilla", str(script), str(data_csv), str(repeats), str(warmup), FORMULA]
+    cmd = [rscript, "--vanilla", str(script), str(data_csv), str(repeats), str(warmup), formula]
     gnu_time = Path("/usr/bin/time")
     if gnu_time.exists():
         cmd = [str(gnu_time), "-v", *cmd]
@@ -448,11 +497,12 @@ def run_lme4(
 
 def run_python_peer(
     peer: str,
-    data_parquet: Path,
+    data_file: Path,
     repeats: int,
     warmup: int,
     timeout: float,
     threads: int | None = None,
+    formula: str = FORMULA,
 ) -> dict[str, Any]:
     """Run one Python peer in a fresh subprocess and collect its tagged JSON result."""
     cmd = [
@@ -461,7 +511,9 @@ def run_python_peer(
         "--worker",
         peer,
         "--data",
-        str(data_parquet),
+        str(data_file),
+        "--formula",
+        formula,
         "--repeats",
         str(repeats),
         "--warmup",
@@ -551,10 +603,11 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def add_comparisons(results: list[dict[str, Any]]) -> None:
-    """Per size: ratio to theralens seconds, difference to the best (lowest) criterion and
-    the largest absolute fixed-effect difference to the best-criterion peer."""
-    for size in {r["size"] for r in results}:
-        rows = [r for r in results if r["size"] == size]
+    """Per path, size and thread setting: ratio to theralens seconds, difference to the best
+    (lowest) criterion and the largest absolute fixed-effect difference to the best-criterion peer."""
+    for key in {(r["path"], r["size"], r["threads"]) for r in results}:
+        rows = [r for r in results if (r["path"], r["size"], r["threads"]) == key]
+        names = USER_FIXED if key[0] == "user" else FIXED_NAMES
         ok = [r for r in rows if r.get("status") == "ok" and r.get("criterion") is not None]
         base = next((r for r in ok if r["peer"] == "theralens"), None)
         best = min(ok, key=lambda r: r["criterion"]) if ok else None
@@ -568,14 +621,14 @@ def add_comparisons(results: list[dict[str, Any]]) -> None:
                 continue
             r["criterion_diff_to_best"] = r["criterion"] - best["criterion"]
             fe, fb = r.get("fixed_effects") or {}, best.get("fixed_effects") or {}
-            common = [k for k in FIXED_NAMES if k in fe and k in fb]
+            common = [k for k in names if k in fe and k in fb]
             r["max_abs_fixef_diff_to_best"] = max(abs(fe[k] - fb[k]) for k in common) if common else None
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
     """Print the size x peer table."""
     header = (
-        f"{'size':<7}{'peer':<12}{'rows':>8}{'s/fit':>10}{'ratio':>8}"
+        f"{'path':<10}{'size':<7}{'thr':>4} {'peer':<12}{'rows':>8}{'s/fit':>10}{'ratio':>8}"
         f"{'cpu s':>9}{'REMLcrit':>17}{'Δbest':>11}{'|Δβ|max':>10}{'peakMB':>9}{'evals':>7}  notes"
     )
     print(header)
@@ -594,7 +647,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         if len(note) > 90:
             note = note[:87] + "..."
         print(
-            f"{r['size']:<7}{r['peer']:<12}{_fmt(r.get('rows'), 'd'):>8}"
+            f"{r['path']:<10}{r['size']:<7}{r['threads']:>4} {r['peer']:<12}{_fmt(r.get('rows'), 'd'):>8}"
             f"{_fmt(r.get('seconds'), '.3f'):>10}{_fmt(r.get('ratio_to_theralens'), '.2f'):>8}"
             f"{_fmt(r.get('cpu_seconds'), '.3f'):>9}"
             f"{_fmt(r.get('criterion'), '.4f'):>17}"
@@ -639,29 +692,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run statsmodels on the large size (skipped by default: too slow)",
     )
     p.add_argument(
+        "--paths",
+        type=lambda s: _csv_list(s, list(PATHS), "path"),
+        default=list(PATHS),
+        help="comma list of simulated,user (default: both)",
+    )
+    p.add_argument(
         "--threads",
-        type=int,
-        default=None,
-        help="set OMP/OPENBLAS/MKL/RAYON_NUM_THREADS to N in every peer's process "
-        "(default: leave the libraries' defaults)",
+        type=_thread_list,
+        default=["default", "1"],
+        help="comma list of thread settings: 'default' leaves the libraries' thread pools as they are, "
+        "N sets OMP/OPENBLAS/MKL/RAYON_NUM_THREADS=N in every peer's process (default: default,1)",
     )
     p.add_argument("--seed", type=int, default=SEED, help="simulation seed")
     # Internal: worker mode.
     p.add_argument("--worker", choices=list(PY_FITTERS), help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--formula", default=FORMULA, help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def _thread_list(text: str) -> list[str]:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if s != "default" and not (s.isdigit() and int(s) > 0)]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"thread settings are 'default' or positive integers, not {', '.join(bad)}")
+    return items
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        run_python_worker(args.worker, args.data, args.repeats or 1, args.warmup)
+        run_python_worker(args.worker, args.data, args.formula, args.repeats or 1, args.warmup)
         return 0
 
     started = _dt.datetime.now(_dt.timezone.utc)
     meta = {
         "date": started.isoformat(timespec="seconds"),
-        "formula": FORMULA,
+        "formulas": {path: PATHS[path] for path in args.paths},
         "seed": args.seed,
         "machine": machine_info(),
         "python_packages": package_versions(),
@@ -669,14 +737,15 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "python_blas": python_blas(),
         "sizes": {s: vars(SIZES[s]) for s in args.sizes},
+        "paths": args.paths,
         "peers": args.peers,
     }
     print(f"theralens engine benchmark  {meta['date']}")
     m = meta["machine"]
     print(f"machine: {m['cpu_model']}, {m['nproc']} cpus, {m['total_ram_gb']} GB, {m['platform']}")
-    print(f"formula: {FORMULA}")
-    threads = "library defaults" if args.threads is None else args.threads
-    print(f"threads per peer process: {threads}; numpy BLAS: {meta['python_blas']}\n")
+    for path in args.paths:
+        print(f"formula ({path}): {PATHS[path]}")
+    print(f"threads per peer process: {', '.join(args.threads)}; numpy BLAS: {meta['python_blas']}\n")
 
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="theralens-bench-") as tmp:
@@ -686,43 +755,54 @@ def main(argv: list[str] | None = None) -> int:
             repeats = args.repeats
             if repeats is None:
                 repeats = 1 if size_name == "large" else 3
-            df = simulate(size, args.seed)
-            parquet = tmpdir / f"{size_name}.parquet"
-            df.to_parquet(parquet, index=False)
-            csv = tmpdir / f"{size_name}.csv"
-            if "lme4" in args.peers:
-                df.to_csv(csv, index=False)
-            print(
-                f"[{size_name}] {size.therapists} therapists, {size.patients} patients, "
-                f"{len(df)} rows; repeats={repeats}, warmup={args.warmup}",
-                flush=True,
-            )
-            del df
-            for peer in args.peers:
-                base = {
-                    "size": size_name,
-                    "peer": peer,
-                    "repeats": repeats,
-                    # 1-minute load average before the run: others' work skews timings.
-                    "loadavg_before": round(os.getloadavg()[0], 2),
-                }
-                if peer == "statsmodels" and size_name == "large" and not args.statsmodels_large:
-                    res = {
-                        "status": "skipped",
-                        "error": "statsmodels skipped on large by default (too slow); use --statsmodels-large",
-                    }
-                elif peer == "lme4":
-                    res = run_lme4(csv, tmpdir, repeats, args.warmup, args.timeout, args.threads)
-                else:
-                    res = run_python_peer(peer, parquet, repeats, args.warmup, args.timeout, args.threads)
-                res = {**base, **res}
-                results.append(res)
-                shown = (
-                    f"{res['seconds']:.3f} s/fit, crit {res.get('criterion'):.4f}"
-                    if res.get("status") == "ok"
-                    else f"{res.get('status')}: {res.get('error')}"
+            sim = simulate(size, args.seed)
+            for path in args.paths:
+                formula = PATHS[path]
+                df = user_table(sim) if path == "user" else sim
+                csv = tmpdir / f"{size_name}-{path}.csv"
+                if path == "user" or "lme4" in args.peers:
+                    df.to_csv(csv, index=False)
+                data_file = csv
+                if path == "simulated":
+                    data_file = tmpdir / f"{size_name}.parquet"
+                    df.to_parquet(data_file, index=False)
+                print(
+                    f"[{path} {size_name}] {size.therapists} therapists, {size.patients} patients, "
+                    f"{len(df)} rows; repeats={repeats}, warmup={args.warmup}",
+                    flush=True,
                 )
-                print(f"  {peer:<12} {shown}", flush=True)
+                del df
+                for setting in args.threads:
+                    threads = None if setting == "default" else int(setting)
+                    for peer in args.peers:
+                        base = {
+                            "path": path,
+                            "size": size_name,
+                            "threads": setting,
+                            "peer": peer,
+                            "repeats": repeats,
+                            # 1-minute load average before the run: others' work skews timings.
+                            "loadavg_before": round(os.getloadavg()[0], 2),
+                        }
+                        if peer == "statsmodels" and size_name == "large" and not args.statsmodels_large:
+                            res = {
+                                "status": "skipped",
+                                "error": "statsmodels skipped on large by default (too slow); use --statsmodels-large",
+                            }
+                        elif peer == "lme4":
+                            res = run_lme4(csv, tmpdir, repeats, args.warmup, args.timeout, threads, formula)
+                        else:
+                            res = run_python_peer(peer, data_file, repeats, args.warmup, args.timeout, threads,
+                                                  formula)
+                        res = {**base, **res}
+                        results.append(res)
+                        shown = (
+                            f"{res['seconds']:.3f} s/fit, crit {res.get('criterion'):.4f}"
+                            if res.get("status") == "ok"
+                            else f"{res.get('status')}: {res.get('error')}"
+                        )
+                        print(f"  threads {setting:<8} {peer:<12} {shown}", flush=True)
+            del sim
     add_comparisons(results)
     r_info = next((r for r in results if r.get("lme4_version")), None)
     if r_info:
@@ -737,7 +817,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     print(
         "\nseconds: median of timed fits after warm-up (model building included, data loading"
-        " excluded); cpu s = process CPU time per fit (> s/fit: multithreaded); ratio = peer s /"
+        " excluded; the user path reads a CSV with pandas first, untimed: read_seconds in the JSON);"
+        " thr = thread setting; cpu s = process CPU time per fit (> s/fit: multithreaded); ratio = peer s /"
         " theralens s; Δbest = REMLcrit - lowest REMLcrit of the"
         " size; |Δβ|max = largest fixed-effect difference to the best peer; peakMB = peak RSS"
         " of the peer's process (includes interpreter and data)."

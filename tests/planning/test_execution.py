@@ -57,13 +57,19 @@ def test_reuse_freed_memory_is_harmless_for_real() -> None:
 
 
 def test_single_thread_blas_nests_and_restores() -> None:
+    """Replicates and the fits inside them share one count: inner blocks leave one thread,
+    the last block out restores what there was (threadpoolctl, theralens.model.threads)."""
+    from threadpoolctl import threadpool_limits
+
+    from theralens.model import threads
     from theralens.planning import blas
 
-    libs = blas._openblas()
-    counts = [int(get()) for _, get in libs]
-    with blas.single_thread_blas():
+    with threadpool_limits(2, user_api="blas"):
+        before = threads.blas_threads()
+        assert before and all(n == 2 for n in before)
         with blas.single_thread_blas():
-            assert all(int(get()) == 1 for _, get in libs)
-        assert all(int(get()) == 1 for _, get in libs)
-    assert [int(get()) for _, get in libs] == counts
-    assert blas._setting.users == 0
+            with threads.one_blas_thread():
+                assert threads.blas_threads() == [1] * len(before)
+            assert threads.blas_threads() == [1] * len(before)
+        assert threads.blas_threads() == before
+        assert threads._setting.users == 0

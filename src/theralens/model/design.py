@@ -221,8 +221,9 @@ def _columns_of(rhs: str, X: np.ndarray, raw: list[str]) -> tuple[np.ndarray, li
 
 def _factorize(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Sorted integer codes of one id column, and its labels as text."""
-    values = col.to_numpy()
-    if values.dtype.kind in "iu" and len(values) and bool(np.all(values[1:] >= values[:-1])):
+    # (text ids are not converted to a numpy object array first: that copy costs more than factorizing)
+    values = col.to_numpy() if isinstance(col.dtype, np.dtype) and col.dtype.kind in "iu" else None
+    if values is not None and len(values) and bool(np.all(values[1:] >= values[:-1])):
         # integer ids in sorted order (rows sorted by patient, say): codes from the changes
         change = values[1:] != values[:-1]
         codes = np.zeros(len(values), dtype=np.int64)
@@ -305,10 +306,13 @@ def build_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
                 raise InputError(f"grouping column '{f}' of the term '({term.lhs} | {term.group})' is not in the data")
     complete = np.ones(len(data), bool)
     for c in used:
-        values = data[c].to_numpy()
-        if values.dtype.kind in "iub":  # numpy integers and booleans have no missing values
-            continue
-        complete &= ~np.isnan(values) if values.dtype.kind == "f" else data[c].notna().to_numpy()
+        dtype = data[c].dtype
+        if not isinstance(dtype, np.dtype):  # pandas' own dtypes (text, nullable): no numpy copy
+            complete &= data[c].notna().to_numpy()
+        elif dtype.kind in "f":
+            complete &= ~np.isnan(data[c].to_numpy())
+        elif dtype.kind not in "iub":  # numpy integers and booleans have no missing values
+            complete &= data[c].notna().to_numpy()
     n_dropped = int((~complete).sum())
     # without missing values the columns are used as they are (no copy of the table)
     frame = data.loc[complete, used] if n_dropped else data

@@ -22,7 +22,7 @@ import ctypes.util
 import sys
 from collections.abc import Callable
 
-from theralens.planning.scoped import ScopedSetting
+from theralens.model.scoped import ScopedSetting
 
 __all__ = ["pin", "reuse_freed_memory"]
 

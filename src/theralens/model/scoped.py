@@ -1,10 +1,11 @@
 """A process-wide setting held while work runs: :class:`ScopedSetting`.
 
-Power replicates run with settings that belong to the whole process (the number of BLAS
-threads: :mod:`~theralens.planning.blas`; glibc's malloc thresholds:
+Fits and power replicates run with settings that belong to the whole process (one BLAS
+thread: :mod:`~theralens.model.threads`; glibc's malloc thresholds while replicates run:
 :mod:`~theralens.planning.memory`). Blocks that need one may nest and may run in several
-threads at once (Dask workers): the first to enter applies the setting, the last to leave
-undoes it, and a pool worker that runs nothing else applies it for good (:meth:`pin`).
+threads at once (Dask workers, a user's thread pool): the first to enter applies the setting,
+the last to leave undoes it, and a pool worker that runs nothing else applies it for good
+(:meth:`pin`).
 """
 
 from __future__ import annotations
