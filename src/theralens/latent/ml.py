@@ -1,0 +1,670 @@
+"""Latent (multilevel SEM) decomposition of the patient-level design by full-information ML.
+
+The model (models.md, "Latent decomposition", written for P processes at once; docs in
+``docs/latent.md``). Patient i of therapist j has process scores x_ij (a P-vector), outcome
+y_ij, adjustment covariates A_ij (intercept, baseline, patient covariates) and the therapist
+has centred moderators W_j (an M-vector, possibly empty)::
+
+    x_ij = kappa + Pi W_j + mu_j + w_ij           mu_j ~ N(0, T),  w_ij ~ N(0, S)
+    y_ij = A_ij' gamma + g02' W_j + c_j' (Pi W_j + mu_j) + b_j' w_ij + u0j + e_ij
+    c_j  = b_between + G03 W_j                    (between association and its moderation)
+    b_j  = g10 + G11 W_j + u1j                    (within slope and its cross-level moderation)
+    (u1j, u0j) ~ N(0, G),  e_ij ~ N(0, sigma^2)
+
+mu_j (the therapist's latent caseload mean) and w_ij (the patient's latent deviation) are not
+observed: only x_ij is. Using observed caseload means instead attenuates b_between to
+lambda b_between + (1 - lambda) g10 and G03 to lambda G03 + (1 - lambda) G11, with lambda the
+reliability of the caseload mean (Luedtke et al. 2008, Psychological Methods 13:203; Grilli &
+Rampichini 2011); the latent model has no such bias.
+
+**Likelihood.** Given the standardised slopes xi_j (u1j = L11 xi_j), everything is linear and
+Gaussian in the standardised latent zeta_j = (T^-1/2 mu_j, u0j residual): with
+d_ij = x_ij - kappa - Pi W_j and t_ij = y_ij - A_ij' gamma - g02' W_j - c_j' Pi W_j - b_j' d_ij,
+
+    d_ij ~ N(B zeta_j, S),   t_ij - s_j ~ N(a_j' zeta_j, sigma^2),   zeta_j ~ N(0, I)
+
+(B = [L_T, 0], a_j = (L_T'(c_j - b_j), l00), s_j = L01 xi_j), so zeta_j is integrated in
+closed form, and only xi_j (P dimensions) numerically, by adaptive Gauss-Hermite quadrature
+(Rockwood 2020, Psychometrika 85:275; Pinheiro & Bates 1995). Everything a therapist
+contributes depends on the data only through n_j and the sums of r_ij = (y, A, x) and of
+r_ij r_ij' over the therapist's patients (:class:`LatentStats`), so a fit costs
+O(therapists x nodes), whatever the number of patients.
+
+**Gradient.** With the nodes held fixed, the gradient of the log-likelihood is the
+posterior-weighted complete-data score (Fisher's identity, used twice: over the quadrature
+nodes and over zeta_j, Louis 1982), in closed form from the same per-node posterior mean and
+covariance of zeta_j. Each optimisation round keeps the nodes fixed (BFGS with this exact
+gradient); between rounds the nodes are re-centred on each therapist's posterior of xi_j, until
+the maximised log-likelihood changes by less than ``tol``.
+
+**Inference.** Wald standard errors from the observed information (central differences of the
+analytic gradient), delta method for derived quantities (the contextual effect b_between -
+g10, slope SDs), and profile-likelihood intervals for the effects on request.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+from scipy.special import logsumexp
+
+__all__ = ["LatentFit", "LatentStats", "fit_latent", "latent_stats"]
+
+LOG2PI = math.log(2.0 * math.pi)
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+@dataclass
+class LatentStats:
+    """Per-therapist sufficient statistics of the latent model (module docstring).
+
+    Fields: ``therapists`` (ids, length J), ``n`` (patients per therapist, J), ``R1`` (J x D:
+    sums of r = (y, A, x) over the therapist's patients), ``R2`` (J x D x D: sums of r r'),
+    ``W`` (J x M centred moderators), ``processes`` (P names), ``adjust`` (names of A's
+    columns, ``"(Intercept)"`` first), ``moderators`` (M names), ``moderator_centers``.
+    Statistics of disjoint sets of therapists are combined with :meth:`combine`.
+    """
+
+    therapists: np.ndarray
+    n: np.ndarray
+    R1: np.ndarray
+    R2: np.ndarray
+    W: np.ndarray
+    processes: tuple[str, ...]
+    adjust: tuple[str, ...]
+    moderators: tuple[str, ...] = ()
+    moderator_centers: tuple[float, ...] = ()
+
+    @property
+    def P(self) -> int:
+        return len(self.processes)
+
+    @property
+    def K(self) -> int:
+        return len(self.adjust)
+
+    @property
+    def M(self) -> int:
+        return len(self.moderators)
+
+    @property
+    def J(self) -> int:
+        return len(self.n)
+
+    @property
+    def n_patients(self) -> int:
+        return int(self.n.sum())
+
+    @classmethod
+    def combine(cls, parts: list[LatentStats]) -> LatentStats:
+        """Statistics of the union of therapists (a therapist in several parts is summed)."""
+        first = parts[0]
+        ids = np.concatenate([p.therapists for p in parts])
+        uniq, inv = np.unique(ids, return_inverse=True)
+        J = len(uniq)
+        n = np.zeros(J)
+        R1 = np.zeros((J, first.R1.shape[1]))
+        R2 = np.zeros((J, *first.R2.shape[1:]))
+        W = np.zeros((J, first.W.shape[1]))
+        np.add.at(n, inv, np.concatenate([p.n for p in parts]))
+        np.add.at(R1, inv, np.concatenate([p.R1 for p in parts]))
+        np.add.at(R2, inv, np.concatenate([p.R2 for p in parts]))
+        W[inv] = np.concatenate([p.W for p in parts])
+        return cls(uniq, n, R1, R2, W, first.processes, first.adjust, first.moderators, first.moderator_centers)
+
+
+def latent_stats(
+    frame: pd.DataFrame,
+    processes: list[str] | tuple[str, ...],
+    outcome: str,
+    adjust: list[str] | tuple[str, ...] = (),
+    moderators: pd.DataFrame | None = None,
+    moderator_columns: list[str] | tuple[str, ...] = (),
+    therapist: str = "therapist",
+) -> LatentStats:
+    """:class:`LatentStats` of a patient-level table (one row per patient).
+
+    ``frame`` holds ``therapist``, the raw process scores x_ij (``processes``), the outcome and
+    the adjustment columns; ``moderators`` one row per therapist (column ``therapist`` and
+    ``moderator_columns``), centred here at their mean over the therapists in the model.
+    Therapists without a moderator value must be removed by the caller.
+    """
+    ids = frame[therapist].astype(str).to_numpy()
+    codes, uniq = pd.factorize(ids, sort=True)
+    J = len(uniq)
+    cols = [outcome, *adjust, *processes]
+    vals = frame[list(cols)].to_numpy(dtype=float)
+    r = np.column_stack([vals[:, 0], np.ones(len(vals)), vals[:, 1:]])
+    D = r.shape[1]
+    n = np.bincount(codes, minlength=J).astype(float)
+    R1 = np.zeros((J, D))
+    np.add.at(R1, codes, r)
+    R2 = np.zeros((J, D, D))
+    np.add.at(R2, codes, r[:, :, None] * r[:, None, :])
+    centers: tuple[float, ...] = ()
+    if moderator_columns:
+        if moderators is None:
+            raise ValueError("moderator_columns given without a moderators table")
+        m = moderators.assign(therapist=moderators["therapist"].astype(str)).set_index("therapist")
+        Wraw = m.reindex(uniq)[list(moderator_columns)].to_numpy(dtype=float)
+        if np.isnan(Wraw).any():
+            raise ValueError("every therapist in the model needs a moderator value")
+        mean = Wraw.mean(axis=0)
+        W = Wraw - mean
+        centers = tuple(float(c) for c in mean)
+    else:
+        W = np.zeros((J, 0))
+    return LatentStats(np.asarray(uniq), n, R1, R2, W, tuple(processes), ("(Intercept)", *adjust),
+                       tuple(moderator_columns), centers)
+
+
+# ------------------------------------------------------------------------ parameters
+
+
+class _Layout:
+    """Where each block of the parameter vector theta lives (module docstring's symbols)."""
+
+    def __init__(self, P: int, K: int, M: int, slopes: bool) -> None:
+        self.P, self.K, self.M, self.slopes = P, K, M, slopes
+        self.tri_p = np.tril_indices(P)
+        q = P + 1
+        if slopes:
+            self.tri_g = np.tril_indices(q)
+        else:  # only l00 (the therapist intercept SD)
+            self.tri_g = (np.array([P]), np.array([P]))
+        blocks = [("gamma", K), ("g02", M), ("kappa", P), ("Pi", P * M), ("b_between", P), ("G03", P * M),
+                  ("g10", P), ("G11", P * M), ("LT", len(self.tri_p[0])), ("LS", len(self.tri_p[0])),
+                  ("LG", len(self.tri_g[0])), ("log_sigma", 1)]
+        self.slices: dict[str, slice] = {}
+        i = 0
+        for name, size in blocks:
+            self.slices[name] = slice(i, i + size)
+            i += size
+        self.size = i
+
+    def unpack(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        P, M = self.P, self.M
+        s = self.slices
+        out = {k: theta[v] for k, v in s.items()}
+        out["Pi"] = out["Pi"].reshape(P, M)
+        out["G03"] = out["G03"].reshape(P, M)
+        out["G11"] = out["G11"].reshape(P, M)
+        for name in ("LT", "LS"):
+            L = np.zeros((P, P))
+            L[self.tri_p] = out[name]
+            out[name] = L
+        LG = np.zeros((P + 1, P + 1))
+        LG[self.tri_g] = out["LG"]
+        out["LG"] = LG
+        out["log_sigma"] = out["log_sigma"][0]
+        return out
+
+    def pack_grad(self, g: dict[str, np.ndarray]) -> np.ndarray:
+        out = np.empty(self.size)
+        s = self.slices
+        for name in ("gamma", "g02", "kappa", "b_between", "g10"):
+            out[s[name]] = g[name]
+        for name in ("Pi", "G03", "G11"):
+            out[s[name]] = np.asarray(g[name]).reshape(-1)
+        for name in ("LT", "LS"):
+            out[s[name]] = g[name][self.tri_p]
+        out[s["LG"]] = g["LG"][self.tri_g]
+        out[s["log_sigma"]] = g["log_sigma"]
+        return out
+
+
+# ------------------------------------------------------------------------- criterion
+
+
+@dataclass
+class _Nodes:
+    """Quadrature nodes of the standardised slopes: xi (J x K x P) and log weights (J x K)
+    including the adaptive change of variables (so that sum_k exp(logw) f(xi_k) ~ E f(xi))."""
+
+    xi: np.ndarray
+    logw: np.ndarray
+
+
+def _gh_grid(P: int, Q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Product Gauss-Hermite rule for N(0, I_P): nodes (Q^P x P) and weights summing to 1."""
+    x, w = np.polynomial.hermite_e.hermegauss(Q)
+    w = w / w.sum()
+    grids = np.meshgrid(*([x] * P), indexing="ij")
+    wg = np.meshgrid(*([w] * P), indexing="ij")
+    nodes = np.column_stack([g.reshape(-1) for g in grids])
+    weights = np.prod(np.column_stack([g.reshape(-1) for g in wg]), axis=1)
+    keep = weights > 1e-14 * weights.max()  # nodes far in the tails carry no weight
+    return nodes[keep], weights[keep]
+
+
+def _adapt(mean: np.ndarray, chol: np.ndarray, grid: np.ndarray, weights: np.ndarray) -> _Nodes:
+    """Nodes centred at each therapist's posterior mean of xi and scaled by its Cholesky factor."""
+    xi = mean[:, None, :] + np.einsum("jpq,kq->jkp", chol, grid)
+    logphi_xi = -0.5 * np.sum(xi**2, axis=2)
+    logphi_nu = -0.5 * np.sum(grid**2, axis=1)
+    logdet = np.sum(np.log(np.abs(np.diagonal(chol, axis1=1, axis2=2))), axis=1)
+    logw = np.log(weights)[None, :] + logphi_xi - logphi_nu[None, :] + logdet[:, None]
+    return _Nodes(xi, logw)
+
+
+class LatentCriterion:
+    """Log-likelihood of the latent model and its gradient for fixed quadrature nodes."""
+
+    def __init__(self, st: LatentStats, slopes: bool) -> None:
+        self.st = st
+        self.slopes = slopes
+        self.layout = _Layout(st.P, st.K, st.M, slopes)
+        P, K = st.P, st.K
+        self.iy = 0
+        self.iA = np.arange(1, 1 + K)
+        self.ix = np.arange(1 + K, 1 + K + P)
+        self.Rx1 = st.R1[:, self.ix]
+        self.Rxx = st.R2[:, self.ix][:, :, self.ix]
+        self.RA1 = st.R1[:, self.iA]
+
+    def evaluate(self, theta: np.ndarray, nodes: _Nodes, grad: bool = True
+                 ) -> tuple[float, np.ndarray | None, dict[str, np.ndarray]]:
+        """(log-likelihood, gradient or None, per-node quantities: log integrand, posterior moments)."""
+        st, lay = self.st, self.layout
+        P, n = st.P, st.n
+        p = lay.unpack(theta)
+        W = st.W
+        sig2 = math.exp(2.0 * p["log_sigma"])
+        LT, LS, LG = p["LT"], p["LS"], p["LG"]
+        L11, L01, l00 = LG[:P, :P], LG[P, :P], LG[P, P]
+        xi = nodes.xi  # J x K x P
+        c = p["b_between"][None, :] + W @ p["G03"].T  # J x P
+        po = W @ p["Pi"].T  # J x P  (Pi W_j)
+        o = p["kappa"][None, :] + po
+        b = (p["g10"][None, :] + W @ p["G11"].T)[:, None, :] + xi @ L11.T  # J x K x P
+        h = c[:, None, :] - b
+        s = xi @ L01  # J x K
+
+        Sd = self.Rx1 - n[:, None] * o  # sum d
+        Sdd = (self.Rxx - self.Rx1[:, :, None] * o[:, None, :] - o[:, :, None] * self.Rx1[:, None, :]
+               + n[:, None, None] * o[:, :, None] * o[:, None, :])
+        # t_i = phi' r_i + phi0, phi = (1, -gamma, -b) over r = (y, A, x)
+        R1, R2 = st.R1, st.R2
+        R1phi = R1[:, self.iy][:, None] - (self.RA1 @ p["gamma"])[:, None] - np.einsum("jp,jkp->jk", self.Rx1, b)
+        R2y = R2[:, :, self.iy] - R2[:, :, self.iA] @ p["gamma"]  # J x D
+        R2phi = R2y[:, None, :] - np.einsum("jdp,jkp->jkd", R2[:, :, self.ix], b)  # J x K x D
+        phi0 = (np.einsum("jkp,jp->jk", b, o) - (W @ p["g02"])[:, None] - np.sum(c * po, axis=1)[:, None])
+        R2phi_y = R2phi[:, :, self.iy] - R2phi[:, :, self.iA] @ p["gamma"] - np.einsum("jkp,jkp->jk", R2phi[:, :, self.ix], b)
+        St = R1phi + n[:, None] * phi0
+        Stt = R2phi_y + 2.0 * phi0 * R1phi + n[:, None] * phi0**2
+        Std = R2phi[:, :, self.ix] + phi0[:, :, None] * self.Rx1[:, None, :] - St[:, :, None] * o[:, None, :]
+        T1 = St - n[:, None] * s
+        T2 = Stt - 2.0 * s * St + n[:, None] * s**2
+
+        Sinv = np.linalg.inv(LS @ LS.T)
+        logdetS = 2.0 * np.sum(np.log(np.abs(np.diag(LS))))
+        Mx = LT.T @ Sinv @ LT
+        q = P + 1
+        A = np.zeros((len(n), q, q))
+        A[:, :P, :P] = np.eye(P)[None] + n[:, None, None] * Mx[None]
+        A[:, P, P] = 1.0
+        Ainv = np.linalg.inv(A)
+        logdetA = np.linalg.slogdet(A[:, :P, :P])[1]
+        a = np.concatenate([h @ LT, np.broadcast_to(l00, h.shape[:2])[:, :, None]], axis=2)  # J x K x q
+        kap = n / sig2
+        Aa = np.einsum("jpq,jkq->jkp", Ainv, a)
+        aAa = np.sum(a * Aa, axis=2)
+        den = 1.0 + kap[:, None] * aAa
+        eta = np.zeros_like(a)
+        eta[:, :, :P] = (Sd @ Sinv @ LT)[:, None, :]
+        eta += a * (T1 / sig2)[:, :, None]
+        Ainv_eta = np.einsum("jpq,jkq->jkp", Ainv, eta)
+        m = Ainv_eta - (kap[:, None] * np.sum(Aa * eta, axis=2) / den)[:, :, None] * Aa
+        c0 = np.einsum("pq,jqp->j", Sinv, Sdd)[:, None] + T2 / sig2
+        logdetL = logdetA[:, None] + np.log(den)
+        logp = -0.5 * (n[:, None] * (q * LOG2PI + logdetS + math.log(sig2)) + c0
+                       - np.sum(eta * m, axis=2) + logdetL)
+        integrand = nodes.logw + logp
+        ll_j = logsumexp(integrand, axis=1)
+        ll = float(ll_j.sum())
+        pi = np.exp(integrand - ll_j[:, None])
+        C = Ainv[:, None] - (kap[:, None, None, None] / den[:, :, None, None]) * Aa[:, :, :, None] * Aa[:, :, None, :]
+        extras = {"pi": pi, "ll_j": ll_j, "b": b, "m": m, "C": C}
+        if not grad:
+            return ll, None, extras
+
+        CMM = C + m[:, :, :, None] * m[:, :, None, :]
+        am = np.sum(a * m, axis=2)
+        E1 = (T1 - n[:, None] * am) / sig2
+        aCa = np.einsum("jkp,jkpq,jkq->jk", a, CMM, a)
+        Ee2 = T2 - 2.0 * am * T1 + n[:, None] * aCa
+        g: dict[str, np.ndarray] = {}
+        g["log_sigma"] = float(np.sum(pi * (-n[:, None] + Ee2 / sig2)))
+        Bm = m[:, :, :P] @ LT.T  # J x K x P
+        BCB = np.einsum("pa,jkab,qb->jkpq", LT, CMM[:, :, :P, :P], LT)
+        Eff = (Sdd[:, None] - Sd[:, None, :, None] * Bm[:, :, None, :] - Bm[:, :, :, None] * Sd[:, None, None, :]
+               + n[:, None, None, None] * BCB)
+        Eff_tot = np.einsum("jk,jkpq->pq", pi, Eff)
+        GS = -0.5 * (n.sum() * Sinv - Sinv @ Eff_tot @ Sinv)
+        g["LS"] = np.tril(2.0 * GS @ LS)
+        TA = (R2phi[:, :, self.iA] + phi0[:, :, None] * self.RA1[:, None, :]) - s[:, :, None] * self.RA1[:, None, :]
+        g["gamma"] = np.einsum("jk,jka->a", pi, TA - am[:, :, None] * self.RA1[:, None, :]) / sig2
+        piE1 = pi * E1
+        g["g02"] = np.einsum("jk,jm->m", piE1, W)
+        g_o = h * E1[:, :, None] + (Sd[:, None, :] - n[:, None, None] * Bm) @ Sinv.T
+        g["kappa"] = np.einsum("jk,jkp->p", pi, g_o - c[:, None, :] * E1[:, :, None])
+        g["Pi"] = np.einsum("jk,jkp,jm->pm", pi, g_o, W)
+        g_a = (T1[:, :, None] * m - n[:, None, None] * np.einsum("jkpq,jkq->jkp", CMM, a)) / sig2
+        g_h = g_a[:, :, :P] @ LT.T
+        g_c = g_h + E1[:, :, None] * po[:, None, :]
+        g["b_between"] = np.einsum("jk,jkp->p", pi, g_c)
+        g["G03"] = np.einsum("jk,jkp,jm->pm", pi, g_c, W)
+        Td = Std - s[:, :, None] * Sd[:, None, :]
+        g_b = (Td - am[:, :, None] * Sd[:, None, :]) / sig2 - g_h
+        g["g10"] = np.einsum("jk,jkp->p", pi, g_b)
+        g["G11"] = np.einsum("jk,jkp,jm->pm", pi, g_b, W)
+        gLG = np.zeros((q, q))
+        gLG[:P, :P] = np.einsum("jk,jkp,jkr->pr", pi, g_b, xi)
+        gLG[P, :P] = np.einsum("jk,jkr->r", piE1, xi)
+        gLG[P, P] = float(np.sum(pi * g_a[:, :, P]))
+        g["LG"] = gLG
+        gLT = np.einsum("jk,jkp,jkq->pq", pi, h, g_a[:, :, :P])
+        SdM = np.einsum("jk,jp,jkq->pq", pi, Sd, m[:, :, :P])
+        LCM = np.einsum("jk,j,jkqr->qr", pi, n, CMM[:, :, :P, :P])
+        gLT += Sinv @ (SdM - LT @ LCM)
+        g["LT"] = np.tril(gLT)
+        return ll, lay.pack_grad(g), extras
+
+
+# ------------------------------------------------------------------------------- fit
+
+
+@dataclass
+class LatentFit:
+    """A latent-decomposition ML fit (module docstring).
+
+    Fields: ``stats`` (the :class:`LatentStats`), ``theta`` (parameter vector), ``loglik``,
+    ``vcov`` (of theta, from the observed information), ``effects`` (one row per process and
+    term: ``within_therapist`` (g10), ``between_therapist`` (b_between), ``contextual``
+    (b_between - g10): estimate, se, z, p, ci_low, ci_high), ``moderators`` (per process and
+    moderator: ``within_slope`` (G11) and ``between_association`` (G03)), ``variances``
+    (T, S, G, sigma^2 and the slope SDs), ``therapists`` (each therapist's latent caseload mean
+    and slope: posterior mean and SD), ``reliability`` (lambda_j of the latent means at the
+    estimates), ``nodes`` (quadrature points per slope dimension), ``converged``, ``messages``,
+    ``rounds``, ``evaluations``, ``seconds``.
+    """
+
+    stats: LatentStats
+    theta: np.ndarray
+    loglik: float
+    vcov: np.ndarray
+    params: dict[str, np.ndarray]
+    effects: pd.DataFrame
+    moderators: pd.DataFrame
+    variances: pd.DataFrame
+    therapists: pd.DataFrame
+    nodes: int
+    slopes: bool
+    converged: bool
+    messages: list[str] = field(default_factory=list)
+    rounds: int = 0
+    evaluations: int = 0
+    seconds: float = 0.0
+
+    @property
+    def slope_sd(self) -> np.ndarray:
+        """SD of the therapist random slopes u1j (per process)."""
+        G = self.params["G"]
+        return np.sqrt(np.diag(G)[: self.stats.P])
+
+    def __repr__(self) -> str:
+        return (f"<LatentFit: {self.stats.P} process(es), {self.stats.J} therapists, {self.stats.n_patients} patients, "
+                f"logLik {self.loglik:.4f}, {'converged' if self.converged else 'NOT converged'}>")
+
+
+def _start(st: LatentStats, slopes: bool, layout: _Layout) -> np.ndarray:
+    """Moment-based start: ANOVA covariances of x, OLS of y on A, the within and between parts."""
+    P, K = st.P, st.K
+    n = st.n
+    ix = np.arange(1 + K, 1 + K + P)
+    xbar_j = st.R1[:, ix] / n[:, None]
+    kappa = xbar_j.mean(axis=0)
+    Sxx_w = (st.R2[:, ix][:, :, ix] - n[:, None, None] * xbar_j[:, :, None] * xbar_j[:, None, :]).sum(axis=0)
+    N, J = n.sum(), len(n)
+    S = Sxx_w / max(N - J, 1.0)
+    T = np.cov(xbar_j.T, ddof=1).reshape(P, P) - S * np.mean(1.0 / n)
+    ev, V = np.linalg.eigh(T)
+    T = (V * np.maximum(ev, 0.05 * np.diag(S).mean())) @ V.T
+    # pooled regression of y on (A, x_within, xbar_j): from the sums
+    D = st.R1.shape[1]
+    # totals of r r' and within parts
+    tot = st.R2.sum(axis=0)
+    between = np.einsum("jd,je->de", st.R1, st.R1 / n[:, None])
+    within = tot - between
+    iA = np.arange(1, 1 + K)
+    # within regression: y on x within therapists -> g10
+    g10 = np.linalg.lstsq(within[np.ix_(ix, ix)], within[ix, 0], rcond=None)[0]
+    # between regression on therapist means: y_bar on (A_bar, x_bar)
+    Ab = st.R1 / n[:, None]
+    Xb = np.column_stack([Ab[:, iA], Ab[:, ix]])
+    coef = np.linalg.lstsq(Xb, Ab[:, 0], rcond=None)[0]
+    gamma = coef[:K].copy()
+    bb = coef[K:]
+    resid_w = within[0, 0] - within[0, ix] @ g10
+    sig2 = max(resid_w / max(N - J, 1.0), 1e-6)
+    del D
+    theta = np.zeros(layout.size)
+    s = layout.slices
+    theta[s["gamma"]] = gamma
+    theta[s["kappa"]] = kappa
+    theta[s["b_between"]] = bb
+    theta[s["g10"]] = g10
+    LT = np.linalg.cholesky(T + 1e-9 * np.eye(P))
+    LS = np.linalg.cholesky(S + 1e-9 * np.eye(P))
+    theta[s["LT"]] = LT[layout.tri_p]
+    theta[s["LS"]] = LS[layout.tri_p]
+    q = P + 1
+    LG = np.zeros((q, q))
+    sd_y = math.sqrt(sig2)
+    if slopes:
+        for p in range(P):
+            LG[p, p] = 0.3 * sd_y / math.sqrt(S[p, p])
+    LG[P, P] = 0.3 * sd_y
+    theta[s["LG"]] = LG[layout.tri_g]
+    theta[s["log_sigma"]] = 0.5 * math.log(sig2)
+    return theta
+
+
+def fit_latent(
+    st: LatentStats,
+    *,
+    random_slopes: bool = True,
+    nodes: int | None = None,
+    tol: float = 1e-7,
+    max_rounds: int = 12,
+    start: np.ndarray | None = None,
+) -> LatentFit:
+    """Maximum-likelihood fit of the latent model (module docstring) from :class:`LatentStats`.
+
+    ``random_slopes``: therapist random slopes u1j (False: a random-intercept model, whose
+    likelihood is exact without quadrature). ``nodes``: Gauss-Hermite points per slope
+    dimension (default 9 for one process, 7 for two, 5 for three, 3 beyond).
+    """
+    t0 = time.perf_counter()
+    P, J = st.P, st.J
+    if J < 3:
+        raise ValueError("the latent model needs at least three therapists")
+    crit = LatentCriterion(st, random_slopes)
+    lay = crit.layout
+    theta = _start(st, random_slopes, lay) if start is None else np.asarray(start, dtype=float).copy()
+    if random_slopes:
+        Q = nodes or {1: 9, 2: 7, 3: 5}.get(P, 3)
+        grid, weights = _gh_grid(P, Q)
+        mean = np.zeros((J, P))
+        chol = np.broadcast_to(np.eye(P), (J, P, P)).copy()
+    else:
+        Q = 1
+        grid, weights = np.zeros((1, P)), np.ones(1)
+        mean = np.zeros((J, P))
+        chol = np.broadcast_to(np.eye(P), (J, P, P)).copy()
+    nd = _adapt(mean, chol, grid, weights)
+    evals = 0
+    messages: list[str] = []
+    last = -np.inf
+    converged = False
+    rounds = 0
+
+    def fun(th: np.ndarray) -> tuple[float, np.ndarray]:
+        nonlocal evals
+        evals += 1
+        with np.errstate(all="ignore"):
+            ll, g, _ = crit.evaluate(th, nd)
+        if not np.isfinite(ll):
+            return 1e300, np.zeros_like(th)
+        return -ll, -g
+
+    for rounds in range(1, max_rounds + 1):  # noqa: B007
+        if random_slopes:
+            # re-centre the nodes on each therapist's posterior of xi (two passes per round)
+            for _ in range(2):
+                _, _, ex = crit.evaluate(theta, nd, grad=False)
+                pi = ex["pi"]
+                mean = np.einsum("jk,jkp->jp", pi, nd.xi)
+                dev = nd.xi - mean[:, None, :]
+                cov = np.einsum("jk,jkp,jkq->jpq", pi, dev, dev) + 1e-10 * np.eye(P)[None]
+                chol = np.linalg.cholesky(cov)
+                nd = _adapt(mean, chol, grid, weights)
+        res = optimize.minimize(fun, theta, jac=True, method="BFGS",
+                                options={"gtol": 1e-7, "maxiter": 2000})
+        theta = res.x
+        ll = -float(res.fun)
+        if not random_slopes:
+            converged = bool(res.success or np.max(np.abs(res.jac)) < 1e-4)
+            if not converged:
+                messages.append(f"optimizer: {res.message}")
+            last = ll
+            break
+        if abs(ll - last) < tol * max(1.0, abs(ll)):
+            converged = bool(res.success or np.max(np.abs(res.jac)) < 1e-4)
+            if not converged:
+                messages.append(f"optimizer: {res.message}")
+            last = ll
+            break
+        last = ll
+    else:
+        messages.append(f"the adaptive quadrature did not settle in {max_rounds} rounds")
+
+    ll, g, ex = crit.evaluate(theta, nd)
+    H = _hessian(lambda th: crit.evaluate(th, nd)[1], theta)
+    info = -0.5 * (H + H.T)
+    try:
+        vcov = np.linalg.inv(info)
+        if not np.all(np.isfinite(vcov)) or np.any(np.diag(vcov) < 0):
+            raise np.linalg.LinAlgError
+    except np.linalg.LinAlgError:
+        vcov = np.linalg.pinv(info)
+        messages.append("the observed information is singular (a variance at its boundary): standard errors "
+                        "of the parameters next to it are unreliable")
+    fit = _assemble(st, crit, theta, ll, vcov, ex, Q, random_slopes, converged, messages, rounds, evals,
+                    time.perf_counter() - t0)
+    return fit
+
+
+def _hessian(grad, theta: np.ndarray) -> np.ndarray:
+    """Central differences of the analytic gradient."""
+    k = len(theta)
+    H = np.empty((k, k))
+    for i in range(k):
+        h = 1e-5 * max(1.0, abs(theta[i]))
+        e = np.zeros(k)
+        e[i] = h
+        H[:, i] = (grad(theta + e) - grad(theta - e)) / (2 * h)
+    return H
+
+
+def _wald(est: float, se: float) -> dict[str, float]:
+    z = est / se if se > 0 else float("nan")
+    q = float(stats.norm.ppf(0.975))
+    return {"estimate": est, "se": se, "z": z, "p": float(2 * stats.norm.sf(abs(z))) if se > 0 else float("nan"),
+            "ci_low": est - q * se, "ci_high": est + q * se}
+
+
+def _assemble(st: LatentStats, crit: LatentCriterion, theta: np.ndarray, ll: float, vcov: np.ndarray,
+              ex: dict[str, np.ndarray], Q: int, slopes: bool, converged: bool, messages: list[str],
+              rounds: int, evals: int, seconds: float) -> LatentFit:
+    lay = crit.layout
+    P = st.P
+    p = lay.unpack(theta)
+    s = lay.slices
+    LT, LS, LG = p["LT"], p["LS"], p["LG"]
+    params = {k: np.asarray(v) for k, v in p.items()}
+    params["T"] = LT @ LT.T
+    params["S"] = LS @ LS.T
+    params["G"] = LG @ LG.T  # order: slopes (P), then intercept
+    params["sigma2"] = np.array(math.exp(2 * p["log_sigma"]))
+
+    def idx(name: str, i: int) -> int:
+        return s[name].start + i
+
+    rows = []
+    for i, proc in enumerate(st.processes):
+        iw, ib = idx("g10", i), idx("b_between", i)
+        for term, est, var in (
+            ("within_therapist", theta[iw], vcov[iw, iw]),
+            ("between_therapist", theta[ib], vcov[ib, ib]),
+            ("contextual", theta[ib] - theta[iw], vcov[ib, ib] + vcov[iw, iw] - 2 * vcov[ib, iw]),
+        ):
+            rows.append({"process": proc, "component": term, **_wald(float(est), math.sqrt(max(var, 0.0)))})
+    effects = pd.DataFrame(rows)
+    mrows = []
+    for i, proc in enumerate(st.processes):
+        for mi, w in enumerate(st.moderators):
+            for target, name in (("within_slope", "G11"), ("between_association", "G03")):
+                k = idx(name, i * st.M + mi)
+                mrows.append({"process": proc, "moderator": w, "target": target,
+                              **_wald(float(theta[k]), math.sqrt(max(vcov[k, k], 0.0)))})
+    moderators = pd.DataFrame(mrows, columns=["process", "moderator", "target", "estimate", "se", "z", "p",
+                                              "ci_low", "ci_high"])
+    # variance components with delta-method SEs of the slope SDs
+    vrows = []
+    G = params["G"]
+    for i, proc in enumerate(st.processes):
+        vrows.append({"component": "latent_caseload_mean_variance", "process": proc, "estimate": params["T"][i, i]})
+        vrows.append({"component": "patient_deviation_variance", "process": proc, "estimate": params["S"][i, i]})
+        if slopes:
+            sd = math.sqrt(G[i, i])
+            # d sd / d theta for the LG row i entries
+            grad = np.zeros(lay.size)
+            row_idx = [k for k, (r, c) in enumerate(zip(*lay.tri_g)) if r == i]
+            for k in row_idx:
+                cidx = lay.tri_g[1][k]
+                grad[s["LG"].start + k] = LG[i, cidx] / sd if sd > 0 else 0.0
+            se = math.sqrt(max(grad @ vcov @ grad, 0.0))
+            vrows.append({"component": "slope_sd", "process": proc, "estimate": sd, "se": se})
+    vrows.append({"component": "therapist_intercept_sd", "process": "", "estimate": math.sqrt(G[P, P])})
+    vrows.append({"component": "residual_sd", "process": "", "estimate": math.sqrt(float(params["sigma2"]))})
+    variances = pd.DataFrame(vrows)
+    # each therapist: latent caseload mean and within slope (posterior moments over nodes and zeta)
+    pi, b, m, C = ex["pi"], ex["b"], ex["m"], ex["C"]
+    slope_mean = np.einsum("jk,jkp->jp", pi, b)
+    slope_var = np.einsum("jk,jkp->jp", pi, b**2) - slope_mean**2
+    mu_nodes = m[:, :, :P] @ LT.T
+    mu_mean = np.einsum("jk,jkp->jp", pi, mu_nodes)
+    mu_var = np.einsum("jk,jkp->jp", pi, mu_nodes**2 + np.einsum("pa,jkab,pb->jkp", LT, C[:, :, :P, :P], LT)) \
+        - mu_mean**2
+    avg = p["g10"][None, :] + st.W @ p["G11"].T
+    trows = []
+    for j, t in enumerate(st.therapists):
+        for i, proc in enumerate(st.processes):
+            trows.append({"therapist": str(t), "process": proc, "n_patients": int(st.n[j]),
+                          "latent_mean": float(mu_mean[j, i] + p["kappa"][i] + (st.W[j] @ p["Pi"][i])),
+                          "latent_mean_sd": float(math.sqrt(max(mu_var[j, i], 0.0))),
+                          "slope": float(slope_mean[j, i]),
+                          "deviation": float(slope_mean[j, i] - avg[j, i]),
+                          "deviation_sd": float(math.sqrt(max(slope_var[j, i], 0.0)))})
+    therapists = pd.DataFrame(trows)
+    return LatentFit(stats=st, theta=theta, loglik=ll, vcov=vcov, params=params, effects=effects,
+                     moderators=moderators, variances=variances, therapists=therapists, nodes=Q, slopes=slopes,
+                     converged=converged, messages=messages, rounds=rounds, evaluations=evals, seconds=seconds)
