@@ -165,8 +165,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     for note in data.notes:
         print(f"  note: {note}")
     if t is not None:
-        print(f"{args.therapists}: OK - {len(t)} therapists, moderators: "
-              f"{', '.join(c for c in t.columns if c != 'therapist') or 'none configured'}")
+        used = ", ".join(t.attrs.get("moderators", {})) or "none (the table has only the therapist id)"
+        chosen = " (every column of the table: none configured)" if t.attrs.get("moderators_from") == "table" else ""
+        print(f"{args.therapists}: OK - {len(t)} therapists, moderators: {used}{chosen}")
     return 0
 
 

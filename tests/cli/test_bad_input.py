@@ -349,6 +349,22 @@ def moderator_known_for_too_few_therapists(d, s, t):
                                         "add therapists"]
 
 
+@case
+def therapist_table_duplicate_ids_without_config(d, s, t):
+    """No moderators configured: the table is still validated (it used to be read and ignored)."""
+    return ["analyze", csv(d, "sessions.csv", s), "--therapists", csv(d, "therapists.csv", pd.concat([t, t.iloc[[2]]]))
+            ], ["therapists.csv", "therapist T03 is listed 2 times (rows 4, 44)", "keep one row per therapist"]
+
+
+@case
+def therapist_table_free_text_column_without_config(d, s, t):
+    """No moderators configured: every column is a moderator, so a column of names is refused, saying why."""
+    t["name"] = [f"Dr {i}" for i in range(len(t))]
+    return ["analyze", csv(d, "sessions.csv", s), "--therapists", csv(d, "therapists.csv", t)], [
+        "therapists.csv", "'name'", "42 different text values", "every column of the therapist table is a moderator",
+        "list the moderators in the config"]
+
+
 # --------------------------------------------------------------------------- output and usage
 
 
@@ -514,3 +530,22 @@ def test_missing_optional_reader_is_one_line_naming_the_extra(tmp_path, demo_fra
     assert r.stderr.splitlines() == [r.stderr.strip()], r.stderr
     assert name in r.stderr and module in r.stderr and f"pip install 'theralens[{extra}]'" in r.stderr
     assert fingerprint(work) == before
+
+
+def test_therapist_table_without_config_uses_its_columns(tmp_path, demo_frames):
+    """--therapists without [therapist_moderators]: validate and analyze say which columns are the moderators."""
+    s, t = demo_frames
+    csv(tmp_path, "sessions.csv", s)
+    csv(tmp_path, "therapists.csv", t[["therapist", "cbt", "self_rated_alliance_skill"]])
+    r = run_cli("validate", "sessions.csv", "--therapists", "therapists.csv", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert ("therapists.csv: OK - 42 therapists, moderators: cbt, self_rated_alliance_skill "
+            "(every column of the table: none configured)") in r.stdout
+    r = run_cli("analyze", "sessions.csv", "--therapists", "therapists.csv", "--out", "out", "--no-report",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "one at a time: 'cbt', 'self_rated_alliance_skill';" in " ".join(r.stdout.split())
+    import json
+
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {row["moderator"] for row in doc["aim3"]} == {"cbt", "self_rated_alliance_skill"}

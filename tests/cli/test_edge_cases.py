@@ -94,10 +94,11 @@ def test_moderators_missing_for_some_therapists_are_counted(demo_gaps):
 
 
 def test_therapist_table_without_moderators_is_reported():
+    """No [therapist_moderators] columns: the table's columns are the moderators, and the result says so."""
     s, t = load_demo()
-    r = tl.analyze(s, t)
-    assert len(r.aim3.table) == 0
-    assert any("no moderators are configured" in w for w in r.warnings)
+    r = tl.analyze(s, t[["therapist", "cbt"]])
+    assert set(r.aim3.table["moderator"]) == {"cbt"}
+    assert any("No moderators are configured" in w and "one at a time: 'cbt';" in w for w in r.warnings)
 
 
 def test_excluded_rows_are_counted_and_patient_ids_stay_private(demo_gaps):

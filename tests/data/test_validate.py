@@ -334,3 +334,36 @@ def test_too_many_categories():
     v = validate_sessions(df, source=SRC)
     t = pd.DataFrame({"therapist": [f"T{i}" for i in range(12)], "name": list("abcdefghijkl")})
     tfails(t, v, "'name'", "12 different text values", config=mods("name"))
+
+
+def test_no_configured_moderators_means_every_column(data):
+    """A therapist table without [therapist_moderators] columns: each column but the id is a
+    moderator, coded exactly as if it had been configured."""
+    auto = validate_therapists(therapists(), data, mods(), source=TSRC)
+    listed = validate_therapists(therapists(), data, mods("orientation", "cbt", "school", "skill"), source=TSRC)
+    assert list(auto.attrs["moderators"]) == ["orientation", "cbt", "school", "skill"]
+    assert auto.attrs["moderators_from"] == "table" and listed.attrs["moderators_from"] == "config"
+    pd.testing.assert_frame_equal(auto, listed)
+    assert auto.attrs["labels"] == listed.attrs["labels"]
+
+
+def test_therapist_table_of_ids_only_is_still_checked(data):
+    ids = therapists()[["therapist"]]
+    out = validate_therapists(ids, data, mods(), source=TSRC)
+    assert list(out.columns) == ["therapist"] and out.attrs["moderators"] == {}
+    tfails(pd.concat([ids, ids.iloc[[0]]], ignore_index=True), data, "therapist T0", "2 times", "rows 2, 6")
+
+
+def test_unusable_column_of_an_unconfigured_table_says_why_it_is_a_moderator():
+    """Text that is not a few categories is refused as for a configured moderator, and the
+    message says that every column is a moderator when none is configured."""
+    v = validate_sessions(sessions(n_therapists=12), source=SRC)
+    t = pd.DataFrame({"therapist": [f"T{i}" for i in range(12)], "name": list("abcdefghijkl"),
+                      "skill": np.arange(12.0)})
+    tfails(t, v, "'name'", "12 different text values", "every column of the therapist table is a moderator",
+           "delete this column from the table or list the moderators in the config")
+    with pytest.raises(InputError) as err:
+        validate_therapists(t, v, mods("name"), source=TSRC)
+    assert "every column" not in str(err.value)  # configured: the plain message
+    assert validate_therapists(t, v, mods("skill"), source=TSRC).attrs["moderators"] == {"skill": ["skill"]}
+    tfails(t.assign(name=np.nan), v, "'name'", "no values; fill it in or delete the column")

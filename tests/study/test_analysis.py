@@ -157,3 +157,31 @@ def test_session_design_runs() -> None:
     assert all(x["component"] == "within_patient" for x in d["aim2"])
     main = next(m for m in d["models"] if m["role"] == "main")["formula"]
     assert "(1 | therapist:patient)" in main
+
+
+def test_therapist_table_without_configured_moderators_uses_every_column() -> None:
+    """A therapist table and no [therapist_moderators] columns: every column but the id is a
+    moderator (one at a time), with the same estimates as when they are all listed, and the
+    warnings say which columns were used."""
+    s, t = load_demo()
+    auto = analyze(s, t)
+    columns = [c for c in t.columns if c != "therapist"]
+    listed = analyze(s, t, config_from_dict({"therapist_moderators": {"columns": columns}}))
+    assert set(auto.aim3.table["moderator_label"].str.split(" = ").str[0]) == set(columns)
+    pd.testing.assert_frame_equal(auto.aim3.table, listed.aim3.table)
+    said = [w for w in auto.warnings if "No moderators are configured" in w]
+    assert len(said) == 1 and all(repr(c) in said[0] for c in columns) and "one at a time" in said[0]
+    assert not any("No moderators are configured" in w for w in listed.warnings)
+
+
+def test_therapist_table_is_validated_without_configured_moderators() -> None:
+    s, t = load_demo()
+    dup = pd.concat([t, t.iloc[[3]]], ignore_index=True)
+    with pytest.raises(tl.InputError, match="therapist T04 is listed 2 times"):
+        analyze(s, dup, therapists_source="t.csv")
+    ids = t[["therapist"]]
+    with pytest.raises(tl.InputError, match="not in the sessions data"):
+        analyze(s, pd.concat([ids, pd.DataFrame({"therapist": ["T99"]})], ignore_index=True))
+    r = analyze(s, ids, therapists_source="t.csv")
+    assert len(r.aim3.table) == 0 and r.moderators is None
+    assert any("The therapist table (t.csv) has no column besides the therapist id" in w for w in r.warnings)

@@ -13,7 +13,8 @@ is a valid configuration for data laid out like the demo data::
     higher_outcome_is = "worse"      # or "better": decides what "benefit" means everywhere
 
     [therapist_moderators]
-    columns = []                     # columns of the therapist table (models.md, W_j)
+    columns = []                     # columns of the therapist table (models.md, W_j);
+                                     # empty: every column of the table but the therapist id
     joint = false                    # true: all moderators in one model (aim 3)
 
     [design]

@@ -37,15 +37,19 @@ def analyze(
     """Answer the study's aims for every process at once (models.md).
 
     ``sessions``: long format, one row per patient per assessment; ``therapists``: optional,
-    one row per therapist with the moderator columns named in ``config``.
+    one row per therapist with the moderator columns named in ``config``, or, when none are
+    named, every column other than the therapist id (one at a time unless ``joint``; the
+    warnings say which). The table is validated either way.
     """
     t0 = time.perf_counter()
     config = config or StudyConfig()
     data = validate_sessions(sessions, config, source=source)
     moderators = None
-    if therapists is not None and config.therapist_moderators.columns:
+    if therapists is not None:
         moderators = validate_therapists(therapists, data, config, source=therapists_source)
-    elif config.therapist_moderators.columns and therapists is None:
+        if moderators.shape[1] <= 1:  # a table of ids only: checked, but nothing to moderate
+            moderators = None
+    elif config.therapist_moderators.columns:
         raise InputError("moderators are configured ([therapist_moderators] columns) but no therapist table "
                          "was given; pass --therapists FILE or remove the moderators from the config")
     table = patient_level(data, config) if config.design.level == "patient" else session_level(data, config)
@@ -97,8 +101,14 @@ def analyze(
                             f"{row['mean_slope_reliability']:.2f}): individual slopes are shrunk strongly toward "
                             "the average and rankings are very uncertain.")
     if therapists is not None and moderators is None:
-        warnings.append("A therapist table was given, but no moderators are configured ([therapist_moderators] "
-                        "columns), so aim 3 was not run.")
+        warnings.append(f"The therapist table ({therapists_source}) has no column besides the therapist id "
+                        f"{config.columns.therapist!r}, so aim 3 (moderators) was not run.")
+    if moderators is not None and moderators.attrs.get("moderators_from") == "table":
+        used = ", ".join(repr(c) for c in moderators.attrs.get("moderators", {}))
+        how = "together in one model" if config.therapist_moderators.joint else "one at a time"
+        warnings.append(f"No moderators are configured ([therapist_moderators] columns), so every column of the "
+                        f"therapist table other than the id is a moderator, {how}: {used}; list the ones you mean "
+                        "in the config to choose.")
     if moderators is not None:
         missing = moderators.attrs.get("missing_therapists", [])
         if missing:
