@@ -63,8 +63,10 @@ __all__ = [
     "PatientTable",
     "SessionTable",
     "patient_level",
+    "patient_table",
     "reliability_table",
     "session_level",
+    "session_table",
 ]
 
 #: Mean reliability of therapist means below which a warning is issued.
@@ -429,33 +431,52 @@ def patient_level(data: ValidatedData, config: StudyConfig | None = None) -> Pat
         with np.errstate(invalid="ignore", divide="ignore"):
             cols[p] = np.bincount(pc[xm], weights=x[xm], minlength=n) / cnt
         cols[f"{p}_n"] = cnt
+    return patient_table(cols, S.rows_per_patient, data, config)
 
+
+def patient_table(
+    cols: dict[str, np.ndarray], rows_per_patient: np.ndarray, data: ValidatedData, config: StudyConfig
+) -> PatientTable:
+    """The patient-level table from per-patient aggregates (the second half of :func:`patient_level`).
+
+    ``cols`` holds one array per column of :attr:`PatientTable.table` that is a patient
+    aggregate (``therapist``, ``patient`` sorted by id, ``n_outcome``, ``time_baseline``,
+    ``time_final``, ``baseline``, ``final``, ``change``, ``slope``, the covariates at the first
+    assessment, per process ``p`` and ``p_n``); ``rows_per_patient`` counts each patient's
+    rows. Exclusions, caseload means, the within/between components and the reliability are
+    computed here, whichever adapter (numpy or SQL) produced the aggregates.
+    """
+    design = config.design
+    processes, covariates = data.processes, data.covariates
+    patients, therapist_of = np.asarray(cols["patient"], dtype=object), np.asarray(cols["therapist"], dtype=object)
+    n_out = np.asarray(cols["n_outcome"])
+    k = design.process_sessions
     exclusions = list(data.exclusions)
-    keep = np.ones(n, dtype=bool)
+    keep = np.ones(len(patients), dtype=bool)
     few = n_out < 2
     _patient_exclusion(
         exclusions,
         few,
         "fewer than two outcome assessments (no change can be computed)",
-        S.patients,
-        S.rows_per_patient,
+        patients,
+        rows_per_patient,
     )
     keep &= ~few
     window = f" in the first {k} ratings" if k else ""
     for p in processes:
         miss = keep & np.isnan(cols[p])
         _patient_exclusion(
-            exclusions, miss, f"no {data.labels.get(p, p)} rating{window}", S.patients, S.rows_per_patient
+            exclusions, miss, f"no {data.labels.get(p, p)} rating{window}", patients, rows_per_patient
         )
         keep &= ~miss
     for c in covariates:
         miss = keep & np.isnan(cols[c])
         _patient_exclusion(
-            exclusions, miss, f"covariate {data.labels.get(c, c)} missing", S.patients, S.rows_per_patient
+            exclusions, miss, f"covariate {data.labels.get(c, c)} missing", patients, rows_per_patient
         )
         keep &= ~miss
 
-    tcode, therapists = pd.factorize(S.therapist_of[keep], sort=True)
+    tcode, therapists = pd.factorize(therapist_of[keep], sort=True)
     J = len(therapists)
     order = np.lexsort((np.flatnonzero(keep), tcode))  # therapist, then patient id
     tcode = tcode[order]
@@ -483,7 +504,7 @@ def patient_level(data: ValidatedData, config: StudyConfig | None = None) -> Pat
 
     rel, rel_sum, warnings = reliability_table(table, processes, data.labels)
     warnings += _single_patient_warning(n_per, "patient")
-    dropped_t = sorted(set(S.therapist_of) - set(therapists))
+    dropped_t = sorted(set(therapist_of) - set(therapists))
     if dropped_t:
         warnings.append(
             f"{len(dropped_t)} therapist(s) have no analysed patient left and are not in the "
@@ -493,7 +514,7 @@ def patient_level(data: ValidatedData, config: StudyConfig | None = None) -> Pat
     counts = {
         "therapists": J,
         "patients": len(table),
-        "assessments": int(S.rows_per_patient[keep].sum()),
+        "assessments": int(rows_per_patient[keep].sum()),
     }
     return PatientTable(
         table=table,
@@ -528,7 +549,6 @@ def session_level(data: ValidatedData, config: StudyConfig | None = None) -> Ses
     patient-level design only.
     """
     config = config or data.config
-    design = config.design
     processes, covariates = data.processes, data.covariates
     S = _Sessions(data)
     n, pc = S.n, S.pcode
@@ -536,32 +556,71 @@ def session_level(data: ValidatedData, config: StudyConfig | None = None) -> Ses
     y = S.column("outcome")
     occ = np.flatnonzero(~np.isnan(y))
     n_occ = np.bincount(pc[occ], minlength=n)
+    has_next = np.r_[pc[occ][1:] == pc[occ][:-1], False]
+    cur, nxt = occ[has_next], occ[np.flatnonzero(has_next) + 1]
+    pairs: dict[str, np.ndarray] = {
+        "pcode": pc[cur],
+        "row": S.row[cur],
+        "time": S.time[cur],
+        "time_next": S.time[nxt],
+        "outcome": y[cur],
+        "outcome_next": y[nxt],
+    }
+    for p in processes:
+        pairs[p] = S.column(p)[cur]
+    for c in covariates:
+        pairs[c] = S.first_value(c)[pc[cur]]
+    return session_table(pairs, S.patients, S.therapist_of, S.rows_per_patient, n_occ, data, config)
+
+
+def session_table(
+    pairs: dict[str, np.ndarray],
+    patients: np.ndarray,
+    therapist_of: np.ndarray,
+    rows_per_patient: np.ndarray,
+    n_occ: np.ndarray,
+    data: ValidatedData,
+    config: StudyConfig,
+) -> SessionTable:
+    """The lagged table from the pairs of consecutive outcome assessments (second half of
+    :func:`session_level`).
+
+    ``pairs``: per pair, ordered by patient then time: ``pcode`` (index into ``patients``),
+    ``row``, ``time``, ``time_next``, ``outcome``, ``outcome_next``, the process values at t
+    and the patient's covariates (first observed value). ``therapist_of``,
+    ``rows_per_patient`` and ``n_occ`` (outcome assessments) are per patient. Exclusions,
+    the three components and the reliability are computed here, whichever adapter (numpy
+    or SQL) produced the pairs.
+    """
+    design = config.design
+    processes, covariates = data.processes, data.covariates
+    patients = np.asarray(patients, dtype=object)
+    therapist_of = np.asarray(therapist_of, dtype=object)
     exclusions = list(data.exclusions)
     _patient_exclusion(
         exclusions,
         n_occ < 2,
         "fewer than two outcome assessments (no lagged pair)",
-        S.patients,
-        S.rows_per_patient,
+        patients,
+        rows_per_patient,
     )
-    has_next = np.r_[pc[occ][1:] == pc[occ][:-1], False]
-    cur, nxt = occ[has_next], occ[np.flatnonzero(has_next) + 1]
-    keep = np.ones(len(cur), dtype=bool)
-    process_values = {p: S.column(p)[cur] for p in processes}
-    cov_values = {c: S.first_value(c)[pc[cur]] for c in covariates}
+    pc_pair = np.asarray(pairs["pcode"], dtype=np.int64)
+    keep = np.ones(len(pc_pair), dtype=bool)
+    process_values = {p: np.asarray(pairs[p], dtype=float) for p in processes}
+    cov_values = {c: np.asarray(pairs[c], dtype=float) for c in covariates}
 
     def drop_rows(miss: np.ndarray, reason: str, patient_examples: bool = False) -> None:
         nonlocal keep
         miss = keep & miss
         if not miss.any():
             return
-        before = set(pc[cur][keep])
-        after = set(pc[cur][keep & ~miss])
-        touched = pc[cur][miss]
+        before = set(pc_pair[keep])
+        after = set(pc_pair[keep & ~miss])
+        touched = pc_pair[miss]
         examples = (
-            tuple(str(S.patients[i]) for i in np.unique(touched)[:5])
+            tuple(str(patients[i]) for i in np.unique(touched)[:5])
             if patient_examples
-            else tuple(int(r) for r in S.row[cur][miss][:5])
+            else tuple(int(r) for r in np.asarray(pairs["row"])[miss][:5])
         )
         exclusions.append(
             Exclusion(
@@ -581,14 +640,13 @@ def session_level(data: ValidatedData, config: StudyConfig | None = None) -> Ses
         )
     for c in covariates:
         drop_rows(np.isnan(cov_values[c]), f"covariate {data.labels.get(c, c)} missing", True)
-    cur, nxt = cur[keep], nxt[keep]
     process_values = {p: v[keep] for p, v in process_values.items()}
     cov_values = {c: v[keep] for c, v in cov_values.items()}
 
-    row_p = pc[cur]
+    row_p = pc_pair[keep]
     pcode_l, pat_index = pd.factorize(row_p, sort=True)  # analysed patients
     n_pat = len(pat_index)
-    pat_ther = S.therapist_of[np.asarray(pat_index, dtype=int)]
+    pat_ther = therapist_of[np.asarray(pat_index, dtype=int)]
     tcode_p, therapists = pd.factorize(pat_ther, sort=True)
     J = len(therapists)
     tcode_r = tcode_p[pcode_l]
@@ -597,16 +655,16 @@ def session_level(data: ValidatedData, config: StudyConfig | None = None) -> Ses
 
     table = pd.DataFrame(
         {
-            "therapist": S.therapist[cur],
-            "patient": S.patients[row_p],
-            "row": S.row[cur],
-            "time": S.time[cur],
-            "time_next": S.time[nxt],
+            "therapist": therapist_of[row_p],
+            "patient": patients[row_p],
+            "row": np.asarray(pairs["row"])[keep],
+            "time": np.asarray(pairs["time"], dtype=float)[keep],
+            "time_next": np.asarray(pairs["time_next"], dtype=float)[keep],
         }
     )
     table["gap"] = table["time_next"] - table["time"]
-    table["outcome"] = y[cur]
-    table["outcome_next"] = y[nxt]
+    table["outcome"] = np.asarray(pairs["outcome"], dtype=float)[keep]
+    table["outcome_next"] = np.asarray(pairs["outcome_next"], dtype=float)[keep]
     for c in covariates:
         table[c] = cov_values[c]
     n_lags = np.bincount(pcode_l, minlength=n_pat)
@@ -641,7 +699,7 @@ def session_level(data: ValidatedData, config: StudyConfig | None = None) -> Ses
         "therapists": J,
         "patients": n_pat,
         "lagged_rows": len(table),
-        "assessments": int(S.rows_per_patient[np.asarray(pat_index, dtype=int)].sum()),
+        "assessments": int(rows_per_patient[np.asarray(pat_index, dtype=int)].sum()),
     }
     return SessionTable(
         table=table,

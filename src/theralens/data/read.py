@@ -42,7 +42,17 @@ import pandas as pd
 
 from theralens.errors import InputError
 
-__all__ = ["SUPPORTED_EXTENSIONS", "read_table"]
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "TEXT_EXTENSIONS",
+    "check_file",
+    "check_shape",
+    "check_text_head",
+    "parquet_error",
+    "read_table",
+    "sniff_delimiter",
+    "text_table_error",
+]
 
 TEXT_EXTENSIONS = (".csv", ".tsv", ".txt")
 EXCEL_EXTENSIONS = (".xlsx", ".xlsm", ".xls")
@@ -81,25 +91,7 @@ def read_table(path: str | Path, *, sheet: str | int | None = None, what: str = 
     """
     p = Path(path)
     label = _name(what, p)
-    if not p.exists():
-        raise InputError(f"{label} does not exist; check the path and the spelling")
-    if p.is_dir():
-        raise InputError(f"{label} is a folder, not a file; give the path of the data file itself")
-    ext = p.suffix.lower()
-    if ext not in SUPPORTED_EXTENSIONS:
-        raise InputError(
-            f"{label} has an unknown extension {ext or '(none)'!r}; "
-            "save it as .csv, .tsv, .xlsx, .parquet, .sav or .dta"
-        )
-    try:
-        size = p.stat().st_size
-        with p.open("rb") as fh:
-            head = fh.read(8)
-    except OSError as exc:
-        raise InputError(f"{label} cannot be read ({exc.strerror}); check its permissions") from exc
-    if size == 0:
-        raise InputError(f"{label} is empty (0 bytes); export the data again")
-
+    ext, head = check_file(p, what)
     if ext in TEXT_EXTENSIONS:
         df = _read_text(p, label, ext, head)
         fmt, first_row = "text", 2
@@ -113,10 +105,7 @@ def read_table(path: str | Path, *, sheet: str | int | None = None, what: str = 
         df = _read_stat(p, label, ext)
         fmt, first_row = ("spss" if ext != ".dta" else "stata"), 1
 
-    if df.shape[1] == 0:
-        raise InputError(f"{label} has no columns; export the data again with a header row")
-    if len(df) == 0:
-        raise InputError(f"{label} has a header but no data rows; export the data again")
+    check_shape(df.shape[1], len(df), label)
     df.columns = [str(c).strip() for c in df.columns]
     _check_header(df, label)
     df.attrs.setdefault("value_labels", {})
@@ -125,6 +114,77 @@ def read_table(path: str | Path, *, sheet: str | int | None = None, what: str = 
     df.attrs.setdefault("notes", [])
     df.attrs.update(source=str(p), format=fmt, first_data_row=first_row)
     return df
+
+
+def check_file(p: Path, what: str = "sessions") -> tuple[str, bytes]:
+    """(lower-case extension, first 8 bytes) of a data file that exists, is a file with a
+    supported extension, can be opened and is not empty; else InputError naming it."""
+    label = _name(what, p)
+    if not p.exists():
+        raise InputError(f"{label} does not exist; check the path and the spelling")
+    if p.is_dir():
+        raise InputError(f"{label} is a folder, not a file; give the path of the data file itself")
+    ext = p.suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise InputError(
+            f"{label} has an unknown extension {ext or '(none)'!r}; "
+            "save it as .csv, .tsv, .xlsx, .parquet, .sav or .dta"
+        )
+    try:
+        size = p.stat().st_size
+        with p.open("rb") as fh:
+            head = fh.read(65536)
+    except OSError as exc:
+        raise InputError(f"{label} cannot be read ({exc.strerror}); check its permissions") from exc
+    if size == 0:
+        raise InputError(f"{label} is empty (0 bytes); export the data again")
+    return ext, head
+
+
+def check_shape(n_columns: int, n_rows: int, label: str) -> None:
+    """A table has columns and data rows."""
+    if n_columns == 0:
+        raise InputError(f"{label} has no columns; export the data again with a header row")
+    if n_rows == 0:
+        raise InputError(f"{label} has a header but no data rows; export the data again")
+
+
+def check_text_head(head: bytes, label: str) -> None:
+    """The start of a text table is text (not another format, not binary data)."""
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            raise InputError(f"{label} is not a text table: it looks like {kind}")
+    if b"\x00" in head[:65536]:
+        raise InputError(
+            f"{label} is not a text table (it contains binary data); export it again as CSV (comma-separated values)"
+        )
+
+
+def text_table_error(p: Path, label: str, sep: str) -> InputError | None:
+    """The parse error of a text table as :func:`read_table` words it (found by reading the file
+    in chunks, so no table is held), or None when pandas reads it without error."""
+    try:
+        for _ in pd.read_csv(p, sep=sep, skipinitialspace=True, skip_blank_lines=False, chunksize=200_000,
+                             encoding_errors="replace"):
+            pass
+    except pd.errors.EmptyDataError:
+        return InputError(f"{label} holds no table; export the data again")
+    except (pd.errors.ParserError, csv.Error) as exc:
+        return _parse_error(exc, label, sep)
+    return None
+
+
+def _parse_error(exc: Exception, label: str, sep: str) -> InputError:
+    msg = str(exc).replace("Error tokenizing data. C error: ", "").rstrip(".\n")
+    return InputError(
+        f"{label} cannot be read as a table ({msg}); check that every line has the same "
+        f"number of {_sep_name(sep)}-separated fields"
+    )
+
+
+def parquet_error(label: str, exc: Exception) -> InputError:
+    """A damaged Parquet file, as :func:`read_table` words it."""
+    return InputError(f"{label} is not a readable Parquet file ({type(exc).__name__}); export it again")
 
 
 def _check_header(df: pd.DataFrame, label: str) -> None:
@@ -145,7 +205,8 @@ def _decode(raw: bytes, label: str) -> tuple[str, str]:
     return raw.decode("latin-1"), "latin-1"
 
 
-def _sniff_delimiter(text: str, ext: str) -> str:
+def sniff_delimiter(text: str, ext: str) -> str:
+    """The delimiter of a text table: tab for .tsv, else the commonest of , ; tab | in the first line."""
     if ext == ".tsv":
         return "\t"
     first = next((line for line in text.splitlines() if line.strip()), "")
@@ -155,28 +216,18 @@ def _sniff_delimiter(text: str, ext: str) -> str:
 
 
 def _read_text(p: Path, label: str, ext: str, head: bytes) -> pd.DataFrame:
-    for magic, kind in _MAGIC.items():
-        if head.startswith(magic):
-            raise InputError(f"{label} is not a text table: it looks like {kind}")
+    check_text_head(head, label)
     raw = p.read_bytes()
-    if b"\x00" in raw[:65536]:
-        raise InputError(
-            f"{label} is not a text table (it contains binary data); export it again as CSV (comma-separated values)"
-        )
     text, encoding = _decode(raw, label)
     if not text.strip():
         raise InputError(f"{label} holds only blank lines; export the data again")
-    sep = _sniff_delimiter(text, ext)
+    sep = sniff_delimiter(text, ext)
     try:
         df = pd.read_csv(io.StringIO(text), sep=sep, skipinitialspace=True, skip_blank_lines=False)
     except pd.errors.EmptyDataError as exc:
         raise InputError(f"{label} holds no table; export the data again") from exc
     except (pd.errors.ParserError, csv.Error) as exc:
-        msg = str(exc).replace("Error tokenizing data. C error: ", "").rstrip(".\n")
-        raise InputError(
-            f"{label} cannot be read as a table ({msg}); check that every line has the same "
-            f"number of {_sep_name(sep)}-separated fields"
-        ) from exc
+        raise _parse_error(exc, label, sep) from exc
     df = df.loc[:, [not (str(c).startswith("Unnamed:") and df[c].isna().all()) for c in df.columns]]
     df = _drop_trailing_blank(df)
     if encoding != "utf-8-sig":
@@ -192,7 +243,7 @@ def _read_parquet(p: Path, label: str) -> pd.DataFrame:
     try:
         return pd.read_parquet(p, engine="pyarrow")
     except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise InputError(f"{label} is not a readable Parquet file ({type(exc).__name__}); export it again") from exc
+        raise parquet_error(label, exc) from exc
 
 
 def _read_excel(p: Path, label: str, ext: str, sheet: str | int | None, what: str) -> pd.DataFrame:
