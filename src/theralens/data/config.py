@@ -22,6 +22,7 @@ is a valid configuration for data laid out like the demo data::
     change = "residualized"          # or "slope", "post_minus_pre" (patient level only)
     process_sessions = 0             # 0: mean over all ratings; k: over the first k ratings
     caseload_weighting = "patient"   # therapist means over patients, or "session"
+    decomposition = "manifest"       # or "latent" (latent caseload means, multilevel SEM), "both"
 
     [report]
     min_caseload = 5                 # below this, a profile says it is too uncertain
@@ -60,6 +61,7 @@ __all__ = [
 LEVELS = ("patient", "session")
 CHANGE_METHODS = ("residualized", "slope", "post_minus_pre")
 WEIGHTINGS = ("patient", "session")
+DECOMPOSITIONS = ("manifest", "latent", "both")
 DIRECTIONS = ("worse", "better")
 
 
@@ -101,13 +103,17 @@ class DesignConfig:
     ``level``: ``"patient"`` (published design) or ``"session"`` (lagged);
     ``change``: ``"residualized"``, ``"slope"`` or ``"post_minus_pre"``;
     ``process_sessions``: 0 = process score is the mean of all ratings, k = of the first k;
-    ``caseload_weighting``: ``"patient"`` (each patient weighs once) or ``"session"``.
+    ``caseload_weighting``: ``"patient"`` (each patient weighs once) or ``"session"``;
+    ``decomposition``: ``"manifest"`` (observed caseload means, as lmerTest), ``"latent"``
+    (latent caseload means: the multilevel SEM of Coyne et al. 2022; theralens.latent) or
+    ``"both"`` (every between-type effect under both, side by side).
     """
 
     level: str = "patient"
     change: str = "residualized"
     process_sessions: int = 0
     caseload_weighting: str = "patient"
+    decomposition: str = "manifest"
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("design", "level"): LEVELS,
     ("design", "change"): CHANGE_METHODS,
     ("design", "caseload_weighting"): WEIGHTINGS,
+    ("design", "decomposition"): DECOMPOSITIONS,
 }
 
 _LIST_KEYS = {

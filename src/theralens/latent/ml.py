@@ -296,7 +296,8 @@ class LatentCriterion:
         R2y = R2[:, :, self.iy] - R2[:, :, self.iA] @ p["gamma"]  # J x D
         R2phi = R2y[:, None, :] - np.einsum("jdp,jkp->jkd", R2[:, :, self.ix], b)  # J x K x D
         phi0 = (np.einsum("jkp,jp->jk", b, o) - (W @ p["g02"])[:, None] - np.sum(c * po, axis=1)[:, None])
-        R2phi_y = R2phi[:, :, self.iy] - R2phi[:, :, self.iA] @ p["gamma"] - np.einsum("jkp,jkp->jk", R2phi[:, :, self.ix], b)
+        R2phi_y = (R2phi[:, :, self.iy] - R2phi[:, :, self.iA] @ p["gamma"]
+                   - np.einsum("jkp,jkp->jk", R2phi[:, :, self.ix], b))
         St = R1phi + n[:, None] * phi0
         Stt = R2phi_y + 2.0 * phi0 * R1phi + n[:, None] * phi0**2
         Std = R2phi[:, :, self.ix] + phi0[:, :, None] * self.Rx1[:, None, :] - St[:, :, None] * o[:, None, :]
@@ -330,33 +331,38 @@ class LatentCriterion:
         ll_j = logsumexp(integrand, axis=1)
         ll = float(ll_j.sum())
         pi = np.exp(integrand - ll_j[:, None])
-        C = Ainv[:, None] - (kap[:, None, None, None] / den[:, :, None, None]) * Aa[:, :, :, None] * Aa[:, :, None, :]
-        extras = {"pi": pi, "ll_j": ll_j, "b": b, "m": m, "C": C}
+        extras = {"pi": pi, "ll_j": ll_j, "b": b, "m": m, "Aa": Aa, "den": den, "Ainv": Ainv, "kap": kap}
         if not grad:
             return ll, None, extras
 
-        CMM = C + m[:, :, :, None] * m[:, :, None, :]
+        # Posterior of zeta at each node: mean m, covariance C = Ainv - kap Aa Aa' / den, so that
+        # C a = Aa / den and a'C a = aAa / den (Sherman-Morrison); no J x K x q x q array is formed.
         am = np.sum(a * m, axis=2)
         E1 = (T1 - n[:, None] * am) / sig2
-        aCa = np.einsum("jkp,jkpq,jkq->jk", a, CMM, a)
-        Ee2 = T2 - 2.0 * am * T1 + n[:, None] * aCa
+        Ee2 = T2 - 2.0 * am * T1 + n[:, None] * (aAa / den + am**2)
         g: dict[str, np.ndarray] = {}
         g["log_sigma"] = float(np.sum(pi * (-n[:, None] + Ee2 / sig2)))
-        Bm = m[:, :, :P] @ LT.T  # J x K x P
-        BCB = np.einsum("pa,jkab,qb->jkpq", LT, CMM[:, :, :P, :P], LT)
-        Eff = (Sdd[:, None] - Sd[:, None, :, None] * Bm[:, :, None, :] - Bm[:, :, :, None] * Sd[:, None, None, :]
-               + n[:, None, None, None] * BCB)
-        Eff_tot = np.einsum("jk,jkpq->pq", pi, Eff)
+        # sum_k pi (C + m m') over the mu block, per therapist
+        wAa = pi * kap[:, None] / den
+        Cbar = Ainv[:, :P, :P] - np.einsum("jk,jkp,jkq->jpq", wAa, Aa[:, :, :P], Aa[:, :, :P])
+        CMMbar = Cbar + np.einsum("jk,jkp,jkq->jpq", pi, m[:, :, :P], m[:, :, :P])
+        LCM = np.einsum("j,jpq->pq", n, CMMbar)
+        mbar = np.einsum("jk,jkp->jp", pi, m[:, :, :P])
+        Bmbar = mbar @ LT.T
+        SdB = Sd.T @ Bmbar
+        Eff_tot = Sdd.sum(axis=0) - SdB - SdB.T + LT @ LCM @ LT.T
         GS = -0.5 * (n.sum() * Sinv - Sinv @ Eff_tot @ Sinv)
         g["LS"] = np.tril(2.0 * GS @ LS)
         TA = (R2phi[:, :, self.iA] + phi0[:, :, None] * self.RA1[:, None, :]) - s[:, :, None] * self.RA1[:, None, :]
         g["gamma"] = np.einsum("jk,jka->a", pi, TA - am[:, :, None] * self.RA1[:, None, :]) / sig2
         piE1 = pi * E1
         g["g02"] = np.einsum("jk,jm->m", piE1, W)
+        Bm = m[:, :, :P] @ LT.T  # J x K x P
         g_o = h * E1[:, :, None] + (Sd[:, None, :] - n[:, None, None] * Bm) @ Sinv.T
         g["kappa"] = np.einsum("jk,jkp->p", pi, g_o - c[:, None, :] * E1[:, :, None])
         g["Pi"] = np.einsum("jk,jkp,jm->pm", pi, g_o, W)
-        g_a = (T1[:, :, None] * m - n[:, None, None] * np.einsum("jkpq,jkq->jkp", CMM, a)) / sig2
+        CMMa = Aa / den[:, :, None] + m * am[:, :, None]
+        g_a = (T1[:, :, None] * m - n[:, None, None] * CMMa) / sig2
         g_h = g_a[:, :, :P] @ LT.T
         g_c = g_h + E1[:, :, None] * po[:, None, :]
         g["b_between"] = np.einsum("jk,jkp->p", pi, g_c)
@@ -371,9 +377,7 @@ class LatentCriterion:
         gLG[P, P] = float(np.sum(pi * g_a[:, :, P]))
         g["LG"] = gLG
         gLT = np.einsum("jk,jkp,jkq->pq", pi, h, g_a[:, :, :P])
-        SdM = np.einsum("jk,jp,jkq->pq", pi, Sd, m[:, :, :P])
-        LCM = np.einsum("jk,j,jkqr->qr", pi, n, CMM[:, :, :P, :P])
-        gLT += Sinv @ (SdM - LT @ LCM)
+        gLT += Sinv @ (Sd.T @ mbar - LT @ LCM)
         g["LT"] = np.tril(gLT)
         return ll, lay.pack_grad(g), extras
 
@@ -393,7 +397,10 @@ class LatentFit:
     (T, S, G, sigma^2 and the slope SDs), ``therapists`` (each therapist's latent caseload mean
     and slope: posterior mean and SD), ``reliability`` (lambda_j of the latent means at the
     estimates), ``nodes`` (quadrature points per slope dimension), ``converged``, ``messages``,
-    ``rounds``, ``evaluations``, ``seconds``.
+    ``rounds``, ``evaluations``, ``seconds``, ``quadrature_change`` (how much the log-likelihood
+    moves with 4 more quadrature points per slope), ``gradient_max`` (at the end), ``slices``
+    (where each block of ``theta`` lives: gamma, g02, kappa, Pi, b_between, G03, g10, G11, LT,
+    LS, LG, log_sigma).
     """
 
     stats: LatentStats
@@ -412,6 +419,9 @@ class LatentFit:
     rounds: int = 0
     evaluations: int = 0
     seconds: float = 0.0
+    quadrature_change: float = 0.0
+    gradient_max: float = float("nan")
+    slices: dict[str, slice] = field(default_factory=dict)
 
     @property
     def slope_sd(self) -> np.ndarray:
@@ -482,7 +492,8 @@ def fit_latent(
     *,
     random_slopes: bool = True,
     nodes: int | None = None,
-    tol: float = 1e-7,
+    tol: float = 1e-8,
+    quadrature_tol: float = 1e-6,
     max_rounds: int = 12,
     start: np.ndarray | None = None,
 ) -> LatentFit:
@@ -490,7 +501,10 @@ def fit_latent(
 
     ``random_slopes``: therapist random slopes u1j (False: a random-intercept model, whose
     likelihood is exact without quadrature). ``nodes``: Gauss-Hermite points per slope
-    dimension (default 9 for one process, 7 for two, 5 for three, 3 beyond).
+    dimension to start with (default 11 for one process, 9 for two, 5 for three, 3 beyond);
+    after the fit the log-likelihood is re-evaluated with 4 more points per dimension and,
+    while it moves by more than ``quadrature_tol``, the fit is repeated with them, so the
+    reported criterion is stable to ``quadrature_tol`` (``LatentFit.quadrature_change``).
     """
     t0 = time.perf_counter()
     P, J = st.P, st.J
@@ -499,63 +513,65 @@ def fit_latent(
     crit = LatentCriterion(st, random_slopes)
     lay = crit.layout
     theta = _start(st, random_slopes, lay) if start is None else np.asarray(start, dtype=float).copy()
-    if random_slopes:
-        Q = nodes or {1: 9, 2: 7, 3: 5}.get(P, 3)
-        grid, weights = _gh_grid(P, Q)
-        mean = np.zeros((J, P))
-        chol = np.broadcast_to(np.eye(P), (J, P, P)).copy()
-    else:
-        Q = 1
-        grid, weights = np.zeros((1, P)), np.ones(1)
-        mean = np.zeros((J, P))
-        chol = np.broadcast_to(np.eye(P), (J, P, P)).copy()
-    nd = _adapt(mean, chol, grid, weights)
-    evals = 0
     messages: list[str] = []
-    last = -np.inf
-    converged = False
-    rounds = 0
+    evals = 0
+    rounds_total = 0
 
-    def fun(th: np.ndarray) -> tuple[float, np.ndarray]:
-        nonlocal evals
-        evals += 1
-        with np.errstate(all="ignore"):
-            ll, g, _ = crit.evaluate(th, nd)
-        if not np.isfinite(ll):
-            return 1e300, np.zeros_like(th)
-        return -ll, -g
+    def optimise(theta: np.ndarray, Q: int, mean: np.ndarray, chol: np.ndarray
+                 ) -> tuple[np.ndarray, float, _Nodes, bool, np.ndarray, np.ndarray]:
+        nonlocal evals, rounds_total
+        grid, weights = _gh_grid(P, Q) if random_slopes else (np.zeros((1, P)), np.ones(1))
+        nd = _adapt(mean, chol, grid, weights)
 
-    for rounds in range(1, max_rounds + 1):  # noqa: B007
-        if random_slopes:
-            # re-centre the nodes on each therapist's posterior of xi (two passes per round)
-            for _ in range(2):
-                _, _, ex = crit.evaluate(theta, nd, grad=False)
-                pi = ex["pi"]
-                mean = np.einsum("jk,jkp->jp", pi, nd.xi)
-                dev = nd.xi - mean[:, None, :]
-                cov = np.einsum("jk,jkp,jkq->jpq", pi, dev, dev) + 1e-10 * np.eye(P)[None]
-                chol = np.linalg.cholesky(cov)
+        def fun(th: np.ndarray) -> tuple[float, np.ndarray]:
+            nonlocal evals
+            evals += 1
+            with np.errstate(all="ignore"):
+                ll, g, _ = crit.evaluate(th, nd)
+            if not np.isfinite(ll):
+                return 1e300, np.zeros_like(th)
+            return -ll, -g
+
+        last, ok = -np.inf, False
+        for _ in range(max_rounds):
+            rounds_total += 1
+            if random_slopes:
+                mean, chol = _recentre(crit, theta, nd, grid, weights)
                 nd = _adapt(mean, chol, grid, weights)
-        res = optimize.minimize(fun, theta, jac=True, method="BFGS",
-                                options={"gtol": 1e-7, "maxiter": 2000})
-        theta = res.x
-        ll = -float(res.fun)
-        if not random_slopes:
-            converged = bool(res.success or np.max(np.abs(res.jac)) < 1e-4)
-            if not converged:
-                messages.append(f"optimizer: {res.message}")
+            res = optimize.minimize(fun, theta, jac=True, method="BFGS", options={"gtol": 1e-6, "maxiter": 3000})
+            theta = res.x
+            ll = -float(res.fun)
+            ok = bool(res.success or np.max(np.abs(res.jac)) < 1e-3)
+            if not random_slopes or abs(ll - last) < tol * max(1.0, abs(ll)):
+                break
             last = ll
-            break
-        if abs(ll - last) < tol * max(1.0, abs(ll)):
-            converged = bool(res.success or np.max(np.abs(res.jac)) < 1e-4)
-            if not converged:
-                messages.append(f"optimizer: {res.message}")
-            last = ll
-            break
-        last = ll
-    else:
-        messages.append(f"the adaptive quadrature did not settle in {max_rounds} rounds")
+        else:
+            messages.append(f"the adaptive quadrature did not settle in {max_rounds} rounds")
+        if not ok:
+            messages.append(f"optimizer: {res.message}")
+        return theta, ll, nd, ok, mean, chol
 
+    mean = np.zeros((J, P))
+    chol = np.broadcast_to(np.eye(P), (J, P, P)).copy()
+    if random_slopes:
+        Q = nodes or {1: 11, 2: 9, 3: 5}.get(P, 3)
+        max_q = Q + 12
+    else:
+        Q = max_q = 1
+    theta, ll, nd, converged, mean, chol = optimise(theta, Q, mean, chol)
+    change = 0.0
+    while random_slopes:
+        grid, weights = _gh_grid(P, Q + 4)
+        coarse = _adapt(mean, chol, grid, weights)
+        finer = _adapt(*_recentre(crit, theta, coarse, grid, weights), grid, weights)
+        change = abs(crit.evaluate(theta, finer, grad=False)[0] - ll)
+        if change <= quadrature_tol or max_q < Q + 4:
+            if change > quadrature_tol:
+                messages.append(f"the log-likelihood still moves by {change:.2g} with {Q + 4} quadrature points "
+                                "per slope; estimates are approximate at that level")
+            break
+        Q += 4
+        theta, ll, nd, converged, mean, chol = optimise(theta, Q, mean, chol)
     ll, g, ex = crit.evaluate(theta, nd)
     H = _hessian(lambda th: crit.evaluate(th, nd)[1], theta)
     info = -0.5 * (H + H.T)
@@ -567,9 +583,26 @@ def fit_latent(
         vcov = np.linalg.pinv(info)
         messages.append("the observed information is singular (a variance at its boundary): standard errors "
                         "of the parameters next to it are unreliable")
-    fit = _assemble(st, crit, theta, ll, vcov, ex, Q, random_slopes, converged, messages, rounds, evals,
+    fit = _assemble(st, crit, theta, ll, vcov, ex, Q, random_slopes, converged, messages, rounds_total, evals,
                     time.perf_counter() - t0)
+    fit.quadrature_change = float(change)
+    fit.gradient_max = float(np.max(np.abs(g)))
     return fit
+
+
+def _recentre(crit: LatentCriterion, theta: np.ndarray, nd: _Nodes, grid: np.ndarray, weights: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Each therapist's posterior mean and Cholesky factor of the standardised slopes (adaptive
+    quadrature: the nodes go where the integrand is), iterated twice."""
+    P = crit.st.P
+    for _ in range(2):
+        pi = crit.evaluate(theta, nd, grad=False)[2]["pi"]
+        mean = np.einsum("jk,jkp->jp", pi, nd.xi)
+        dev = nd.xi - mean[:, None, :]
+        cov = np.einsum("jk,jkp,jkq->jpq", pi, dev, dev) + 1e-10 * np.eye(P)[None]
+        chol = np.linalg.cholesky(cov)
+        nd = _adapt(mean, chol, grid, weights)
+    return mean, chol
 
 
 def _hessian(grad, theta: np.ndarray) -> np.ndarray:
@@ -647,12 +680,15 @@ def _assemble(st: LatentStats, crit: LatentCriterion, theta: np.ndarray, ll: flo
     vrows.append({"component": "residual_sd", "process": "", "estimate": math.sqrt(float(params["sigma2"]))})
     variances = pd.DataFrame(vrows)
     # each therapist: latent caseload mean and within slope (posterior moments over nodes and zeta)
-    pi, b, m, C = ex["pi"], ex["b"], ex["m"], ex["C"]
+    pi, b, m = ex["pi"], ex["b"], ex["m"]
+    Aa, den, Ainv, kap = ex["Aa"], ex["den"], ex["Ainv"], ex["kap"]
+    Cmu = Ainv[:, None, :P, :P] - (kap[:, None, None, None] / den[:, :, None, None]) * (
+        Aa[:, :, :P, None] * Aa[:, :, None, :P])
     slope_mean = np.einsum("jk,jkp->jp", pi, b)
     slope_var = np.einsum("jk,jkp->jp", pi, b**2) - slope_mean**2
     mu_nodes = m[:, :, :P] @ LT.T
     mu_mean = np.einsum("jk,jkp->jp", pi, mu_nodes)
-    mu_var = np.einsum("jk,jkp->jp", pi, mu_nodes**2 + np.einsum("pa,jkab,pb->jkp", LT, C[:, :, :P, :P], LT)) \
+    mu_var = np.einsum("jk,jkp->jp", pi, mu_nodes**2 + np.einsum("pa,jkab,pb->jkp", LT, Cmu, LT)) \
         - mu_mean**2
     avg = p["g10"][None, :] + st.W @ p["G11"].T
     trows = []
@@ -667,4 +703,5 @@ def _assemble(st: LatentStats, crit: LatentCriterion, theta: np.ndarray, ll: flo
     therapists = pd.DataFrame(trows)
     return LatentFit(stats=st, theta=theta, loglik=ll, vcov=vcov, params=params, effects=effects,
                      moderators=moderators, variances=variances, therapists=therapists, nodes=Q, slopes=slopes,
-                     converged=converged, messages=messages, rounds=rounds, evaluations=evals, seconds=seconds)
+                     converged=converged, messages=messages, rounds=rounds, evaluations=evals, seconds=seconds,
+                     slices=dict(lay.slices))

@@ -83,6 +83,7 @@ therapist's realised effects (u0j, u1j and total within slope b1j per process).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,10 +96,12 @@ from theralens.errors import InputError, closest
 
 __all__ = [
     "PRESETS",
+    "LatentSimulation",
     "SimulatedStudy",
     "SimulationParameters",
     "list_presets",
     "simulate",
+    "simulate_latent",
 ]
 
 PROCESSES = ("alliance", "expectancy")
@@ -662,3 +665,112 @@ def _session_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age):
         "n_analysed_patients": int(analysed.sum()),
     }
     return Y, extra, slopes
+
+
+@dataclass
+class LatentSimulation:
+    """A study simulated from the latent decomposition (:func:`simulate_latent`).
+
+    Fields: ``sessions`` (long table: therapist, patient, session, outcome, one column per
+    process), ``therapists`` (therapist and the moderator ``skill``), ``truth`` (``effects``:
+    process -> {within_therapist, between_therapist, contextual}; ``moderators``: process ->
+    {within_slope (g11), between_association (g03)}; ``slope_sd``, ``icc``, ``reliability``
+    lambda = n rho / (1 + (n - 1) rho), and ``manifest_expected``: the large-sample values of
+    the manifest estimates, lambda b_between + (1 - lambda) g10 and lambda g03 + (1 - lambda)
+    g11, Luedtke et al. 2008), ``seed``.
+    """
+
+    sessions: pd.DataFrame
+    therapists: pd.DataFrame
+    truth: dict[str, Any]
+    seed: int | None
+
+    def config(self, moderators: bool = True) -> StudyConfig:
+        """A :class:`StudyConfig` for these data (patient design, both decompositions)."""
+        procs = tuple(self.truth["processes"])
+        return StudyConfig(
+            columns=ColumnsConfig(process=procs),
+            therapist_moderators=ModeratorsConfig(columns=("skill",) if moderators else ()),
+            design=DesignConfig(level="patient", decomposition="both"),
+        )
+
+
+def simulate_latent(
+    therapists: int = 150,
+    patients_per_therapist: int = 5,
+    *,
+    icc: float = 0.2,
+    processes: int = 1,
+    within: float = 0.3,
+    between: float = 0.6,
+    slope_sd: float = 0.15,
+    moderator_within: float = 0.1,
+    moderator_between: float = 0.2,
+    moderator_main: float = 0.1,
+    intercept_sd: float = 0.3,
+    residual_sd: float = 0.7,
+    baseline_effect: float = 0.5,
+    sessions: int = 4,
+    seed: int | None = None,
+) -> LatentSimulation:
+    """Simulate the latent model of models.md ("Latent decomposition") with exact truth.
+
+    Patient scores x_ij = 4 + mu_j + w_ij (per process, independent processes), mu_j ~ N(0,
+    icc), w_ij ~ N(0, 1 - icc); moderator W_j ~ N(0, 1) ("skill"); outcome at the final session
+
+        y_ij = 1 + baseline_effect * y0_ij + moderator_main * W_j + u0j + e_ij
+               + sum_p [ (between + moderator_between W_j) mu_jp + b_jp w_ijp ],
+        b_jp = within + moderator_within W_j + u1jp,   u1jp ~ N(0, slope_sd^2)
+
+    with baseline y0 ~ N(0, 1) at the first session. The process is rated at every one of the
+    ``sessions`` sessions, with session noise that averages exactly to x_ij, so the patient
+    score the analysis computes is x_ij itself.
+    """
+    if not 0.0 < icc < 1.0:
+        raise InputError(f"icc must be between 0 and 1; got {icc}")
+    if therapists < 3 or patients_per_therapist < 2 or sessions < 2:
+        raise InputError("simulate_latent needs at least 3 therapists, 2 patients each and 2 sessions")
+    rng = np.random.default_rng(seed)
+    J, n, P, S = therapists, patients_per_therapist, processes, sessions
+    names = ["alliance", "expectancy"][:P] if P <= 2 else [f"process{k + 1}" for k in range(P)]
+    W = rng.normal(0.0, 1.0, J)
+    mu = rng.normal(0.0, math.sqrt(icc), (J, P))
+    u0 = rng.normal(0.0, intercept_sd, J)
+    u1 = rng.normal(0.0, slope_sd, (J, P))
+    tj = np.repeat(np.arange(J), n)
+    N = J * n
+    w = rng.normal(0.0, math.sqrt(1.0 - icc), (N, P))
+    x = 4.0 + mu[tj] + w
+    y0 = rng.normal(0.0, 1.0, N)
+    b = within + moderator_within * W[:, None] + u1
+    c = between + moderator_between * W[:, None]
+    y = (1.0 + baseline_effect * y0 + moderator_main * W[tj] + u0[tj] + rng.normal(0.0, residual_sd, N)
+         + np.sum(c[tj] * mu[tj] + b[tj] * w, axis=1))
+    noise = rng.normal(0.0, 0.5, (N, P, S))
+    noise -= noise.mean(axis=2, keepdims=True)
+    t_ids = np.array([f"T{j + 1:04d}" for j in range(J)])
+    p_ids = np.array([f"P{i + 1:06d}" for i in range(N)])
+    sess = np.tile(np.arange(1, S + 1), N)
+    ii = np.repeat(np.arange(N), S)
+    outcome = np.full(N * S, np.nan)
+    outcome[sess == 1] = y0
+    outcome[sess == S] = y
+    table = pd.DataFrame({"therapist": t_ids[tj[ii]], "patient": p_ids[ii], "session": sess, "outcome": outcome})
+    for k, name in enumerate(names):
+        table[name] = x[ii, k] + noise[:, k, :].reshape(-1)
+    lam = n * icc / (1.0 + (n - 1) * icc)
+    truth = {
+        "processes": names,
+        "effects": {q: {"within_therapist": within, "between_therapist": between, "contextual": between - within}
+                    for q in names},
+        "moderators": {q: {"within_slope": moderator_within, "between_association": moderator_between}
+                       for q in names},
+        "slope_sd": {q: slope_sd for q in names},
+        "icc": icc,
+        "reliability": lam,
+        "manifest_expected": {
+            "between_therapist": lam * between + (1 - lam) * within,
+            "between_association": lam * moderator_between + (1 - lam) * moderator_within,
+        },
+    }
+    return LatentSimulation(table, pd.DataFrame({"therapist": t_ids, "skill": np.round(W, 6)}), truth, seed)
