@@ -74,7 +74,7 @@ def one_replicate(design: str, seed: int, preset: str = "large") -> list[dict]:
         name = coef_name(main, col)
         rows.append({"design": design, "seed": seed, "quantity": f"{eff['process']} {eff['component']}",
                      "truth": eff["estimate"], "estimate": float(main.fixed_effects[name]),
-                     "covered": bool(ci.loc[name, "low"] <= eff["estimate"] <= ci.loc[name, "high"]),
+                     "covered": bool(ci.loc[name, "2.5 %"] <= eff["estimate"] <= ci.loc[name, "97.5 %"]),
                      "converged": main.converged})
     vc = main.varcorr
     for p, sd in sim.truth["slope_sd_marginal"].items():
@@ -98,7 +98,7 @@ def one_replicate(design: str, seed: int, preset: str = "large") -> list[dict]:
         name = coef_name(mfit, comp, f"{MODERATOR}_c")
         rows.append({"design": design, "seed": seed, "quantity": f"{MODERATOR} x alliance {m['target']}",
                      "truth": m["estimate"], "estimate": float(mfit.fixed_effects[name]),
-                     "covered": bool(mci.loc[name, "low"] <= m["estimate"] <= mci.loc[name, "high"]),
+                     "covered": bool(mci.loc[name, "2.5 %"] <= m["estimate"] <= mci.loc[name, "97.5 %"]),
                      "converged": mfit.converged})
     return rows
 

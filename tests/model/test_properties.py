@@ -78,8 +78,8 @@ def test_recovers_known_truth() -> None:
     m = tl.fit_mixed("y ~ x + (1 + x | therapist) + (1 | patient)", df)
     fe = m.fixed_effects
     ci = m.conf_int(0.999)
-    assert ci.loc["(Intercept)", "low"] < 1.0 < ci.loc["(Intercept)", "high"]
-    assert ci.loc["x", "low"] < 0.5 < ci.loc["x", "high"]
+    assert ci.loc["(Intercept)", "0.05 %"] < 1.0 < ci.loc["(Intercept)", "99.95 %"]
+    assert ci.loc["x", "0.05 %"] < 0.5 < ci.loc["x", "99.95 %"]
     vc = m.varcorr.set_index(["grp", "var1"])
     assert np.sqrt(vc.loc[("therapist", "x"), "vcov"]) == pytest.approx(0.4, rel=0.2)
     assert np.sqrt(vc.loc[("patient", "(Intercept)"), "vcov"]) == pytest.approx(0.6, rel=0.2)

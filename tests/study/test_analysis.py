@@ -63,7 +63,8 @@ def test_aim1_reproducible_with_fit_mixed(demo, doc: dict) -> None:
         assert fit.df[col] == pytest.approx(row["df"], rel=1e-8)
         assert fit.p_values[col] == pytest.approx(row["p"], rel=1e-6)
         ci = fit.conf_int(0.95).loc[col]
-        assert ci["low"] == pytest.approx(row["ci_low"], rel=1e-8)
+        assert ci["2.5 %"] == pytest.approx(row["ci_low"], rel=1e-8)
+        assert ci["97.5 %"] == pytest.approx(row["ci_high"], rel=1e-8)
 
 
 def test_aim2_reproducible(demo, doc: dict) -> None:
@@ -167,7 +168,8 @@ def test_therapist_table_without_configured_moderators_uses_every_column() -> No
     auto = analyze(s, t)
     columns = [c for c in t.columns if c != "therapist"]
     listed = analyze(s, t, config_from_dict({"therapist_moderators": {"columns": columns}}))
-    assert set(auto.aim3.table["moderator_label"].str.split(" = ").str[0]) == set(columns)
+    assert list(auto.moderators.attrs["moderators"]) == columns
+    assert len(auto.aim3.table) == len(listed.aim3.table) > 0
     pd.testing.assert_frame_equal(auto.aim3.table, listed.aim3.table)
     said = [w for w in auto.warnings if "No moderators are configured" in w]
     assert len(said) == 1 and all(repr(c) in said[0] for c in columns) and "one at a time" in said[0]

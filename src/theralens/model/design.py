@@ -405,3 +405,33 @@ def _check_nesting(levels: list[Level], frame: pd.DataFrame) -> list[np.ndarray]
             f"{coarse.group} and use (1 | {coarse.group}:{fine.group})"
         )
     return parents
+
+
+def model_matrix_like(rhs: str, data: pd.DataFrame, reference: pd.DataFrame,
+                      parsed: ParsedFormula) -> tuple[np.ndarray, list[str]]:
+    """The model matrix of ``rhs`` for new rows ``data``, coded as on ``reference`` (the rows a
+    model was fitted to: the same factor levels, reference categories and transforms), and its
+    lme4 column names; rows with a missing value give NaN rows (R's ``na.pass``)."""
+    order = {v: i for i, v in enumerate(parsed.variables())}
+    try:
+        spec = model_matrix(rhs, reference, na_action="ignore").model_spec
+        mm = spec.get_model_matrix(data, na_action="ignore", output="numpy")
+    except Exception as exc:  # formulaic raises many types (e.g. a level the fit never saw)
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelSpecError(f"cannot build '{rhs}' for the new data: {msg}") from None
+    X = np.asarray(mm, dtype=float)
+    names = [_lme4_name(c, order) for c in spec.column_names]
+    del mm, spec
+    gc.collect(1)  # formulaic's reference cycles (see _model_matrix)
+    return X, names
+
+
+def group_labels(data: pd.DataFrame, factors: tuple[str, ...]) -> np.ndarray:
+    """Each row's group label for the grouping factor made of ``factors``, as :class:`Level`
+    labels its groups (an id that is missing gives None)."""
+    complete = data[list(factors)].notna().all(axis=1).to_numpy()
+    out = np.full(len(data), None, dtype=object)
+    if complete.any():
+        codes, labels = _group_codes(data.loc[complete], factors)
+        out[complete] = labels[codes]
+    return out

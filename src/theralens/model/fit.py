@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from theralens.display import Summary
+from theralens.errors import InputError
 from theralens.model.criterion import NestedCriterion, Solution, criterion_from_profile
-from theralens.model.design import Design, _colmajor_tril, build_design
+from theralens.model.design import Design, _colmajor_tril, build_design, group_labels, model_matrix_like
 from theralens.model.formula import parse_formula
 from theralens.model.optimize import OptimizerRecord, minimize_theta
 from theralens.model.satterthwaite import satterthwaite
@@ -36,16 +38,20 @@ class MixedResult:
       ``n_dropped`` (rows dropped for missing values), ``dropped_columns`` (aliased
       fixed-effect columns dropped, as lme4 does), ``notes``.
     - ``fixed_effects``, ``std_errors``, ``df`` (Satterthwaite), ``t_values``, ``p_values``
-      (pandas Series indexed by lme4 coefficient names) and ``conf_int(level)`` (Wald
-      intervals with the Satterthwaite t quantile); ``vcov`` (DataFrame).
+      (pandas Series indexed by lme4 coefficient names; statsmodels' names ``params``,
+      ``bse``, ``tvalues``, ``pvalues`` are the same Series) and ``conf_int(level)`` (Wald
+      intervals with the Satterthwaite t quantile, columns ``2.5 %`` / ``97.5 %`` as lme4's
+      ``confint``); ``vcov`` (DataFrame).
     - ``varcorr``: DataFrame in the layout of ``as.data.frame(VarCorr(m))`` (grp, var1, var2,
       vcov, sdcor); ``sigma``; ``theta`` (Series with lme4's names).
     - ``reml_criterion`` (lme4's REMLcrit; REML fits), ``deviance`` (ML deviance at the
       estimates), ``loglik``, ``aic``, ``bic`` (from the REML log-likelihood for REML fits,
       as lme4 reports them).
     - ``random_effects(group)``: conditional modes with conditional SDs (``ranef(condVar =
-      TRUE)``); ``fitted()``, ``residuals()``.
+      TRUE)``); ``fitted()``, ``residuals()``, ``predict(newdata, include_random)``.
     - ``converged``, ``singular``, ``optimizer`` (:class:`OptimizerRecord`).
+    - ``summary()`` (text, ``.tables``, HTML: :class:`~theralens.display.Summary`); in a
+      notebook the fit shows that summary, and ``repr`` is a few lines.
     """
 
     formula: str
@@ -122,10 +128,35 @@ class MixedResult:
         return pd.Series(2 * stats.t.sf(np.abs(t), self.df.to_numpy()), index=self.fixed_names, name="p_value")
 
     def conf_int(self, level: float = 0.95) -> pd.DataFrame:
-        """Wald intervals estimate +- t_{df}(1 - (1 - level)/2) * SE with Satterthwaite df."""
+        """Wald intervals estimate +- t_{df}(1 - (1 - level)/2) * SE with Satterthwaite df.
+
+        Columns are named as lme4's ``confint`` names them: ``2.5 %`` and ``97.5 %`` at level
+        0.95, ``5 %`` and ``95 %`` at 0.90. ``level`` is the coverage, not statsmodels' alpha.
+        """
+        if not 0 < level < 1:
+            raise InputError(f"conf_int: level must lie between 0 and 1 (got {level}); e.g. 0.95 for 95% intervals")
         q = stats.t.ppf(0.5 + level / 2, self.df.to_numpy())
         est, se = self.fixed_effects.to_numpy(), self.std_errors.to_numpy()
-        return pd.DataFrame({"low": est - q * se, "high": est + q * se}, index=self.fixed_names)
+        low, high = (f"{np.format_float_positional(100 * p, precision=10, trim='-')} %"
+                     for p in ((1 - level) / 2, (1 + level) / 2))
+        return pd.DataFrame({low: est - q * se, high: est + q * se}, index=self.fixed_names)
+
+    # statsmodels' names for the same Series (fixed effects only, as MixedLM's fe_params)
+    @property
+    def params(self) -> pd.Series:
+        return self.fixed_effects
+
+    @property
+    def bse(self) -> pd.Series:
+        return self.std_errors
+
+    @property
+    def tvalues(self) -> pd.Series:
+        return self.t_values
+
+    @property
+    def pvalues(self) -> pd.Series:
+        return self.p_values
 
     def contrast(self, L: np.ndarray | dict[str, float]) -> dict[str, float]:
         """Estimate, SE, Satterthwaite df, t and p of the 1-df contrast L' beta."""
@@ -255,6 +286,56 @@ class MixedResult:
         return pd.Series(self.design.y - self.criterion.fitted(self.solution), index=self.design.row_index,
                          name="residual")
 
+    def predict(self, newdata: pd.DataFrame | None = None, include_random: bool = True) -> pd.Series:
+        """Predictions X beta (``include_random=False``: population level) or X beta + Z b
+        (conditional on the conditional modes b), as lme4's ``predict(m, newdata, re.form)``.
+
+        Without ``newdata`` the fitted rows are predicted (with ``include_random`` this is
+        :meth:`fitted`). ``newdata`` is coded as the fitted data were (same factor levels). A
+        group that the fit has not seen (or a missing id) gets 0 for its level's random
+        effects, as lme4's ``allow.new.levels = TRUE``; the number of such rows per grouping
+        factor is in ``attrs["new_levels"]``. A row with a missing predictor gives NaN.
+        """
+        if newdata is None:
+            fitted = self.fitted()  # (a fit without rows says so here)
+            if include_random:
+                return fitted.rename("predicted")
+            return pd.Series(self.design.X @ self.solution.beta, index=fitted.index, name="predicted")
+        if not isinstance(newdata, pd.DataFrame):
+            raise InputError("predict: newdata must be a pandas DataFrame with the model's columns")
+        if self.data is None:
+            raise InputError("predict: this fit does not keep its data (it was fitted from a design); "
+                             "fit it with fit_mixed to predict new data")
+        parsed = self.design.formula
+        needed = [v for v in parsed.variables() if v != parsed.response and v in self.data.columns]
+        absent = [v for v in needed if v not in newdata.columns]
+        if absent:
+            raise InputError(f"predict: newdata has no column {absent[0]!r}; the model uses "
+                             f"{', '.join(repr(v) for v in needed)}")
+        reference = self.data.loc[self.design.row_index, needed]
+        rows = newdata[needed]
+        X, names = model_matrix_like(parsed.fixed, rows, reference, parsed)
+        pos = {n: i for i, n in enumerate(names)}
+        out = X[:, [pos[n] for n in self.fixed_names]] @ self.solution.beta if self.fixed_names else np.zeros(len(rows))
+        new_levels: dict[str, int] = {}
+        if include_random:
+            for lv in self.design.levels:
+                Z = np.hstack([np.ones((len(rows), 1)) if t.spec.lhs.strip() == "1"
+                               else model_matrix_like(t.spec.lhs, rows, reference, parsed)[0] for t in lv.terms])
+                modes = self.random_effects(lv.group)
+                q = Z.shape[1]
+                labels = modes["level"].to_numpy()[: lv.ngroups]
+                b = modes["estimate"].to_numpy().reshape(q, lv.ngroups).T
+                where = {label: g for g, label in enumerate(labels)}
+                idx = np.array([where.get(v, -1) if v is not None else -1
+                                for v in group_labels(rows, lv.terms[0].spec.factors)], dtype=np.int64)
+                seen = idx >= 0
+                new_levels[lv.group] = int((~seen).sum())
+                out = out + np.where(seen, np.einsum("ij,ij->i", Z, b[np.maximum(idx, 0)]), 0.0)
+        result = pd.Series(out, index=newdata.index, name="predicted")
+        result.attrs["new_levels"] = new_levels
+        return result
+
     # -- presentation -------------------------------------------------------------------------
     def coef_table(self) -> pd.DataFrame:
         """Fixed effects as lmerTest's ``summary()`` coefficient table."""
@@ -263,8 +344,10 @@ class MixedResult:
             "t value": self.t_values, "Pr(>|t|)": self.p_values,
         })
 
-    def summary(self) -> str:
-        """Text summary laid out like lmerTest's ``summary(lmer(...))``."""
+    def summary(self) -> Summary:
+        """Summary laid out like lmerTest's ``summary(lmer(...))``: ``print()`` gives the text,
+        ``.tables`` the fit statistics (``fit``), ``groups``, ``random_effects`` (VarCorr) and
+        ``fixed_effects`` (the coefficient table) as DataFrames, ``as_html()`` the notebook view."""
         method = "REML" if self.reml else "maximum likelihood"
         lines = [
             f"Linear mixed model fit by {method}. t-tests use Satterthwaite's method [theralens]",
@@ -299,10 +382,42 @@ class MixedResult:
         if self.singular:
             lines.append("boundary (singular) fit: a variance is estimated at zero (see varcorr)")
         lines += self.optimizer.messages + self.notes
-        return "\n".join(lines)
+        tables = {"fit": self._fit_table(), "groups": pd.DataFrame({"groups": self.ngroups}),
+                  "random_effects": self.varcorr, "fixed_effects": self.coef_table()}
+        head = [*self._status_lines()[1:], *self.optimizer.messages, *self.notes]
+        return Summary(f"Linear mixed model fit by {method} (t-tests: Satterthwaite)", "\n".join(lines), tables,
+                       head, index={"fit": False, "random_effects": False})
+
+    def _fit_table(self) -> pd.DataFrame:
+        """Fit statistics as a two-column table (statistic, value)."""
+        rows: list[tuple[str, object]] = [("method", "REML" if self.reml else "ML"), ("observations", self.nobs)]
+        rows += [(f"groups: {g}", n) for g, n in self.ngroups.items()]
+        if self.reml:
+            rows.append(("REML criterion", self.reml_criterion))
+        rows += [("AIC", self.aic), ("BIC", self.bic), ("logLik", self.loglik), ("deviance", self.deviance),
+                 ("residual SD", self.sigma), ("converged", self.converged), ("singular", self.singular),
+                 ("optimizer", self.optimizer.method), ("evaluations", self.optimizer.evaluations)]
+        return pd.DataFrame(rows, columns=["statistic", "value"])
+
+    def _status_lines(self) -> list[str]:
+        """What the fit is, in a few lines (no arrays): the repr and the notebook header."""
+        method = "REML" if self.reml else "ML"
+        groups = ", ".join(f"{g} {n}" for g, n in self.ngroups.items())
+        crit = (f"REML criterion {self.reml_criterion:.4f}" if self.reml
+                else f"deviance {self.deviance:.4f}, AIC {self.aic:.1f}")
+        state = ("converged" if self.converged else "NOT converged") + (", singular" if self.singular else
+                                                                        ", not singular")
+        return [f"<MixedResult: linear mixed model fit by {method}>", f"Formula: {self.formula}",
+                f"{self.nobs} observations; groups: {groups}", f"{crit}; {state}"]
 
     def __str__(self) -> str:
-        return self.summary()
+        return str(self.summary())
+
+    def __repr__(self) -> str:
+        return "\n".join(self._status_lines())
+
+    def _repr_html_(self) -> str:
+        return self.summary().as_html()
 
 
 def fit_mixed(
