@@ -203,3 +203,29 @@ def test_latent_fit_recovers_truth_where_the_manifest_mean_is_attenuated() -> No
     expected = sim.truth["manifest_expected"]["between_therapist"]
     assert abs(manifest - expected) < abs(manifest - 0.8)
     assert manifest < eff.loc["between_therapist", "estimate"]
+
+
+def test_profile_interval_bounds_sit_at_the_chi_square_quantile() -> None:
+    ref, df = _fixture("latent_sim1")
+    fit = fit_latent(latent_stats(df, ["x"], "y", ["baseline"]), random_slopes=False)
+    c = fit.contrast_vector("between_therapist", "x")
+    lo, hi = fit.profile_interval(c)
+    est = float(c @ fit.theta)
+    assert lo < est < hi
+    # at each bound the likelihood maximised under c'theta = bound is chi2_1(.95) / 2 below the maximum
+    from scipy import optimize, stats
+
+    basis = np.linalg.svd(np.eye(len(c)) - np.outer(c, c))[0][:, : len(c) - 1]
+    for bound in (lo, hi):
+        base = fit.theta + (bound - est) * c
+
+        def neg(z: np.ndarray, base: np.ndarray = base) -> float:
+            return -fit.criterion.evaluate(base + basis @ z, fit.final_nodes, grad=False)[0]
+
+        best = optimize.minimize(neg, np.zeros(len(c) - 1), method="Powell", options={"xtol": 1e-8, "ftol": 1e-12})
+        assert 2 * (fit.loglik + best.fun) == pytest.approx(stats.chi2.ppf(0.95, 1), abs=2e-3)
+    # the within effect's likelihood is close to quadratic here: profile ~ Wald
+    w = fit.effects.set_index("component").loc["within_therapist"]
+    plo, phi = fit.profile_interval(fit.contrast_vector("within_therapist", "x"))
+    assert plo == pytest.approx(w["ci_low"], abs=0.02 * w["se"] * 4)
+    assert phi == pytest.approx(w["ci_high"], abs=0.02 * w["se"] * 4)

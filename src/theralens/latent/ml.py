@@ -422,6 +422,90 @@ class LatentFit:
     quadrature_change: float = 0.0
     gradient_max: float = float("nan")
     slices: dict[str, slice] = field(default_factory=dict)
+    criterion: LatentCriterion | None = field(default=None, repr=False)
+    final_nodes: _Nodes | None = field(default=None, repr=False)
+
+    def contrast_vector(self, effect: str, process: str, moderator: str | None = None) -> np.ndarray:
+        """The vector c with c' theta = the named effect: ``within_therapist`` (g10),
+        ``between_therapist`` (b_between), ``contextual`` (b_between - g10), ``within_slope``
+        (G11) or ``between_association`` (G03) of ``moderator``."""
+        st = self.stats
+        i = st.processes.index(process)
+        c = np.zeros(len(self.theta))
+        if effect in ("within_therapist", "contextual"):
+            c[self.slices["g10"].start + i] = -1.0 if effect == "contextual" else 1.0
+        if effect in ("between_therapist", "contextual"):
+            c[self.slices["b_between"].start + i] = 1.0
+        if effect in ("within_slope", "between_association"):
+            m = st.moderators.index(moderator)
+            c[self.slices["G11" if effect == "within_slope" else "G03"].start + i * st.M + m] = 1.0
+        if not c.any():
+            raise ValueError(f"unknown effect {effect!r}")
+        return c
+
+    def profile_interval(self, c: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+        """Profile-likelihood interval of c' theta: the values v with 2 (l_max - l_v) <=
+        chi2_1(level), l_v the log-likelihood maximised under c' theta = v (the quadrature
+        nodes of the fit are kept, adapted at the maximum)."""
+        crit, nd = self.criterion, self.final_nodes
+        if crit is None or nd is None:
+            raise ValueError("this fit holds no criterion to profile")
+        c = np.asarray(c, dtype=float)
+        est = float(c @ self.theta)
+        se = float(np.sqrt(max(c @ self.vcov @ c, 1e-12)))
+        crit_val = float(stats.chi2.ppf(level, 1))
+        u = c / (c @ c)
+        # orthonormal basis of the directions that keep c' theta fixed
+        basis = np.linalg.svd(np.eye(len(c)) - np.outer(c, c) / (c @ c))[0][:, : len(c) - 1]
+        start = {"z": np.zeros(len(c) - 1)}
+
+        def deviance_gap(v: float) -> float:
+            base = self.theta + (v - est) * u
+
+            def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
+                with np.errstate(all="ignore"):
+                    ll, g, _ = crit.evaluate(base + basis @ z, nd)
+                if not np.isfinite(ll):
+                    return 1e300, np.zeros_like(z)
+                return -ll, -(basis.T @ g)
+
+            res = optimize.minimize(fun, start["z"], jac=True, method="BFGS", options={"gtol": 1e-6})
+            start["z"] = res.x
+            return 2.0 * (self.loglik + float(res.fun)) - crit_val
+
+        bounds = []
+        for side in (-1.0, 1.0):
+            start["z"] = np.zeros(len(c) - 1)
+            step = 1.96 * se * np.sqrt(crit_val / 3.841458820694124)
+            inner, outer = est, est + side * step
+            gap = deviance_gap(outer)
+            tries = 0
+            while gap < 0 and tries < 8:
+                inner, outer = outer, outer + side * step
+                gap = deviance_gap(outer)
+                tries += 1
+            if gap < 0:
+                bounds.append(float("-inf") if side < 0 else float("inf"))
+                continue
+            start["z"] = np.zeros(len(c) - 1)
+            lo, hi = sorted((inner, outer))
+            bounds.append(float(optimize.brentq(deviance_gap, lo, hi, xtol=1e-7 * max(1.0, abs(est)))))
+        return bounds[0], bounds[1]
+
+    def profile_table(self, level: float = 0.95) -> pd.DataFrame:
+        """Profile-likelihood intervals of every effect and moderator effect (rows as
+        ``effects`` and ``moderators``: process, component or moderator/target, estimate,
+        profile_low, profile_high)."""
+        rows = []
+        for r in self.effects.itertuples(index=False):
+            lo, hi = self.profile_interval(self.contrast_vector(r.component, r.process), level)
+            rows.append({"process": r.process, "component": r.component, "estimate": r.estimate,
+                         "profile_low": lo, "profile_high": hi})
+        for r in self.moderators.itertuples(index=False):
+            lo, hi = self.profile_interval(self.contrast_vector(r.target, r.process, r.moderator), level)
+            rows.append({"process": r.process, "component": r.target, "moderator": r.moderator,
+                         "estimate": r.estimate, "profile_low": lo, "profile_high": hi})
+        return pd.DataFrame(rows)
 
     @property
     def slope_sd(self) -> np.ndarray:
@@ -587,6 +671,7 @@ def fit_latent(
                     time.perf_counter() - t0)
     fit.quadrature_change = float(change)
     fit.gradient_max = float(np.max(np.abs(g)))
+    fit.criterion, fit.final_nodes = crit, nd
     return fit
 
 
