@@ -111,3 +111,20 @@ def test_bad_input() -> None:
         power(nsim=1, design="session", progress=False)
     with pytest.raises(InputError, match="3 or more"):
         power(nsim=1, therapists=[2], progress=False)
+
+
+def test_notebook_views_of_a_power_result(one_worker: PowerResult) -> None:
+    text = repr(one_worker)
+    lines = text.splitlines()
+    assert 3 <= len(lines) <= 4
+    assert lines[0] == (f"<PowerResult: preset coyne2022, 2 design cell(s) x {len(one_worker.tests)} tests, "
+                        "10 replicates per cell, alpha 0.05, seed 5>")
+    assert "Cells (therapists x patients per therapist): 10x4, 16x4" in text
+    wide = one_worker._wide("power")
+    assert list(wide.columns) == ["10x4", "16x4"] and list(wide.index) == [x.label for x in one_worker.tests]
+    t = one_worker.table
+    got = wide.loc[t["label"], :].to_numpy()[np.arange(len(t)), (t["n_therapists"] == 16).to_numpy().astype(int)]
+    np.testing.assert_array_equal(got, t["power"].to_numpy())
+    html = one_worker._repr_html_()
+    assert html.count("<table") == 3 and "Simulation-based power" in html
+    assert html.count("<tr>") == 3 * (1 + len(one_worker.tests))

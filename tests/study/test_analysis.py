@@ -187,3 +187,23 @@ def test_therapist_table_is_validated_without_configured_moderators() -> None:
     r = analyze(s, ids, therapists_source="t.csv")
     assert len(r.aim3.table) == 0 and r.moderators is None
     assert any("The therapist table (t.csv) has no column besides the therapist id" in w for w in r.warnings)
+
+
+def test_notebook_views_of_a_study() -> None:
+    """repr: a few lines without tables; _repr_html_: the aims' tables with every name escaped."""
+    s, t = load_demo()
+    process, moderator = "<b>alliance</b>", "<i onclick=x>cbt</i>"
+    s = s.rename(columns={"alliance": process})
+    t = t.rename(columns={"cbt": moderator})[["therapist", moderator]]
+    r = analyze(s, t, config_from_dict({"columns": {"process": [process, "expectancy"]}}))
+    text = repr(r)
+    lines = text.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("<StudyResult: patient-level design; 42 therapists")
+    assert f"Processes: {process}, expectancy; moderators: {moderator}" in text
+    assert f"{len(r.models())} models fitted" in text and f"{len(r.warnings)} warning(s)" in text
+    assert "estimate" not in text  # no tables in the repr
+    html = r._repr_html_()
+    assert html.count("<table") == 4  # aims 1, 2, 3 and the ancillary model
+    assert "&lt;b&gt;alliance&lt;/b&gt;" in html and "&lt;i onclick=x&gt;cbt&lt;/i&gt;" in html
+    assert "<b>" not in html and "<i " not in html
+    assert html.count("<tr>") - 4 == len(r.aim1) + len(r.aim2.variance) + len(r.aim3.table) + len(r.ancillary)

@@ -230,6 +230,40 @@ class PowerResult:
     def __str__(self) -> str:
         return self.summary()
 
+    # -- notebook views ---------------------------------------------------------------------
+    def _status_lines(self) -> list[str]:
+        """What the simulation is, in a few lines (no tables): the repr and the notebook header."""
+        s, t = self.spec, self.table
+        cells = ", ".join(f"{c.n_therapists}x{c.patients_per_therapist:.3g}" for c in self.cells)
+        usable = t["n_usable"].sum() / max(int(t["nsim"].sum()), 1)
+        lines = [f"<PowerResult: preset {s.preset}, {len(self.cells)} design cell(s) x {len(self.tests)} tests, "
+                 f"{self.nsim} replicates per cell, alpha {s.alpha:g}, seed {s.seed}>",
+                 f"Cells (therapists x patients per therapist): {cells}",
+                 f"Power {t['power'].min():.2f} to {t['power'].max():.2f}; usable replicates {usable:.1%} "
+                 f"({int(t['n_failed'].sum())} failed tests, left out of the denominators)"]
+        if s.overrides:
+            lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in _plain(s.overrides).items()))
+        return lines
+
+    def _wide(self, column: str) -> pd.DataFrame:
+        """``column`` of the table with one row per test and one column per design cell."""
+        t = self.table.assign(cell=[f"{a}x{b:.3g}" for a, b in zip(self.table["n_therapists"],
+                                                                    self.table["patients_per_therapist"])])
+        wide = t.pivot(index="label", columns="cell", values=column)
+        return wide.reindex(index=list(dict.fromkeys(t["label"])), columns=list(dict.fromkeys(t["cell"])))
+
+    def __repr__(self) -> str:
+        return "\n".join(self._status_lines())
+
+    def _repr_html_(self) -> str:
+        from theralens.display import html_view
+
+        first, *rest = self._status_lines()
+        head = [first.removeprefix("<PowerResult: ").removesuffix(">"), *rest]
+        return html_view("Simulation-based power", head, {"power": self._wide("power"),
+                                                          "Monte Carlo SE": self._wide("mc_se"),
+                                                          "usable share": self._wide("usable_share")})
+
     def plot(self) -> Any:
         """The power-curve figure (:func:`theralens.planning.plot.power_curves`)."""
         from theralens.planning.plot import power_curves

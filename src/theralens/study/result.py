@@ -262,3 +262,57 @@ class StudyResult:
 
     def __str__(self) -> str:
         return self.summary()
+
+    # -- notebook views ---------------------------------------------------------------------
+    def _status_lines(self) -> list[str]:
+        """What the analysis is, in a few lines (no tables): the repr and the notebook header."""
+        c = self.table.counts
+        mods = list(self.moderators.attrs.get("moderators", {})) if self.moderators is not None else []
+        models = self.models()
+        bad = sum(not m.fit.converged for m in models)
+        singular = sum(m.fit.singular for m in models)
+        return [
+            f"<StudyResult: {self.design}-level design; {c.get('therapists')} therapists, {c.get('patients')} "
+            f"patients, {c.get('assessments')} assessments>",
+            f"Processes: {', '.join(self.label(p) for p in self.terms.processes)}; "
+            f"moderators: {', '.join(mods) if mods else 'none'}",
+            f"{len(models)} models fitted: {'all converged' if not bad else f'{bad} NOT converged'}, "
+            f"{singular} singular; {len(self.warnings)} warning(s) (.warnings; summary() prints them)",
+        ]
+
+    def _view_tables(self) -> dict[str, pd.DataFrame]:
+        """The aims' main columns, with the user's process and moderator names."""
+        labels = self.moderators.attrs.get("labels", {}) if self.moderators is not None else {}
+
+        def named(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+            out = df[[c for c in cols if c in df.columns]].copy()
+            if "process" in out:
+                out["process"] = [self.label(p) for p in out["process"]]
+            if "moderator" in out:
+                out["moderator"] = [labels.get(m, m) for m in out["moderator"]]
+            return out
+
+        tables = {
+            "aim 1: process-outcome associations": named(
+                self.aim1, ["process", "component", "estimate", "se", "df", "p", "ci_low", "ci_high"]),
+            "aim 2: therapist slope variances": named(
+                self.aim2.variance, ["process", "slope_variance", "slope_sd", "lrt_statistic", "p",
+                                     "mean_slope_reliability"]),
+        }
+        if len(self.aim3.table):
+            tables["aim 3: therapist moderators"] = named(
+                self.aim3.table, ["process", "moderator", "target", "estimate", "se", "df", "p", "therapists"])
+        tables["ancillary: within x between"] = named(self.ancillary, ["process", "estimate", "se", "df", "p"])
+        return tables
+
+    def __repr__(self) -> str:
+        return "\n".join(self._status_lines())
+
+    def _repr_html_(self) -> str:
+        from theralens.display import html_view
+
+        first, *rest = self._status_lines()
+        tables = self._view_tables()
+        lines = [first.removeprefix("<StudyResult: ").removesuffix(">"), *rest,
+                 *(f"Warning: {w}" for w in self.warnings)]
+        return html_view("theralens study analysis", lines, tables, index=dict.fromkeys(tables, False))
