@@ -34,8 +34,8 @@ from scipy import stats
 from theralens.data.decompose import LOW_RELIABILITY, PatientTable, SessionTable
 from theralens.latent.ml import LatentFit, fit_latent, latent_stats
 
-__all__ = ["ANCILLARY_NOTE", "LatentResults", "latent_aims", "latent_session_aims", "low_reliability_advice",
-           "merge_side_by_side"]
+__all__ = ["ANCILLARY_NOTE", "LatentResults", "aim2_therapists", "latent_aims", "latent_session_aims",
+           "low_reliability_advice", "merge_side_by_side"]
 
 Z975 = float(stats.norm.ppf(0.975))
 
@@ -203,6 +203,28 @@ def latent_session_aims(table: SessionTable, moderators: pd.DataFrame | None, la
                          reliability=rel, fits={"main": fit}, notes=notes, warnings=warnings)
 
 
+def aim2_therapists(latent: LatentResults, within_terms: dict[str, str]) -> pd.DataFrame:
+    """The latent model's therapist slopes in aim 2's therapist layout (the table the profiles
+    read), for ``decomposition = "latent"``: slope, se, ci, deviation and its SD,
+    P(stronger than average), slope reliability 1 - SD(deviation)^2 / Var(u1p), n_patients and
+    ``estimable`` (two or more patients; otherwise the slope columns are empty, as in the
+    manifest table)."""
+    t = latent.therapists.copy()
+    var = latent.variances
+    sd = var[var["component"] == "slope_sd"].set_index("process")["estimate"].astype(float)
+    slope_var = t["process"].map(sd) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(slope_var > 0, 1.0 - t["deviation_sd"] ** 2 / slope_var, 0.0)
+    t["slope_reliability"] = np.clip(rel, 0.0, None)
+    t["term"] = t["process"].map(within_terms)
+    cols = ["process", "process_label", "term", "therapist", "slope", "se", "ci_low", "ci_high", "deviation",
+            "deviation_sd", "prob_stronger_than_average", "slope_reliability", "n_patients", "estimable"]
+    out = t[cols].astype(object)
+    value_cols = cols[4:12]
+    out.loc[~t["estimable"].astype(bool), value_cols] = None
+    return out.reset_index(drop=True)
+
+
 def merge_side_by_side(manifest: pd.DataFrame, latent: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """The manifest table with the latent estimate of each row beside it (``latent_*`` columns)."""
     cols = [c for c in ("estimate", "se", "p", "ci_low", "ci_high") if c in latent]
@@ -212,11 +234,12 @@ def merge_side_by_side(manifest: pd.DataFrame, latent: pd.DataFrame, keys: list[
 
 
 def low_reliability_advice(rel: pd.DataFrame) -> str | None:
-    """The recommendation of issue #10: the latent decomposition when any reliability is below .7."""
+    """The recommendation of issue #10 for a manifest analysis: the latent decomposition
+    whenever a process's mean caseload reliability is below .7."""
     low = rel[rel["mean_reliability"] < LOW_RELIABILITY]
     if low.empty:
         return None
     names = ", ".join(f"{r.process_label} ({r.mean_reliability:.2f})" for r in low.itertuples())
-    return (f"Caseload means are unreliable for {names}: below {LOW_RELIABILITY} the manifest between-therapist "
-            "effects are attenuated toward the within effect (Luedtke et al. 2008); the latent estimates are "
-            "the ones to trust for between-type effects.")
+    return (f"Recommended: [design] decomposition = \"latent\" (or \"both\"): caseload means are below "
+            f"{LOW_RELIABILITY} reliable for {names}, so the manifest between-therapist effects and their moderators "
+            "are attenuated toward the within effects; the latent ones are not.")
