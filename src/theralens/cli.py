@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--therapists-sheet", help="worksheet of an Excel therapist table")
     a.add_argument("--out", default="theralens-out", help="output folder (default: theralens-out)")
     a.add_argument("--no-report", action="store_true", help="write results.json and tables only")
+    _engine_options(a)
 
     d = sub.add_parser("demo", help="the whole analysis on the built-in (simulated) demo data")
     d.add_argument("--out", default="theralens-demo", help="output folder (default: theralens-demo)")
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--config")
     v.add_argument("--sheet", help="worksheet of an Excel sessions file")
     v.add_argument("--therapists-sheet", help="worksheet of an Excel therapist table")
+    _engine_options(v)
 
     s = sub.add_parser("simulate", help="simulate a study with known truth")
     s.add_argument("--preset", default="coyne2022")
@@ -101,18 +103,30 @@ def _read_inputs(args: argparse.Namespace):  # noqa: ANN202
     return cfg, sessions, ther
 
 
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["auto", "pandas", "duckdb"], default="auto",
+                   help="pandas reads the sessions whole; duckdb checks and reduces CSV/Parquet files (a file, "
+                        "folder or glob) in SQL; auto: duckdb when the input is larger than --memory-limit")
+    p.add_argument("--memory-limit", default=None,
+                   help="memory budget of the duckdb engine, e.g. 8GB (default: a quarter of the RAM)")
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from theralens.atomic import check_dir
-    from theralens.study.analysis import analyze
+    from theralens.data.config import load_config
+    from theralens.study.analysis import analyze_files
 
     out = Path(args.out)
     _check_out_not_input(out, [args.sessions, args.therapists, args.config])
-    cfg, sessions, ther = _read_inputs(args)
+    cfg = load_config(args.config)
     check_dir(out)  # fail before the analysis, not after it
-    result = analyze(sessions, ther, cfg, source=args.sessions, therapists_source=args.therapists or "")
+    result = analyze_files(args.sessions, args.therapists, cfg, engine=args.engine, memory_limit=args.memory_limit,
+                           sheet=args.sheet, therapists_sheet=args.therapists_sheet)
     written = _write_outputs(result, out, not args.no_report)
     print(result.summary())
-    print(f"\nwrote {len(written)} files to {out} ({result.seconds:.1f} s)")
+    phases = getattr(result, "timings", {})
+    detail = "".join(f", {k} {v:.1f} s" for k, v in phases.items())
+    print(f"\nwrote {len(written)} files to {out} ({result.seconds:.1f} s{detail})")
     return 0
 
 
@@ -152,11 +166,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from theralens.data.config import load_config
+    from theralens.data.read import read_table
+    from theralens.data.scan import choose_engine, scan_files
     from theralens.data.validate import validate_sessions, validate_therapists
 
-    cfg, df, ther = _read_inputs(args)
-    data = validate_sessions(df, cfg, source=args.sessions)
-    t = validate_therapists(ther, data, cfg, source=args.therapists) if ther is not None else None
+    if choose_engine(args.sessions, args.engine, args.memory_limit)[0] == "duckdb":
+        cfg = load_config(args.config)
+        with scan_files(args.sessions, cfg, memory_limit=args.memory_limit) as scanned:
+            data, sessions = scanned.data, scanned.therapist_frame()
+        ther = (read_table(args.therapists, sheet=args.therapists_sheet, what="therapists")
+                if args.therapists else None)
+    else:
+        cfg, df, ther = _read_inputs(args)
+        data = sessions = validate_sessions(df, cfg, source=args.sessions)
+    t = validate_therapists(ther, sessions, cfg, source=args.therapists) if ther is not None else None
     c = data.counts
     print(f"{args.sessions}: OK - {c.get('therapists')} therapists, {c.get('patients')} patients, "
           f"{c.get('rows_used')} rows used")

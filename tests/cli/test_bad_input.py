@@ -415,8 +415,12 @@ def simulate_unsupported_extension(d, s, t):
 # --------------------------------------------------------------------------- the test
 
 
+ENGINES = ("pandas", "duckdb")
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_clear_line(name, tmp_path, demo_frames):
+    """Each case through both engines (analyze and validate take --engine): the same one line."""
     s, t = (f.copy() for f in demo_frames)
     argv, parts = CASES[name](tmp_path, s, t)
     if argv[0] == "analyze" and "--out" not in argv:
@@ -425,18 +429,22 @@ def test_bad_input_is_one_clear_line(name, tmp_path, demo_frames):
         (tmp_path / "out" / "results.json").write_text('{"from": "an earlier run"}\n')
         (tmp_path / "out" / "tables" / "aim1_effects.csv").write_text("process,estimate\nalliance,-0.1\n")
         argv += ["--out", "out"]
-    before = fingerprint(tmp_path)
-    r = run_cli(*argv, cwd=tmp_path)
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    assert "Traceback" not in r.stderr + r.stdout
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, r.stderr
-    line = lines[0]
-    assert line.startswith("theralens: ") and len(line) < 600, line
-    for part in parts:
-        assert part in line, f"{part!r} not in {line!r}"
-    assert r.stdout == ""
-    assert fingerprint(tmp_path) == before  # inputs unchanged, no output, no temporary file
+    engines = ENGINES if argv[0] in ("analyze", "validate") else ENGINES[:1]
+    lines = {}
+    for engine in engines:
+        before = fingerprint(tmp_path)
+        r = run_cli(*argv, "--engine", engine, cwd=tmp_path) if len(engines) > 1 else run_cli(*argv, cwd=tmp_path)
+        assert r.returncode == 2, (engine, r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr + r.stdout
+        out = r.stderr.splitlines()
+        assert len(out) == 1, (engine, r.stderr)
+        line = lines[engine] = out[0]
+        assert line.startswith("theralens: ") and len(line) < 600, line
+        for part in parts:
+            assert part in line, f"{engine}: {part!r} not in {line!r}"
+        assert r.stdout == ""
+        assert fingerprint(tmp_path) == before  # inputs unchanged, no output, no temporary file
+    assert len(set(lines.values())) == 1, lines
 
 
 def test_catalogue_has_at_least_25_cases():

@@ -80,8 +80,10 @@ from theralens.data.validate import (
 from theralens.errors import InputError
 
 __all__ = [
+    "ENGINES",
     "PARQUET_EXTENSIONS",
     "ScannedSessions",
+    "choose_engine",
     "decompose_scan",
     "default_memory_limit",
     "input_bytes",
@@ -701,3 +703,31 @@ def decompose_scan(scan: ScannedSessions, config: StudyConfig | None = None) -> 
         return patient_table(cols, rows, scan.data, config)
     pairs, patients, therapist_of, rows, n_occ = session_arrays(scan)
     return session_table(pairs, patients, therapist_of, rows, n_occ, scan.data, config)
+
+
+ENGINES = ("auto", "pandas", "duckdb")
+
+
+def choose_engine(path: str | Path, engine: str = "auto", memory_limit: int | str | None = None) -> tuple[str, str]:
+    """(engine, note): ``duckdb`` when asked, or with ``auto`` when the input files are larger
+    than the memory budget (``memory_limit``, default :func:`default_memory_limit`) and DuckDB can
+    scan them (CSV, Parquet, a folder or glob of them); else ``pandas``. The note says which and why."""
+    if engine not in ENGINES:
+        raise InputError(f"--engine {engine!r} is not known; use one of " + ", ".join(f'"{e}"' for e in ENGINES))
+    budget = parse_memory(memory_limit) if memory_limit is not None else default_memory_limit()
+    size = input_bytes(path)
+    many = len(_files(path)) > 1 or Path(str(path)).is_dir() or bool(_GLOB.search(str(path)))
+    if engine == "auto":
+        engine = "duckdb" if scannable(path) and (size > budget or many) else "pandas"
+        why = (f"input {size / 1e9:.2f} GB {'>' if size > budget else '<='} memory budget {budget / 1e9:.2f} GB"
+               + (", several files" if many else ""))
+    else:
+        why = "chosen with --engine"
+        if engine == "duckdb" and not scannable(path):
+            return "pandas", (f"Engine: pandas (DuckDB scans CSV and Parquet only; {Path(str(path)).name} "
+                              "was read whole).")
+    if engine == "duckdb":
+        return engine, (f"Engine: DuckDB SQL ({why}): sessions were checked and reduced to patient statistics "
+                        f"by DuckDB under a memory limit of {budget / 1e9:.2f} GB; no table of sessions was "
+                        "held in memory.")
+    return engine, f"Engine: pandas ({why}): the sessions were read whole into memory."

@@ -14,6 +14,7 @@ import pandas as pd
 from theralens.data.config import StudyConfig, load_config
 from theralens.data.decompose import patient_level, session_level
 from theralens.data.read import read_table
+from theralens.data.scan import ScannedSessions, choose_engine, decompose_scan, scan_files
 from theralens.data.validate import validate_sessions, validate_therapists
 from theralens.errors import InputError
 from theralens.study.aims import DesignTerms, aim1, aim2, aim3, ancillary, design_terms
@@ -27,7 +28,7 @@ MIN_THERAPISTS = 3
 
 
 def analyze(
-    sessions: pd.DataFrame,
+    sessions: pd.DataFrame | ScannedSessions,
     therapists: pd.DataFrame | None = None,
     config: StudyConfig | None = None,
     *,
@@ -43,16 +44,22 @@ def analyze(
     """
     t0 = time.perf_counter()
     config = config or StudyConfig()
-    data = validate_sessions(sessions, config, source=source)
+    scanned = sessions if isinstance(sessions, ScannedSessions) else None
+    data = scanned.data if scanned is not None else validate_sessions(sessions, config, source=source)
     moderators = None
     if therapists is not None:
-        moderators = validate_therapists(therapists, data, config, source=therapists_source)
+        moderators = validate_therapists(therapists, scanned.therapist_frame() if scanned is not None else data,
+                                         config, source=therapists_source)
         if moderators.shape[1] <= 1:  # a table of ids only: checked, but nothing to moderate
             moderators = None
     elif config.therapist_moderators.columns:
         raise InputError("moderators are configured ([therapist_moderators] columns) but no therapist table "
                          "was given; pass --therapists FILE or remove the moderators from the config")
-    table = patient_level(data, config) if config.design.level == "patient" else session_level(data, config)
+    if scanned is not None:
+        table = decompose_scan(scanned, config)
+    else:
+        table = patient_level(data, config) if config.design.level == "patient" else session_level(data, config)
+    t_statistics = time.perf_counter()
     if table.counts.get("therapists", 0) < MIN_THERAPISTS:
         raise InputError(f"{source}: only {table.counts.get('therapists', 0)} therapist(s) left for the analysis; "
                          f"at least {MIN_THERAPISTS} are needed to estimate therapist slope variances")
@@ -126,9 +133,12 @@ def analyze(
     notes.append("Process components use the observed (manifest) decomposition: caseload means are taken over "
                  "patients (each weighing once) unless configured otherwise; a latent (multilevel SEM) "
                  "decomposition is not used.")
-    return StudyResult(config=config, data=data, table=table, terms=terms, main=main, aim1=a1, aim2=a2, aim3=a3,
+    result = StudyResult(config=config, data=data, table=table, terms=terms, main=main, aim1=a1, aim2=a2, aim3=a3,
                        ancillary=anc, ancillary_model=anc_model, moderators=moderators, warnings=warnings,
                        notes=notes, seconds=time.perf_counter() - t0)
+    # phases: checks and decomposition (the statistics pass), then the model fits
+    result.timings = {"statistics": t_statistics - t0, "fits": result.seconds - (t_statistics - t0)}
+    return result
 
 
 def _check_estimable(frame: pd.DataFrame, terms: DesignTerms, source: str, what: str, n_fixed: int) -> None:
@@ -171,9 +181,28 @@ def analyze_files(
     sessions: str | Path,
     therapists: str | Path | None = None,
     config: str | Path | StudyConfig | None = None,
+    *,
+    engine: str = "auto",
+    memory_limit: int | str | None = None,
+    sheet: str | int | None = None,
+    therapists_sheet: str | int | None = None,
 ) -> StudyResult:
-    """:func:`analyze` on files (CSV, Parquet, Excel, SPSS, Stata) and a TOML config."""
+    """:func:`analyze` on files (CSV, Parquet, Excel, SPSS, Stata) and a TOML config.
+
+    ``engine``: ``"pandas"`` (read whole), ``"duckdb"`` (CSV or Parquet file, folder or glob,
+    checked and reduced by DuckDB SQL under ``memory_limit``, e.g. ``"8GB"``; see
+    :mod:`theralens.data.scan`) or ``"auto"`` (duckdb when the files are larger than the
+    memory budget). The result's notes say which engine ran.
+    """
     cfg = config if isinstance(config, StudyConfig) else load_config(config)
-    s = read_table(sessions, what="sessions")
-    t = read_table(therapists, what="therapists") if therapists is not None else None
-    return analyze(s, t, cfg, source=str(sessions), therapists_source=str(therapists) if therapists else "")
+    used, note = choose_engine(sessions, engine, memory_limit)
+    t_source = str(therapists) if therapists else ""
+    if used == "duckdb":
+        with scan_files(sessions, cfg, memory_limit=memory_limit, source=str(sessions)) as scanned:
+            scanned.data.notes.append(note)
+            t = read_table(therapists, sheet=therapists_sheet, what="therapists") if therapists is not None else None
+            return analyze(scanned, t, cfg, source=str(sessions), therapists_source=t_source)
+    s = read_table(sessions, sheet=sheet, what="sessions")
+    s.attrs["notes"] = [*s.attrs.get("notes", []), note]
+    t = read_table(therapists, sheet=therapists_sheet, what="therapists") if therapists is not None else None
+    return analyze(s, t, cfg, source=str(sessions), therapists_source=t_source)
