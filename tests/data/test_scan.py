@@ -1,0 +1,241 @@
+"""The DuckDB adapter (data/scan.py) against the pandas one: the same checks, the same messages,
+the same analysis tables (to 1e-10) and the same results.json (every number to 1e-8 relative)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from theralens.data.config import config_from_dict
+from theralens.data.decompose import patient_level, session_level
+from theralens.data.read import read_table
+from theralens.data.scan import (
+    choose_engine,
+    decompose_scan,
+    parse_memory,
+    patient_aggregates,
+    scan_files,
+)
+from theralens.data.validate import validate_sessions
+from theralens.datasets import demo_paths
+from theralens.errors import InputError
+from theralens.study.analysis import analyze_files
+from theralens.study.simulate import simulate
+
+
+@pytest.fixture(scope="module")
+def demo() -> pd.DataFrame:
+    return pd.read_csv(demo_paths()[0], dtype={"therapist": str, "patient": str})
+
+
+def both(path: Path, config, source: str | None = None):
+    """(pandas table, DuckDB table) of the configured design."""
+    source = source or str(path)
+    data = validate_sessions(read_table(path), config, source=source)
+    pandas_table = patient_level(data, config) if config.design.level == "patient" else session_level(data, config)
+    with scan_files(path, config, source=source) as scanned:
+        duck_table = decompose_scan(scanned, config)
+        assert scanned.data.counts == data.counts
+        assert scanned.data.notes == data.notes
+        assert scanned.data.labels == data.labels
+    return pandas_table, duck_table
+
+
+def assert_same_table(a, b) -> None:
+    pd.testing.assert_frame_equal(b.table, a.table, check_dtype=False, rtol=1e-10, atol=1e-12)
+    pd.testing.assert_frame_equal(b.reliability, a.reliability, check_dtype=False, rtol=1e-10, atol=1e-12)
+    pd.testing.assert_frame_equal(b.reliability_summary, a.reliability_summary, check_dtype=False, rtol=1e-10,
+                                  atol=1e-12)
+    assert b.exclusions == a.exclusions
+    assert b.warnings == a.warnings
+    assert b.counts == a.counts
+
+
+def messy(demo: pd.DataFrame) -> pd.DataFrame:
+    """The demo data with rows that validation drops: no therapist, no patient, no time, no value."""
+    s = demo.copy()
+    s.loc[[3, 40], "therapist"] = np.nan
+    s.loc[[7], "patient"] = np.nan
+    s.loc[[11, 12, 13], "session"] = np.nan
+    s.loc[[20, 21], ["outcome", "alliance", "expectancy"]] = np.nan
+    s.loc[s["patient"] == "P002", "alliance"] = np.nan  # a patient without a rating
+    return s
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"design": {"process_sessions": 3}},
+    {"design": {"caseload_weighting": "session", "change": "slope"}},
+    {"design": {"change": "post_minus_pre"}, "columns": {"higher_outcome_is": "better"}},
+])
+def test_patient_table_is_the_same(tmp_path, demo, options):
+    config = config_from_dict(options)
+    for name, frame in [("demo", demo), ("messy", messy(demo))]:
+        csv = tmp_path / f"{name}.csv"
+        frame.to_csv(csv, index=False)
+        assert_same_table(*both(csv, config))
+        parquet = tmp_path / f"{name}.parquet"
+        frame.to_parquet(parquet, index=False)
+        assert_same_table(*both(parquet, config))
+
+
+@pytest.mark.parametrize("weighting", ["patient", "session"])
+def test_session_table_is_the_same(tmp_path, demo, weighting):
+    config = config_from_dict({"design": {"level": "session", "caseload_weighting": weighting}})
+    for name, frame in [("demo", demo), ("messy", messy(demo))]:
+        parquet = tmp_path / f"{name}.parquet"
+        frame.to_parquet(parquet, index=False)
+        assert_same_table(*both(parquet, config))
+
+
+@pytest.mark.parametrize("design", ["patient", "session"])
+def test_simulated_recovery_data_are_the_same(tmp_path, design):
+    sim = simulate("coyne2022", seed=7, design=design)
+    path = tmp_path / "sim.parquet"
+    sim.sessions.to_parquet(path, index=False)
+    assert_same_table(*both(path, config_from_dict({"design": {"level": design}})))
+
+
+def test_dates_and_covariates(tmp_path, demo):
+    s = demo.copy()
+    s["session"] = (pd.Timestamp("2021-01-04") + pd.to_timedelta(s["session"] * 9, unit="D")).dt.strftime("%d.%m.%Y")
+    rng = np.random.default_rng(3)
+    first = s.groupby("patient")["patient"].transform(lambda p: rng.integers(0, 3))
+    s["site"] = np.array(["north", "south", "east"])[first.to_numpy()]
+    s["age"] = s.groupby("patient")["outcome"].transform("size") * 3.0 + 20
+    path = tmp_path / "dated.csv"
+    s.to_csv(path, index=False)
+    config = config_from_dict({"columns": {"covariates": ["site", "age"]}})
+    a, b = both(path, config)
+    assert_same_table(a, b)
+    assert len(b.covariates) == 3 and "age" in b.covariates  # site: two dummies against the most frequent level
+
+
+def test_folder_and_glob_equal_one_file(tmp_path, demo):
+    config = config_from_dict({})
+    whole = tmp_path / "all.parquet"
+    demo.to_parquet(whole, index=False)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for k, chunk in enumerate(np.array_split(np.arange(len(demo)), 4)):
+        demo.iloc[chunk].to_parquet(parts / f"part-{k}.parquet", index=False)
+    with scan_files(whole, config) as one:
+        expected = patient_aggregates(one)
+    for path in (parts, str(parts / "part-*.parquet")):
+        with scan_files(path, config) as many:
+            cols, rows = patient_aggregates(many)
+            temp = many.temp_dir
+            assert temp.exists() and not str(temp).startswith(str(tmp_path))
+        assert not temp.exists()  # the spill folder goes with the scan
+        np.testing.assert_array_equal(rows, expected[1])
+        for name, values in expected[0].items():  # sums may add in another order: to rounding
+            if values.dtype.kind == "f":
+                np.testing.assert_allclose(cols[name], values, rtol=1e-12, atol=1e-15)
+            else:
+                np.testing.assert_array_equal(cols[name], values)
+
+
+def test_row_messages_name_the_part_file(tmp_path, demo):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    s = demo.copy()
+    s.loc[[1500, 1510], "alliance"] = np.inf
+    s.iloc[:1000].to_parquet(parts / "a.parquet", index=False)
+    s.iloc[1000:].to_parquet(parts / "b.parquet", index=False)
+    with pytest.raises(InputError) as info:
+        scan_files(parts, config_from_dict({}))
+    # case numbers of b.parquet (counted from 1), as read_table + validate_sessions would say for that file
+    with pytest.raises(InputError) as single:
+        validate_sessions(read_table(parts / "b.parquet"), source=str(parts / "b.parquet"))
+    assert str(info.value) == str(single.value)
+    assert "rows 501, 511" in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_messages_are_the_same(tmp_path, demo, fmt):
+    """A few of the catalogue's value errors, on Parquet too (case numbers) and on both formats."""
+    def bad_outcome(s):
+        s["outcome"] = s["outcome"].astype(object)
+        s.loc[[2, 4, 8, 12], "outcome"] = ["bad", "n.a.", "3,4,5", "x"]
+
+    def decimal_comma_only(s):
+        s["alliance"] = s["alliance"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}".replace(".", ","))
+
+    def duplicate(s):
+        s.loc[len(s)] = s.loc[5]
+
+    def moved(s):
+        s.loc[[1, 30], "therapist"] = "T02"
+
+    def constant_process(s):
+        s["expectancy"] = s.groupby("therapist")["expectancy"].transform("mean")
+
+    for change in (bad_outcome, decimal_comma_only, duplicate, moved, constant_process):
+        s = demo.copy()
+        change(s)
+        path = tmp_path / f"s.{fmt}"
+        if fmt == "csv":
+            s.to_csv(path, index=False)
+        else:  # a text column of Parquet holds text
+            s.astype({c: "string" for c in s.columns if s[c].dtype == object}).to_parquet(path, index=False)
+        try:
+            expected = validate_sessions(read_table(path), source=str(path))
+        except InputError as exc:
+            with pytest.raises(InputError) as info:
+                scan_files(path, source=str(path))
+            assert str(info.value) == str(exc), change.__name__
+        else:
+            with scan_files(path, source=str(path)) as scanned:
+                assert scanned.data.notes == expected.notes and scanned.data.counts == expected.counts
+
+
+def test_memory_sizes_and_engine_choice(tmp_path, demo):
+    assert parse_memory("8GB") == 8 * 10**9 and parse_memory("2GiB") == 2 * 2**30 and parse_memory(512) == 512
+    with pytest.raises(InputError, match="--memory-limit 'lots' is not a memory size"):
+        parse_memory("lots")
+    path = tmp_path / "s.csv"
+    demo.to_csv(path, index=False)
+    size = path.stat().st_size
+    assert choose_engine(path, "auto", size + 1)[0] == "pandas"
+    assert choose_engine(path, "auto", size - 1)[0] == "duckdb"
+    assert choose_engine(tmp_path / "s.xlsx", "duckdb")[0] == "pandas"  # DuckDB scans CSV and Parquet only
+    with scan_files(path, memory_limit="300MB") as scanned:
+        limit = scanned.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert limit.replace(" ", "").upper() in {"286.1MIB", "300.0MB", "286.1MB"}
+
+
+def numbers_equal(a, b, path="") -> None:
+    """Every number of two JSON documents equal to 1e-8 relative; strings may differ only in the notes."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            numbers_equal(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        if path.endswith(".notes"):
+            return
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            numbers_equal(x, y, f"{path}[{k}]")
+    elif isinstance(a, bool) or a is None or isinstance(a, str):
+        assert a == b, (path, a, b)
+    else:
+        assert math.isclose(a, b, rel_tol=1e-8, abs_tol=1e-12), (path, a, b)
+
+
+@pytest.mark.parametrize("design", ["patient", "session"])
+def test_results_json_is_the_same_through_both_engines(tmp_path, design):
+    sessions, therapists = demo_paths()
+    config = config_from_dict({"design": {"level": design},
+                               "therapist_moderators": {"columns": ["self_rated_alliance_skill", "cbt"]}})
+    docs = {}
+    for engine in ("pandas", "duckdb"):
+        result = analyze_files(sessions, therapists, config, engine=engine)
+        docs[engine] = json.loads(result.to_json())
+        assert any(n.startswith("Engine: " + ("DuckDB" if engine == "duckdb" else "pandas")) for n in result.notes)
+        assert set(result.timings) == {"statistics", "fits"}
+    numbers_equal(docs["pandas"], docs["duckdb"])
