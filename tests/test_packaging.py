@@ -3,9 +3,11 @@
 A module imported unconditionally must come from a core dependency. An optional one (an
 extra, or a package theralens never installs, such as xlrd) may only be imported inside
 ``try: ... except ImportError`` whose handler raises one line with the install command:
-``pip install 'theralens[<extra>]'`` for an extra, ``pip install <package>`` otherwise. A
-core dependency that applies to some Pythons only (``tomli; python_version < "3.11"``) must
-be guarded too, since it is absent elsewhere.
+``pip install 'theralens[<extra>]'`` for an extra, ``pip install <package>`` otherwise; a
+package of an extra may also be imported inside a function of a file that raises that
+install line (a check first, then the import). A core dependency that applies to some
+Pythons only (``tomli; python_version < "3.11"``) must be guarded too, since it is absent
+elsewhere.
 """
 
 from __future__ import annotations
@@ -85,8 +87,9 @@ def _distribution(module: str) -> str:
     return _norm(found[0]) if found else _norm(module)
 
 
-def _imports(path: Path) -> list[tuple[str, int, str | None, bool]]:
-    """(top-level module, line, handler source or None, is a fallback) for every absolute import in one file.
+def _imports(path: Path) -> list[tuple[str, int, str | None, bool, bool]]:
+    """(top-level module, line, handler source or None, is a fallback, inside a function) for
+    every absolute import in one file.
 
     The handler source is the text of the ``except ImportError`` clauses of the ``try`` that
     holds the import, or None when the import is not guarded; a fallback is an import inside
@@ -96,6 +99,8 @@ def _imports(path: Path) -> list[tuple[str, int, str | None, bool]]:
     tree = ast.parse(source)
     guard: dict[int, str] = {}
     fallback: set[int] = set()
+    lazy = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            for inner in ast.walk(node) if isinstance(inner, ast.Import | ast.ImportFrom)}
     for node in ast.walk(tree):
         if not isinstance(node, ast.Try):
             continue
@@ -121,7 +126,7 @@ def _imports(path: Path) -> list[tuple[str, int, str | None, bool]]:
         else:
             continue
         for m in modules:
-            found.append((m.split(".")[0], node.lineno, guard.get(id(node)), id(node) in fallback))
+            found.append((m.split(".")[0], node.lineno, guard.get(id(node)), id(node) in fallback, id(node) in lazy))
     return found
 
 
@@ -129,7 +134,8 @@ def _problems() -> list[str]:
     core, extras = _declared()
     problems = []
     for path in sorted(SRC.rglob("*.py")):
-        for module, line, handler, is_fallback in _imports(path):
+        source = path.read_text(encoding="utf-8")
+        for module, line, handler, is_fallback, in_function in _imports(path):
             if module in STDLIB or module == "theralens" or module == "__future__":
                 continue
             dist = _distribution(module)
@@ -140,6 +146,9 @@ def _problems() -> list[str]:
                     problems.append(f"{where}: declared only for {marker}, so guard it with except ImportError")
                 continue
             in_extras = sorted(e for e, names in extras.items() if dist in names and e not in ("dev", "all"))
+            if handler is None and in_function and "InputError" in source and any(
+                    f"pip install 'theralens[{e}]'" in source for e in in_extras):
+                continue  # a lazy import after the file's own check with the install line
             if handler is None:
                 hint = f"the extra {in_extras[0]!r}" if in_extras else "dependencies"
                 problems.append(f"{where}: not a core dependency; declare it in {hint} or guard the import")
@@ -178,14 +187,19 @@ def test_the_guard_finds_an_unguarded_optional_import(tmp_path, monkeypatch):
         "try:\n    import openpyxl\nexcept ImportError as exc:\n    raise RuntimeError('no') from exc\n"
         "try:\n    import xlrd\nexcept ImportError as exc:\n    raise InputError('install xlrd') from exc\n"
         "try:\n    import tomllib\nexcept ImportError:\n    import tomli as tomllib\n"
+        "def read_sav(path):\n    check_spss()\n    import pyreadstat\n"
+        "def check_spss():\n    raise InputError(\"install it with: pip install 'theralens[spss]'\")\n"
     )
+    (pkg / "lazy.py").write_text("def read_sav(path):\n    import pyreadstat\n")  # no check, no install line
     monkeypatch.setattr(sys.modules[__name__], "SRC", pkg)
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     (tmp_path / "pyproject.toml").write_text(project, encoding="utf-8")
     found = _problems()
-    assert any("imports pyreadstat" in p and "'spss'" in p for p in found), found
+    assert any("bad.py:1 imports pyreadstat" in p and "'spss'" in p for p in found), found  # module level
+    assert not any("bad.py:17 " in p for p in found), found  # in a function, after the check with the hint
     assert any("imports somethingundeclared" in p for p in found), found
     assert any("imports openpyxl" in p and "InputError" in p for p in found), found
     assert any("imports xlrd" in p and "pip install xlrd" in p for p in found), found
     assert not any("tomli" in p for p in found), found  # guarded fallback of a marker dependency
-    assert len(found) == 4, found
+    assert any("lazy.py:2 imports pyreadstat" in p for p in found), found
+    assert len(found) == 5, found
