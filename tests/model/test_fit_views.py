@@ -152,3 +152,13 @@ def test_predict_missing_values_and_bad_newdata(nested, therapy):
         nested.predict(therapy.drop(columns="alliance"))
     with pytest.raises(tl.InputError, match="must be a pandas DataFrame"):
         nested.predict(therapy.to_numpy())
+
+
+def test_population_prediction_needs_no_grouping_columns(nested, therapy):
+    """As lme4's re.form = NA: X beta from the fixed part's columns alone."""
+    rows = therapy.head(5)
+    bare = rows[["alliance"]]
+    np.testing.assert_allclose(nested.predict(bare, include_random=False),
+                               nested.predict(rows, include_random=False), rtol=0, atol=1e-12)
+    with pytest.raises(tl.InputError, match="newdata has no column 'therapist'"):
+        nested.predict(bare)

@@ -20,7 +20,7 @@ from theralens.display import Summary
 from theralens.errors import InputError
 from theralens.model.criterion import NestedCriterion, Solution, criterion_from_profile
 from theralens.model.design import Design, _colmajor_tril, build_design, group_labels, model_matrix_like
-from theralens.model.formula import parse_formula
+from theralens.model.formula import ParsedFormula, parse_formula
 from theralens.model.optimize import OptimizerRecord, minimize_theta
 from theralens.model.satterthwaite import satterthwaite
 from theralens.model.threads import one_blas_thread
@@ -307,7 +307,10 @@ class MixedResult:
             raise InputError("predict: this fit does not keep its data (it was fitted from a design); "
                              "fit it with fit_mixed to predict new data")
         parsed = self.design.formula
-        needed = [v for v in parsed.variables() if v != parsed.response and v in self.data.columns]
+        parts = [parsed.fixed] + ([f"{t.lhs} + {' + '.join(t.factors)}" for t in parsed.random] if include_random
+                                  else [])  # the population level needs no grouping columns (lme4's re.form = NA)
+        used = ParsedFormula(parsed.response, parsed.fixed, (), " + ".join(parts)).variables()
+        needed = [v for v in used if v != parsed.response and v in self.data.columns]
         absent = [v for v in needed if v not in newdata.columns]
         if absent:
             raise InputError(f"predict: newdata has no column {absent[0]!r}; the model uses "
