@@ -1,4 +1,4 @@
-"""Command-line interface: ``theralens analyze | demo | validate | simulate | power``.
+"""Command-line interface: ``theralens analyze | report | demo | validate | simulate | power``.
 
 Exit codes: 0 success, 2 bad input or usage (one line on stderr naming the file, column,
 row or therapist and the fix), 1 internal error (one line, plus ``--debug`` for the
@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--no-report", action="store_true", help="write results.json and tables only")
     _engine_options(a)
 
+    r = sub.add_parser("report", help="rebuild report.html and the therapist pages from a results.json")
+    r.add_argument("results", help="the results.json that theralens analyze wrote")
+    r.add_argument("--out", help="output folder (default: the folder of the results file)")
+
     d = sub.add_parser("demo", help="the whole analysis on the built-in (simulated) demo data")
     d.add_argument("--out", default="theralens-demo", help="output folder (default: theralens-demo)")
     d.add_argument("--design", choices=["patient", "session"], default="patient")
@@ -76,17 +80,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write_outputs(result, out: Path, report: bool) -> list[Path]:  # noqa: ANN001
-    """Write results, tables and the report into ``out``, all or nothing (atomic.write_staged)."""
+    """Write results, tables and the report into ``out``, all or nothing (atomic.write_staged).
+    The report is drawn from the very document written to ``results.json`` (its text, read
+    back), so ``theralens report`` rebuilds it byte for byte."""
+    import json
+
     from theralens.atomic import write_staged
 
     def write(folder: Path) -> list[Path]:
-        written = result.write(folder)
+        text = result.to_json()
+        written = result.write(folder, document=text)
         if report:
-            try:
-                from theralens.report.html import write_report
-            except ImportError:  # the report is optional until installed
-                return written
-            written += write_report(result, folder)
+            from theralens.report.html import write_report
+
+            written += write_report(json.loads(text), folder)
         return written
 
     return write_staged(out, write)
@@ -143,6 +150,19 @@ def _check_out_not_input(out: Path, inputs: Sequence[str | None]) -> None:
         if p in ours or p.parent in (o / "tables", o / "therapists"):
             raise InputError(f"input file {path} lies where theralens writes its outputs ({out}); "
                              "move it or choose another --out folder")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from theralens.atomic import check_dir, write_staged
+    from theralens.report.html import render_report
+    from theralens.study.document import read_document
+
+    doc = read_document(args.results)
+    out = Path(args.out) if args.out else Path(args.results).parent
+    check_dir(out)
+    written = write_staged(out, lambda folder: render_report(doc, folder))
+    print(f"wrote {len(written)} files to {out} from {args.results}; open {out / 'report.html'}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -225,7 +245,7 @@ def _cmd_power(args: argparse.Namespace) -> int:
     return run_power_command(args)
 
 
-COMMANDS = {"analyze": _cmd_analyze, "demo": _cmd_demo, "validate": _cmd_validate,
+COMMANDS = {"analyze": _cmd_analyze, "report": _cmd_report, "demo": _cmd_demo, "validate": _cmd_validate,
             "simulate": _cmd_simulate, "power": _cmd_power}
 
 

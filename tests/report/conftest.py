@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+from results_schema import check_documents_under
 from studies import Written, demo_study, hostile_study
 
 
@@ -17,3 +18,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Written:
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Written:
     """The demo study with hostile therapist ids, process and moderator names."""
     return hostile_study(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_results_json_matches_the_schema(tmp_path_factory: pytest.TempPathFactory):
+    """After the report tests: every results.json they wrote validates against the shipped schema."""
+    yield
+    check_documents_under(tmp_path_factory.getbasetemp())

@@ -35,7 +35,8 @@ class Written:
     written: list[Path]
 
 
-def _write(result: StudyResult, out: Path) -> Written:
+def write_study(result: StudyResult, out: Path) -> Written:
+    """Write ``result``'s results.json, tables and report into ``out``."""
     result.write(out)
     return Written(result=result, out=out, written=write_report(result, out))
 
@@ -45,7 +46,7 @@ def demo_study(out: Path) -> Written:
     sessions, therapists = load_demo()
     cfg = config_from_dict({"therapist_moderators": {"columns": DEMO_MODERATORS}})
     result = analyze(sessions, therapists, cfg, source="demo sessions")
-    return _write(result, out)
+    return write_study(result, out)
 
 
 def hostile_study(out: Path) -> Written:
@@ -60,4 +61,4 @@ def hostile_study(out: Path) -> Written:
         "therapist_moderators": {"columns": [HOSTILE_MODERATOR]},
     })
     result = analyze(sessions, therapists, cfg, source="hostile demo <script>alert(2)</script>")
-    return _write(result, out)
+    return write_study(result, out)

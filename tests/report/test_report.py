@@ -145,7 +145,7 @@ def test_report_shows_every_quantity_of_the_aims(demo: Written, demo_doc: dict[s
     keys = {k for k, _, _ in Page((demo.out / "report.html").read_text()).keys}
     flat = flatten_results(demo_doc)
     wanted = [k for k in flat if k.split(".")[0] in ("aim1", "aim3", "ancillary", "n", "reliability", "models")
-              and not k.endswith(("n_therapists", "n_patients", ".process", ".therapists_missing"))]
+              and not k.endswith(("n_therapists", "n_patients", ".process", ".process_label", ".therapists_missing"))]
     wanted += [k for k in flat if k.startswith("aim2.") and ".therapists." not in k]
     missing = sorted(set(wanted) - keys)
     assert not missing, f"report.html lacks {missing[:10]}"

@@ -3,8 +3,9 @@ the average with its interval, the probability of being stronger than average, t
 peers with its uncertainty, caseload means against peers, the overall outcome effect u0j,
 moderators, and plain language that follows the uncertainty.
 
-Pure computation: :func:`build_profiles` turns a :class:`~theralens.study.result.StudyResult`
-into :class:`Profiles`; the report draws them (``theralens.report``).
+Pure computation: :func:`profiles_from_document` turns a results document (``results.json``)
+into :class:`Profiles` (:func:`build_profiles` a :class:`~theralens.study.result.StudyResult`);
+the report draws them (``theralens.report``).
 """
 
 from theralens.profiles.language import AVERAGE, CATEGORIES, GROWTH, STRENGTH, UNCERTAIN, classify_interval
@@ -14,6 +15,7 @@ from theralens.profiles.profile import (
     Profiles,
     TherapistProfile,
     build_profiles,
+    profiles_from_document,
     profiles_from_tables,
 )
 from theralens.profiles.ranks import rank_intervals
@@ -30,6 +32,7 @@ __all__ = [
     "TherapistProfile",
     "build_profiles",
     "classify_interval",
+    "profiles_from_document",
     "profiles_from_tables",
     "rank_intervals",
 ]

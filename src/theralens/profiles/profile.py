@@ -53,6 +53,7 @@ __all__ = [
     "Profiles",
     "TherapistProfile",
     "build_profiles",
+    "profiles_from_document",
     "profiles_from_tables",
 ]
 
@@ -76,7 +77,8 @@ def _num(v: Any) -> float | None:
 class ProcessProfile:
     """One therapist's profile for one process (models.md "Profiles").
 
-    Fields: ``process`` (the user's name) and ``kind`` (alliance, expectancy, other);
+    Fields: ``process`` (its stable, formula-safe name), ``label`` (the user's name, shown)
+    and ``kind`` (alliance, expectancy, other);
     ``slope`` b1j with ``slope_ci_low``/``slope_ci_high`` (as in ``results.json``);
     ``average_slope`` g10; ``deviation`` u1j = b1j - g10 with ``deviation_sd`` (conditional SD)
     and 95% interval ``deviation_ci_low``/``deviation_ci_high``; ``benefit``,
@@ -116,6 +118,7 @@ class ProcessProfile:
     statement: str
     suggestion: str
     reason: str = ""
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -181,9 +184,10 @@ class Profiles:
 
     Fields: ``therapists`` (:class:`TherapistProfile`, in the study's order), ``processes``,
     ``design`` ("patient" or "session"), ``benefit_sign`` (-1 when a higher outcome is worse),
-    ``min_caseload``, and the Monte Carlo settings of the rank intervals ``draws`` and
-    ``seed``. Views: :meth:`to_frame` (therapist x process), :meth:`overview` (one row per
-    therapist), :meth:`category_counts` and :meth:`summary`.
+    ``min_caseload``, the Monte Carlo settings of the rank intervals ``draws`` and
+    ``seed``, and ``labels`` (stable name of a process or moderator -> the user's name).
+    Views: :meth:`to_frame` (therapist x process), :meth:`overview` (one row per therapist),
+    :meth:`category_counts` and :meth:`summary`.
     """
 
     therapists: tuple[TherapistProfile, ...]
@@ -193,6 +197,11 @@ class Profiles:
     min_caseload: int
     draws: int = DEFAULT_DRAWS
     seed: int = DEFAULT_SEED
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def label(self, name: str) -> str:
+        """The user's name of the process or moderator ``name``."""
+        return self.labels.get(name, name)
 
     def __iter__(self) -> Iterator[TherapistProfile]:
         return iter(self.therapists)
@@ -287,8 +296,9 @@ def profiles_from_tables(
     min_caseload: int = 5,
     draws: int = DEFAULT_DRAWS,
     seed: int = DEFAULT_SEED,
+    labels: Mapping[str, str] | None = None,
 ) -> Profiles:
-    """Profiles from tidy tables (the seam :func:`build_profiles` uses; handy in tests).
+    """Profiles from tidy tables (the seam :func:`profiles_from_document` uses; handy in tests).
 
     ``slopes``: one row per therapist and process as ``StudyResult.aim2.therapists``
     (process, therapist, slope, ci_low, ci_high, deviation, deviation_sd,
@@ -297,7 +307,8 @@ def profiles_from_tables(
     n_patients, intercept_deviation, intercept_sd, ``mean_<process>``, ``moderator_<name>``).
     ``average_slopes``: g10 per process; ``slope_variances``: Var(u1j) per process (a zero
     variance is explained in the reason); ``caseload_reliability``: therapist, process,
-    reliability (lambda_j).
+    reliability (lambda_j); ``labels``: the user's names of processes and moderators (stable
+    name -> label; wording and pages use them).
     """
     if benefit_sign not in (-1, 1):
         raise ValueError(f"benefit_sign must be -1 or +1, got {benefit_sign!r}")
@@ -307,6 +318,7 @@ def profiles_from_tables(
     sl = slopes.copy()
     sl["therapist"] = sl["therapist"].astype(str)
     variances = dict(slope_variances or {})
+    labels = dict(labels or {})
     rel = None
     if caseload_reliability is not None and len(caseload_reliability):
         rel = caseload_reliability.assign(therapist=caseload_reliability["therapist"].astype(str)).set_index(
@@ -382,8 +394,9 @@ def profiles_from_tables(
             cm_rel = None
             if rel is not None and (t, p) in rel.index:
                 cm_rel = _num(rel.loc[(t, p)])
+            label = labels.get(p, p)
             procs.append(ProcessProfile(
-                process=p, kind=process_kind(p),
+                process=p, label=label, kind=process_kind(label),
                 slope=_num(row["slope"]) if row is not None and estimable else None,
                 slope_ci_low=_num(row["ci_low"]) if row is not None and estimable else None,
                 slope_ci_high=_num(row["ci_high"]) if row is not None and estimable else None,
@@ -401,8 +414,8 @@ def profiles_from_tables(
                 peer_median=_num(info["peer_median"]),
                 caseload_reliability=cm_rel,
                 category=category,
-                statement=process_statement(p, category, design, reason),
-                suggestion=training_suggestion(p, category),
+                statement=process_statement(label, category, design, reason),
+                suggestion=training_suggestion(label, category),
                 reason=reason,
             ))
         moderators = {c[len("moderator_"):]: _num(ther.loc[t, c]) for c in mod_cols}
@@ -410,7 +423,48 @@ def profiles_from_tables(
                                          reason=reason_t, outcome=outcome, processes=tuple(procs),
                                          moderators=moderators))
     return Profiles(therapists=tuple(profiles), processes=tuple(processes), design=design,
-                    benefit_sign=benefit_sign, min_caseload=min_caseload, draws=draws, seed=seed)
+                    benefit_sign=benefit_sign, min_caseload=min_caseload, draws=draws, seed=seed, labels=labels)
+
+
+def profiles_from_document(
+    doc: Mapping[str, Any],
+    *,
+    min_caseload: int | None = None,
+    draws: int = DEFAULT_DRAWS,
+    seed: int = DEFAULT_SEED,
+) -> Profiles:
+    """Profiles of every therapist from a results document (``results.json``; models.md
+    "Profiles"). ``min_caseload`` defaults to the document's ``[report] min_caseload``;
+    ``draws`` and ``seed`` set the Monte Carlo rank intervals."""
+    processes = [p["name"] for p in doc["processes"]]
+    labels = {p["name"]: p["label"] for p in doc["processes"]}
+    labels.update({m["name"]: m["label"] for m in doc["moderators"]})
+    within = "within_therapist" if doc["design"] == "patient" else "within_patient"
+    slope_cols = ["process", "therapist", "slope", "ci_low", "ci_high", "deviation", "deviation_sd",
+                  "prob_stronger_than_average", "slope_reliability", "n_patients", "estimable"]
+    slopes = pd.DataFrame([{**t, "process": r["process"]} for r in doc["aim2"] for t in r["therapists"]],
+                          columns=None if any(r["therapists"] for r in doc["aim2"]) else slope_cols)
+    rows, rel = [], []
+    for t in doc["therapists"]:
+        row = {"therapist": t["therapist"], "n_patients": t["n_patients"],
+               "intercept_deviation": t["intercept_deviation"], "intercept_sd": t["intercept_sd"]}
+        row.update({f"mean_{p}": v for p, v in t["caseload_means"].items()})
+        row.update({f"moderator_{m}": v for m, v in t["moderators"].items()})
+        rows.append(row)
+        rel += [{"therapist": t["therapist"], "process": p, "reliability": v}
+                for p, v in t["caseload_reliability"].items()]
+    therapists = pd.DataFrame(rows, columns=None if rows else ["therapist", "n_patients", "intercept_deviation",
+                                                                "intercept_sd"])
+    options = doc["options"]["report"]
+    return profiles_from_tables(
+        slopes, therapists, processes=processes,
+        average_slopes={r["process"]: r["estimate"] for r in doc["aim1"] if r["component"] == within},
+        benefit_sign=int(doc["benefit_sign"]), design=doc["design"],
+        slope_variances={r["process"]: r["slope_variance"] for r in doc["aim2"]},
+        caseload_reliability=pd.DataFrame(rel) if rel else None,
+        min_caseload=int(options["min_caseload"]) if min_caseload is None else min_caseload,
+        draws=draws, seed=seed, labels=labels,
+    )
 
 
 def build_profiles(
@@ -420,22 +474,6 @@ def build_profiles(
     draws: int = DEFAULT_DRAWS,
     seed: int = DEFAULT_SEED,
 ) -> Profiles:
-    """Profiles of every therapist of a study result (models.md "Profiles").
-
-    ``min_caseload`` defaults to the result's ``[report] min_caseload``; ``draws`` and
-    ``seed`` set the Monte Carlo rank intervals.
-    """
-    labels = result.table.labels
-    processes = [labels.get(p, p) for p in result.terms.processes]
-    within = "within_therapist" if result.design == "patient" else "within_patient"
-    a1 = result.aim1
-    avg = {r["process"]: float(r["estimate"]) for _, r in a1[a1["component"] == within].iterrows()}
-    var = {r["process"]: float(r["slope_variance"]) for _, r in result.aim2.variance.iterrows()}
-    rel = result.table.reliability
-    rel = rel.assign(process=rel["process"].map(lambda p: labels.get(p, p))) if len(rel) else None
-    return profiles_from_tables(
-        result.aim2.therapists, result.therapists(), processes=processes, average_slopes=avg,
-        benefit_sign=result.benefit_sign, design=result.design, slope_variances=var, caseload_reliability=rel,
-        min_caseload=result.config.report.min_caseload if min_caseload is None else min_caseload,
-        draws=draws, seed=seed,
-    )
+    """Profiles of every therapist of a study result: :func:`profiles_from_document` of its
+    results document."""
+    return profiles_from_document(result.to_dict(), min_caseload=min_caseload, draws=draws, seed=seed)

@@ -16,6 +16,7 @@ import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -23,7 +24,6 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from scipy import stats
 
 from theralens.profiles.language import AVERAGE, GROWTH, STRENGTH, UNCERTAIN
 from theralens.report.formatting import esc
@@ -319,35 +319,36 @@ def slope_by_covariate(panels: Sequence[Panel], what: str, benefit_sign: int, sh
     return _to_svg(fig, alt, f"slopes-{what}")
 
 
-def residual_diagnostics(fitted: np.ndarray, residuals: np.ndarray, intercepts: np.ndarray,
-                         intercept_label: str) -> Svg:
-    """Residuals against fitted values, a normal Q-Q plot of the residuals and of the
-    therapist random intercepts (main model)."""
-    f = np.asarray(fitted, dtype=float)
-    r = np.asarray(residuals, dtype=float)
-    u = np.asarray(intercepts, dtype=float)
+def residual_diagnostics(diagnostics: Mapping[str, Any], intercept_label: str) -> Svg:
+    """Residuals against fitted values with their running mean, and normal Q-Q plots of the
+    residuals and of the therapist random intercepts, as the results document's
+    ``diagnostics`` holds them (:func:`theralens.study.document.residual_summary`)."""
+    f = np.asarray(diagnostics["fitted"], dtype=float)
+    r = np.asarray(diagnostics["residual"], dtype=float)
+    smooth = np.asarray([np.nan if v is None else v for v in diagnostics["running_mean"]], dtype=float)
+    n = int(diagnostics["n"])
+    n_u = len(diagnostics["intercept_qq"]["sample"])
     with matplotlib.rc_context(STYLE):
         fig = _figure(9.2, 2.8, left=0.6, right=0.15, bottom=0.5, top=0.3, wspace=0.3)
         a1, a2, a3 = fig.subplots(1, 3)
         a1.scatter(f, r, s=6, color=OKABE_ITO["blue"], alpha=0.6, linewidths=0)
         a1.axhline(0, color="#333333", linewidth=0.8)
-        if len(f) > 10:
-            order = np.argsort(f)
-            w = max(5, len(f) // 10)
-            smooth = pd.Series(r[order]).rolling(w, center=True, min_periods=max(2, w // 2)).mean()
-            a1.plot(f[order], smooth, color=OKABE_ITO["vermillion"], linewidth=1.2)
+        if np.isfinite(smooth).any():
+            a1.plot(f, smooth, color=OKABE_ITO["vermillion"], linewidth=1.2)
         a1.set_xlabel("fitted")
         a1.set_ylabel("residual")
         a1.set_title("Residuals vs fitted", fontsize=9)
-        for ax, vals, title in ((a2, r, "Residuals (normal Q-Q)"), (a3, u, f"{intercept_label} (normal Q-Q)")):
-            v = np.sort(vals[np.isfinite(vals)])
+        for ax, qq, title in ((a2, diagnostics["residual_qq"], "Residuals (normal Q-Q)"),
+                              (a3, diagnostics["intercept_qq"], f"{intercept_label} (normal Q-Q)")):
+            q = np.asarray(qq["theoretical"], dtype=float)
+            v = np.asarray(qq["sample"], dtype=float)
             if len(v) >= 2:
-                q = stats.norm.ppf((np.arange(1, len(v) + 1) - 0.5) / len(v))
                 ax.scatter(q, v, s=6, color=OKABE_ITO["blue"], alpha=0.7, linewidths=0)
-                sd = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-                ax.plot(q, float(np.mean(v)) + sd * q, color="#333333", linewidth=0.8)
+                sd = float(qq["sd"]) if qq["sd"] is not None else 0.0
+                ax.plot(q, float(qq["mean"]) + sd * q, color="#333333", linewidth=0.8)
             ax.set_xlabel("normal quantile")
             ax.set_title(title, fontsize=9)
-    alt = (f"Model diagnostics of the main model: residuals against fitted values for {len(r)} rows with a running "
-           f"mean, and normal Q-Q plots of the residuals and of {len(u)} therapist random intercepts.")
+    shown = "" if len(f) == n else f" ({len(f)} of them drawn, evenly spaced in fitted order)"
+    alt = (f"Model diagnostics of the main model: residuals against fitted values for {n} rows{shown} with a running "
+           f"mean, and normal Q-Q plots of the residuals and of {n_u} therapist random intercepts.")
     return _to_svg(fig, alt, "diagnostics")

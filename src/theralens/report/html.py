@@ -1,20 +1,22 @@
 """Write the study report: ``OUT/report.html`` and one ``OUT/therapists/<file>.html`` per
 therapist, linked both ways, plus ``OUT/tables/therapist_profiles.csv``.
 
-Every page is one self-contained file: figures inline as SVG, the stylesheet inline, no
-scripts, and a Content-Security-Policy that forbids loading anything. Numbers come from the
-same ``results.json`` document :meth:`StudyResult.write` saves; data values are escaped;
-patient identifiers never appear unless ``[report] show_patient_ids`` is set.
+The report is drawn from the results document alone (:func:`render_report`; ``results.json``
+as :meth:`StudyResult.write` saves it), so ``theralens report OUT/results.json`` rebuilds the
+same bytes. Every page is one self-contained file: figures inline as SVG, the stylesheet
+inline, no scripts, and a Content-Security-Policy that forbids loading anything. Data values
+are escaped; patient identifiers never appear unless ``[report] show_patient_ids`` is set.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from theralens.atomic import prepare_dir, write_text
-from theralens.profiles import Profiles, build_profiles
+from theralens.profiles import Profiles, profiles_from_document
 from theralens.report.formatting import key
 from theralens.report.page import page
 from theralens.report.profile_page import peer_context, profile_filename, profile_page
@@ -23,22 +25,22 @@ from theralens.report.study import ReportContext, report_body
 if TYPE_CHECKING:  # pragma: no cover
     from theralens.study.result import StudyResult
 
-__all__ = ["write_report"]
+__all__ = ["render_report", "write_report"]
 
 _OUR_PAGE = re.compile(r"^[A-Za-z0-9_-]*-[0-9a-f]{10}\.html$")
 
 
-def write_report(result: StudyResult, out: str | Path, profiles: Profiles | None = None) -> list[Path]:
+def render_report(doc: dict[str, Any], out: str | Path, profiles: Profiles | None = None) -> list[Path]:
     """Write ``report.html``, the therapist pages and ``tables/therapist_profiles.csv`` into
-    ``out`` (atomically, file by file); returns the paths written.
+    ``out`` (atomically, file by file) from the results document ``doc`` alone; returns the
+    paths written.
 
-    ``profiles`` defaults to :func:`theralens.profiles.build_profiles` of ``result``. Profile
-    pages left from an earlier run for therapists no longer in the data are removed.
+    ``profiles`` defaults to :func:`theralens.profiles.profiles_from_document` of ``doc``.
+    Profile pages left from an earlier run for therapists no longer in the data are removed.
     """
     out = prepare_dir(out)
-    doc = result.to_dict()
-    profiles = profiles if profiles is not None else build_profiles(result)
-    ctx = ReportContext(result=result, doc=doc, profiles=profiles)
+    profiles = profiles if profiles is not None else profiles_from_document(doc)
+    ctx = ReportContext(doc=doc, profiles=profiles)
     written = [write_text(out / "report.html", page("theralens study report", report_body(ctx),
                                                     description="theralens study report"))]
 
@@ -60,3 +62,10 @@ def write_report(result: StudyResult, out: str | Path, profiles: Profiles | None
     frame = profiles.to_frame()
     written.append(write_text(out / "tables" / "therapist_profiles.csv", frame.to_csv(index=False)))
     return written
+
+
+def write_report(result: StudyResult | dict[str, Any], out: str | Path, profiles: Profiles | None = None) -> list[Path]:
+    """:func:`render_report` of a results document, or of a study result's document exactly as
+    ``results.json`` holds it (written, then read back)."""
+    doc = result if isinstance(result, dict) else json.loads(result.to_json())
+    return render_report(doc, out, profiles=profiles)

@@ -5,13 +5,11 @@ decomposition, software), so it can go into a paper as written.
 
 from __future__ import annotations
 
-import platform
-from importlib import metadata
 from typing import Any
 
 from theralens.report.formatting import esc
 
-__all__ = ["REFERENCES", "methods_paragraphs", "software_versions"]
+__all__ = ["REFERENCES", "methods_paragraphs"]
 
 REFERENCES = [
     "Bates, D., M\u00e4chler, M., Bolker, B., & Walker, S. (2015). Fitting linear mixed-effects models using lme4. "
@@ -38,17 +36,6 @@ REFERENCES = [
 ]
 
 
-def software_versions() -> dict[str, str]:
-    """Versions of theralens, Python and the numerical libraries used."""
-    out = {"theralens": "unknown", "Python": platform.python_version()}
-    for name in ("theralens", "numpy", "scipy", "pandas", "formulaic", "nlopt", "matplotlib"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
 def _list(items: list[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
@@ -59,8 +46,8 @@ def methods_paragraphs(doc: dict[str, Any], processes: list[str], moderators: li
                        min_caseload: int, draws: int, seed: int) -> list[str]:
     """Paragraphs (HTML, data values escaped) describing exactly what was done.
 
-    ``doc`` is the ``results.json`` document; ``processes`` and ``moderators`` the names as
-    the user gave them."""
+    ``doc`` is the ``results.json`` document (software versions included: those of the
+    analysis); ``processes`` and ``moderators`` the names as the user gave them."""
     opt = doc["options"]
     design = opt["design"]
     cols = opt["columns"]
@@ -143,8 +130,8 @@ def methods_paragraphs(doc: dict[str, Any], processes: list[str], moderators: li
         f"distributions (seed {seed}). Profiles classify a slope as a strength or growth area only when its whole "
         "95% interval lies on one side of the average, and call therapists with fewer than "
         f"{min_caseload} analysed patients too uncertain to interpret.")
-    v = software_versions()
+    v = doc["software"]["versions"]
     soft = ", ".join(f"{esc(k)} {esc(x)}" for k, x in v.items() if k != "theralens")
-    paras.append(f"Software: theralens {esc(v.get('theralens', doc.get('software', {}).get('theralens', '')))} "
+    paras.append(f"Software: theralens {esc(v.get('theralens', doc['software']['theralens']))} "
                  f"({soft}); figures with the Okabe-Ito colour-blind-safe palette (Okabe & Ito, 2008).")
     return paras

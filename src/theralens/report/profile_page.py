@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,7 +51,8 @@ def badge(category: str, short: bool = False) -> str:
 class PeerContext:
     """What a profile page needs about the whole study: counts, design wording, the common
     scales of the strips, peer medians of the moderators, the average slopes and their
-    ``results.json`` keys, and the footer text."""
+    ``results.json`` keys, the footer text, and the user's names of processes and moderators
+    (``labels``: stable name -> label)."""
 
     n_therapists: int
     n_patients: int
@@ -64,6 +65,11 @@ class PeerContext:
     moderator_medians: Mapping[str, float | None]
     average_slope_keys: Mapping[str, str]
     version: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def label(self, name: str) -> str:
+        """The user's name of the process or moderator ``name``."""
+        return self.labels.get(name, name)
 
 
 def peer_context(profiles: Profiles, n_therapists: int, n_patients: int, higher_outcome_is: str,
@@ -88,7 +94,7 @@ def peer_context(profiles: Profiles, n_therapists: int, n_patients: int, higher_
         median_caseload=float(np.median([t.n_patients for t in profiles])) if len(profiles) else 0.0,
         process_scales=scales, outcome_scale=1.05 * max(ovals) if ovals else 1.0,
         moderator_medians={m: (float(np.median(v)) if v else None) for m, v in mods.items()},
-        average_slope_keys=average_slope_keys, version=version,
+        average_slope_keys=average_slope_keys, version=version, labels=dict(profiles.labels),
     )
 
 
@@ -106,11 +112,12 @@ def _ci(lo: float | None, hi: float | None, k_lo: str | None, k_hi: str | None) 
 
 def _process_card(t: TherapistProfile, pp: ProcessProfile, ctx: PeerContext, index: int) -> str:
     tid, p = t.therapist, pp.process
+    shown = ctx.label(p)
     ak = lambda field: key("aim2", p, "therapists", tid, field)  # noqa: E731
     scale = ctx.process_scales.get(p, 1.0)
-    alt_int = (f"{p}: benefit relative to the average therapist {fmt(pp.benefit)}, 95% interval "
+    alt_int = (f"{shown}: benefit relative to the average therapist {fmt(pp.benefit)}, 95% interval "
                f"{fmt_ci(pp.benefit_ci_low, pp.benefit_ci_high)}; {pp.category}.")
-    alt_rank = (f"{p}: median rank {fmt(pp.rank_median)} of {pp.n_ranked}, 95% rank interval "
+    alt_rank = (f"{shown}: median rank {fmt(pp.rank_median)} of {pp.n_ranked}, 95% rank interval "
                 f"{fmt(pp.rank_low)} to {fmt(pp.rank_high)} (1 = most benefit).")
     dev_sign = "a negative value means more benefit" if ctx.benefit_sign < 0 else "a positive value means more benefit"
     pct = (f"higher than {num(pp.caseload_percentile, _pk(tid, p, 'caseload_percentile'), kind='pct')} of peers "
@@ -142,14 +149,14 @@ def _process_card(t: TherapistProfile, pp: ProcessProfile, ctx: PeerContext, ind
                                       f"{num(pp.average_slope, ctx.average_slope_keys.get(p))}"),
         ("Reliability of this therapist's slope",
          num(pp.slope_reliability, ak("slope_reliability") if pp.slope_reliability is not None else None)),
-        (f"Caseload mean of {esc(p)}",
+        (f"Caseload mean of {esc(shown)}",
          f"{num(pp.caseload_mean, key('therapists', tid, 'caseload_means', p))}; {pct}"),
         ("Reliability of the caseload mean (&lambda;<sub>j</sub>)",
          num(pp.caseload_reliability, _pk(tid, p, "caseload_reliability"))),
     ]
     return (
         f'<section class="card" id="process-{index + 1}">'
-        f"<h3>{esc(p)} {badge(pp.category)}</h3>"
+        f"<h3>{esc(shown)} {badge(pp.category)}</h3>"
         f"<p>{esc(pp.statement)}</p>"
         f'<p class="suggestion"><strong>Training suggestion:</strong> {esc(pp.suggestion)}</p>'
         f"{interval_strip(pp.benefit, pp.benefit_ci_low, pp.benefit_ci_high, scale, pp.category, alt_int)}"
@@ -176,7 +183,8 @@ def profile_page(t: TherapistProfile, ctx: PeerContext, min_caseload: int) -> st
         parts.append(f'<div class="box alert" id="too-uncertain"><h2>Too uncertain to interpret</h2>'
                      f"<p>This profile is too uncertain to interpret: {esc(t.reason)}. The numbers below are shown "
                      "for completeness only; they are not a basis for conclusions about this therapist.</p></div>")
-    summary = "".join(f"<li><strong>{esc(pp.process)}</strong>: {badge(pp.category)}</li>" for pp in t.processes)
+    summary = "".join(f"<li><strong>{esc(ctx.label(pp.process))}</strong>: {badge(pp.category)}</li>"
+                      for pp in t.processes)
     parts.append(
         '<section><h2>Summary</h2>'
         + _dl([
@@ -220,7 +228,7 @@ def profile_page(t: TherapistProfile, ctx: PeerContext, min_caseload: int) -> st
                  + "".join(_process_card(t, pp, ctx, i) for i, pp in enumerate(t.processes)) + "</div></section>")
     if t.moderators:
         rows = "".join(
-            f"<tr><td>{esc(m)}</td><td class=\"n\">{num(v, _pk(tid, 'moderators', m))}</td>"
+            f"<tr><td>{esc(ctx.label(m))}</td><td class=\"n\">{num(v, _pk(tid, 'moderators', m))}</td>"
             f"<td class=\"n\">{num(ctx.moderator_medians.get(m))}</td></tr>"
             for m, v in t.moderators.items())
         parts.append('<section id="moderators"><h2>Therapist characteristics</h2><div class="table-wrap"><table>'

@@ -2,16 +2,18 @@
 reliability, aims 1-3, the ancillary interaction, therapist profiles, model diagnostics and
 the methods.
 
-Every number that ``results.json`` holds is taken from that document (``doc``) and marked
-with its ``data-key``; figures and diagnostics come from the fitted models. Labels follow
-Coyne et al. (2022): "within-therapist" and "between-therapist" process-outcome associations.
+Everything comes from the results document (``doc``, as ``results.json`` holds it) and the
+profiles built from it; every number the document holds is marked with its ``data-key``
+(stable names: processes and moderators by their formula-safe names, shown by their labels).
+Labels follow Coyne et al. (2022): "within-therapist" and "between-therapist" process-outcome
+associations.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,9 +24,6 @@ from theralens.report.formatting import DASH, esc, is_missing, key, num
 from theralens.report.methods import REFERENCES, methods_paragraphs
 from theralens.report.page import table
 from theralens.report.profile_page import badge, profile_filename
-
-if TYPE_CHECKING:  # pragma: no cover
-    from theralens.study.result import StudyResult
 
 __all__ = ["COMPONENT_LABELS", "ReportContext", "report_body"]
 
@@ -44,13 +43,29 @@ TARGET_LABELS = {
 
 @dataclass
 class ReportContext:
-    """What the sections draw on: the result, its ``results.json`` document, the profiles."""
+    """What the sections draw on: the results document and the profiles built from it."""
 
-    result: StudyResult
     doc: dict[str, Any]
     profiles: Profiles
     figures_made: int = 0
     tables_made: int = 0
+    labels: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.labels = {p["name"]: p["label"] for p in self.doc["processes"]}
+        self.labels.update({m["name"]: m["label"] for m in self.doc["moderators"]})
+
+    def label(self, name: str) -> str:
+        """The user's name of the process or moderator ``name`` (for display)."""
+        return self.labels.get(name, name)
+
+    def process(self, name: str) -> dict[str, Any]:
+        """The ``processes`` entry of process ``name``."""
+        return next(p for p in self.doc["processes"] if p["name"] == name)
+
+    @property
+    def show_patient_ids(self) -> bool:
+        return bool(self.doc["options"]["report"]["show_patient_ids"])
 
     def figure_label(self) -> str:
         """The next figure's label ("Figure 3")."""
@@ -68,7 +83,7 @@ class ReportContext:
 
     @property
     def benefit_sign(self) -> int:
-        return int(self.result.benefit_sign)
+        return int(self.doc["benefit_sign"])
 
     @property
     def within(self) -> str:
@@ -76,7 +91,8 @@ class ReportContext:
 
     @property
     def processes(self) -> list[str]:
-        return list(self.profiles.processes)
+        """Stable names of the processes, in the study's order."""
+        return [p["name"] for p in self.doc["processes"]]
 
 
 def _fig(svg: figures.Svg, caption: str, fig_id: str) -> str:
@@ -104,7 +120,7 @@ def _clear(r: dict[str, Any]) -> bool | None:
 def header(ctx: ReportContext) -> str:
     doc = ctx.doc
     n = doc["n"]
-    source = getattr(ctx.result.data, "source", "")
+    source = doc["input"]["sessions"]
     return (
         '<header class="top"><h1>theralens study report</h1>'
         '<p class="subtitle">Which therapist benefits from which therapy process: within- and between-therapist '
@@ -133,7 +149,7 @@ def toc() -> str:
 
 # ----------------------------------------------------------------------------------- glance
 def _aim1_sentence(ctx: ReportContext, r: dict[str, Any]) -> str:
-    p, comp = esc(r["process"]), r["component"]
+    p, comp = esc(ctx.label(r["process"])), r["component"]
     prefix = key("aim1", r["process"], comp)
     clear = _clear(r)
     more = (float(r["estimate"]) * ctx.benefit_sign > 0) if not is_missing(r.get("estimate")) else None
@@ -162,7 +178,8 @@ def glance(ctx: ReportContext) -> str:
                    f"No detectable differences between therapists; with {n_ther} therapists this test has low power, "
                    "so this is inconclusive rather than evidence that therapists do not differ.")
         items.append(
-            f"<li>Therapist differences in the {esc(COMPONENT_LABELS[r['component']])} of {esc(r['process'])}: "
+            f"<li>Therapist differences in the {esc(COMPONENT_LABELS[r['component']])} of "
+            f"{esc(ctx.label(r['process']))}: "
             f"slope SD {num(r['slope_sd'], key(prefix, 'slope_sd'))}, likelihood-ratio "
             f"\u03c7\u0304\u00b2 = {num(r['lrt_statistic'], key(prefix, 'lrt_statistic'))}, "
             f"p {_p_rel(r['p'])}{num(r['p'], key(prefix, 'p'), kind='p')}. {verdict}</li>")
@@ -179,7 +196,8 @@ def glance(ctx: ReportContext) -> str:
     for p in ctx.processes:
         c = counts.loc[p]
         items.append(
-            f"<li>Profiles for {esc(p)}: {int(c['strength'])} strength, {int(c['growth area'])} growth area, "
+            f"<li>Profiles for {esc(ctx.label(p))}: {int(c['strength'])} strength, {int(c['growth area'])} "
+            "growth area, "
             f"{int(c['not distinguishable from the average'])} not distinguishable from the average, "
             f"{int(c['too uncertain to interpret'])} too uncertain to interpret.</li>")
     warn = ""
@@ -192,11 +210,11 @@ def glance(ctx: ReportContext) -> str:
 
 # ------------------------------------------------------------------------------------- data
 def data_section(ctx: ReportContext) -> str:
-    doc, res = ctx.doc, ctx.result
+    doc = ctx.doc
     n = doc["n"]
     caseloads = [int(t["n_patients"]) for t in doc["therapists"]]
     minc = ctx.profiles.min_caseload
-    c = getattr(res.data, "counts", {}) or {}
+    c = doc["input"]["counts"]
     arr = np.asarray(caseloads) if caseloads else np.asarray([0])
     overview = table(
         ["Quantity", "Value"],
@@ -223,11 +241,10 @@ def data_section(ctx: ReportContext) -> str:
         out_n = c.get("outcome_assessments")
         if out_n is not None:
             miss_rows.append(["outcome", str(out_n), f"{100 * (1 - out_n / rows_used):.1f}%"])
-        labels = res.table.labels
-        for p in res.terms.processes:
+        for p in ctx.processes:
             k = f"{p}_ratings"
             if k in c:
-                miss_rows.append([esc(labels.get(p, p)), str(c[k]), f"{100 * (1 - c[k] / rows_used):.1f}%"])
+                miss_rows.append([esc(ctx.label(p)), str(c[k]), f"{100 * (1 - c[k] / rows_used):.1f}%"])
     if miss_rows:
         parts.append(table(["Variable", "Observed rows", "Missing"], miss_rows, caption=ctx.table_label(),
                            title=f"Missing values among the {rows_used} rows used",
@@ -236,7 +253,7 @@ def data_section(ctx: ReportContext) -> str:
                            numeric=[False, True, True], table_id="table-missing"))
     ex = n.get("exclusions", [])
     if ex:
-        show_ids = bool(res.config.report.show_patient_ids)
+        show_ids = ctx.show_patient_ids
         ex_rows = []
         for i, e in enumerate(ex):
             examples = ", ".join(esc(x) for x in e.get("examples", [])) or DASH
@@ -275,7 +292,7 @@ def decomposition_section(ctx: ReportContext) -> str:
     for r in doc["reliability"]:
         pre = key("reliability", r["process"])
         low = not is_missing(r.get("mean_reliability")) and float(r["mean_reliability"]) < 0.7
-        rows.append([esc(r["process"]), num(r.get("n_therapists"), key(pre, "n_therapists"), kind="int"),
+        rows.append([esc(ctx.label(r["process"])), num(r.get("n_therapists"), key(pre, "n_therapists"), kind="int"),
                      num(r.get("tau2"), key(pre, "tau2")), num(r.get("sigma2"), key(pre, "sigma2")),
                      num(r.get("icc"), key(pre, "icc")), num(r.get("mean_reliability"), key(pre, "mean_reliability"))
                      + (" (low)" if low else ""),
@@ -299,7 +316,7 @@ def aim1_section(ctx: ReportContext) -> str:
     doc = ctx.doc
     rows = []
     for p in ctx.processes:
-        rows.append([f"<strong>{esc(p)}</strong>"])
+        rows.append([f"<strong>{esc(ctx.label(p))}</strong>"])
         for r in [r for r in doc["aim1"] if r["process"] == p]:
             pre = key("aim1", p, r["component"])
             t = float(r["estimate"]) / float(r["se"]) if not is_missing(r["se"]) and float(r["se"]) > 0 else None
@@ -317,7 +334,7 @@ def aim1_section(ctx: ReportContext) -> str:
                      f"{esc(doc['higher_outcome_is'])}: a {benefit} <em>b</em> means more improvement. <em>df</em> by "
                      "Satterthwaite's method.",
                 numeric=[False, True, True, True, True, True, True], table_id="table-aim1")
-    fr = pd.DataFrame(doc["aim1"])
+    fr = pd.DataFrame(doc["aim1"]).assign(process=lambda d: d["process"].map(ctx.label))
     fig = figures.effects_forest(fr, COMPONENT_LABELS, ctx.benefit_sign)
     sentences = "".join(f"<li>{_aim1_sentence(ctx, r)}</li>" for r in doc["aim1"])
     return (f'<section id="aim1"><h2>Aim 1: within- and between-therapist process-outcome associations</h2>'
@@ -333,7 +350,7 @@ def aim2_section(ctx: ReportContext) -> str:
     rows = []
     for r in doc["aim2"]:
         pre = key("aim2", r["process"])
-        rows.append([esc(r["process"]), esc(COMPONENT_LABELS.get(r["component"], r["component"])),
+        rows.append([esc(ctx.label(r["process"])), esc(COMPONENT_LABELS.get(r["component"], r["component"])),
                      num(r["slope_variance"], key(pre, "slope_variance")), num(r["slope_sd"], key(pre, "slope_sd")),
                      num(r["lrt_statistic"], key(pre, "lrt_statistic")),
                      num(r["lrt_df"], key(pre, "lrt_df"), kind="df"), num(r["p"], key(pre, "p"), kind="p"),
@@ -359,9 +376,9 @@ def aim2_section(ctx: ReportContext) -> str:
         d = pd.DataFrame(r["therapists"])
         avg = next((a["estimate"] for a in doc["aim1"] if a["process"] == p and a["component"] == ctx.within), None)
         n_est = int(d["estimable"].sum()) if len(d) else 0
-        svg = figures.caterpillar(d[d["estimable"]] if len(d) else d, float(avg) if avg is not None else 0.0, p,
-                                  cats.get(p, {}), ctx.benefit_sign, figures.process_colour(i))
-        parts.append(_fig(svg, f"{ctx.figure_label()}. Therapist slopes of {esc(p)} "
+        svg = figures.caterpillar(d[d["estimable"]] if len(d) else d, float(avg) if avg is not None else 0.0,
+                                  ctx.label(p), cats.get(p, {}), ctx.benefit_sign, figures.process_colour(i))
+        parts.append(_fig(svg, f"{ctx.figure_label()}. Therapist slopes of {esc(ctx.label(p))} "
                                f"(b<sub>1j</sub> = \u03b3<sub>10</sub> + u<sub>1j</sub>) with 95% intervals, {n_est} "
                                "therapists with at least two patients. "
                                "Filled triangles: strength or growth area (interval entirely on one side of the "
@@ -373,7 +390,8 @@ def aim2_section(ctx: ReportContext) -> str:
         p = r["process"]
         for t in r["therapists"]:
             pre = key("aim2", p, "therapists", t["therapist"])
-            rows2.append([esc(p), esc(t["therapist"]), num(t["n_patients"], key(pre, "n_patients"), kind="int"),
+            rows2.append([esc(ctx.label(p)), esc(t["therapist"]),
+                          num(t["n_patients"], key(pre, "n_patients"), kind="int"),
                           num(t["slope"], key(pre, "slope") if t["slope"] is not None else None),
                           f"[{num(t['ci_low'])}, {num(t['ci_high'])}]",
                           num(t["prob_stronger_than_average"],
@@ -390,29 +408,29 @@ def aim2_section(ctx: ReportContext) -> str:
 def random_effects_table(ctx: ReportContext) -> str:
     """Variances, SDs and correlations of the main model's random effects (lme4's VarCorr),
     and the therapists' share of the remaining outcome variance."""
-    res = ctx.result
-    vc = res.main.fit.varcorr
+    main = next(m for m in ctx.doc["models"] if m["role"] == "main")
+    vc = main["varcorr"]
     names = {"(Intercept)": "intercept"}
-    for p in res.terms.processes:
-        names[res.terms.within[p]] = f"{res.table.labels.get(p, p)}: within slope"
+    for p in ctx.doc["processes"]:
+        names[p["within"]] = f"{p['label']}: within slope"
 
     def term(v: Any) -> str:
         return esc(names.get(v, v)) if isinstance(v, str) else ""
 
     rows = []
-    for r in vc.itertuples():
-        group = {"therapist": "therapist", "therapist:patient": "patient (in therapist)"}.get(r.grp, r.grp)
-        if r.grp == "Residual":
-            rows.append(["residual", "", num(r.vcov), num(r.sdcor), ""])
-        elif isinstance(r.var2, str):
-            rows.append([esc(group), f"{term(r.var1)} \u00d7 {term(r.var2)}", "", "", num(r.sdcor)])
+    for r in vc:
+        group = {"therapist": "therapist", "therapist:patient": "patient (in therapist)"}.get(r["grp"], r["grp"])
+        if r["grp"] == "Residual":
+            rows.append(["residual", "", num(r["vcov"]), num(r["sdcor"]), ""])
+        elif isinstance(r["var2"], str):
+            rows.append([esc(group), f"{term(r['var1'])} \u00d7 {term(r['var2'])}", "", "", num(r["sdcor"])])
         else:
-            rows.append([esc(group), term(r.var1), num(r.vcov), num(r.sdcor), ""])
-    icpt = vc[(vc["grp"] == "therapist") & (vc["var1"] == "(Intercept)") & vc["var2"].isna()]["vcov"]
-    resid = vc[vc["grp"] == "Residual"]["vcov"]
+            rows.append([esc(group), term(r["var1"]), num(r["vcov"]), num(r["sdcor"]), ""])
+    icpt = [r["vcov"] for r in vc if r["grp"] == "therapist" and r["var1"] == "(Intercept)" and r["var2"] is None]
+    resid = [r["vcov"] for r in vc if r["grp"] == "Residual"]
     share = ""
-    if len(icpt) and len(resid) and float(icpt.iloc[0] + resid.iloc[0]) > 0:
-        v = float(icpt.iloc[0] / (icpt.iloc[0] + resid.iloc[0]))
+    if icpt and resid and not is_missing(icpt[0]) and not is_missing(resid[0]) and float(icpt[0] + resid[0]) > 0:
+        v = float(icpt[0] / (icpt[0] + resid[0]))
         share = (f" The therapist intercept holds {num(100 * v, kind='pct')} of the outcome variance left after the "
                  "fixed effects (for a patient at their therapist's process means; therapist effects are typically "
                  "about 5% of outcome variance).")
@@ -424,7 +442,7 @@ def random_effects_table(ctx: ReportContext) -> str:
 
 # -------------------------------------------------------------------------------------- aim 3
 def _aim3_sentence(ctx: ReportContext, r: dict[str, Any]) -> str:
-    p, m = esc(r["process"]), esc(r["moderator"])
+    p, m = esc(ctx.label(r["process"])), esc(ctx.label(r["moderator"]))
     pre = key("aim3", r["process"], r["moderator"], r["target"])
     more = float(r["estimate"]) * ctx.benefit_sign > 0
     if r["target"] == "within_slope":
@@ -437,7 +455,7 @@ def _aim3_sentence(ctx: ReportContext, r: dict[str, Any]) -> str:
 
 
 def aim3_section(ctx: ReportContext) -> str:
-    doc, res = ctx.doc, ctx.result
+    doc = ctx.doc
     head = ('<section id="aim3"><h2>Aim 3: which therapist characteristics predict who uses a process to more '
             "benefit?</h2>")
     if not doc["aim3"]:
@@ -448,7 +466,7 @@ def aim3_section(ctx: ReportContext) -> str:
     for p in ctx.processes:
         for r in [r for r in doc["aim3"] if r["process"] == p]:
             pre = key("aim3", p, r["moderator"], r["target"])
-            rows.append([esc(p), esc(r["moderator"]), esc(tl.get(r["target"], r["target"])),
+            rows.append([esc(ctx.label(p)), esc(ctx.label(r["moderator"])), esc(tl.get(r["target"], r["target"])),
                          num(r["estimate"], key(pre, "estimate")), num(r["se"], key(pre, "se")),
                          num(r["df"], key(pre, "df"), kind="df"), num(r["p"], key(pre, "p"), kind="p"),
                          f"[{num(r['ci_low'], key(pre, 'ci_low'))}, {num(r['ci_high'], key(pre, 'ci_high'))}]",
@@ -468,61 +486,47 @@ def aim3_section(ctx: ReportContext) -> str:
         "<p>No moderator effect reached p &lt; .05.</p>"
     parts = [head, tab, sentences]
     # slope-by-moderator figures: one per process, one panel per moderator
-    aim3 = res.aim3.table
-    mods = res.moderators
-    if mods is not None and len(aim3) and "column" in aim3:
-        m = mods.copy()
-        m["therapist"] = m["therapist"].astype(str)
-        m = m.set_index("therapist")
-        models = {s.role: s.fit for s in res.aim3.models}
-        from theralens.study.aims import coef_name
-
-        for i, p in enumerate(ctx.processes):
-            slopes = pd.DataFrame(next(r["therapists"] for r in doc["aim2"] if r["process"] == p))
-            slopes = slopes[slopes["estimable"]].set_index("therapist")
-            within_col = res.terms.within[_safe(res, p)]
-            panels = []
-            sub = aim3[(aim3["process"] == p) & (aim3["target"] == "within_slope")]
-            for _, r in sub.iterrows():
-                col = r["column"]
-                fit = models.get(f"moderator:{col}") or models.get("joint_moderators")
-                if fit is None or col not in m:
-                    continue
-                w = pd.to_numeric(m[col], errors="coerce")
-                x = w.reindex(slopes.index).to_numpy(dtype=float)
-                vals = set(np.unique(w.dropna().to_numpy()))
-                panels.append(figures.Panel(
-                    title=str(r["moderator"]), xlabel=str(r["moderator"]), x=x,
-                    slope=slopes["slope"].to_numpy(dtype=float), ci_low=slopes["ci_low"].to_numpy(dtype=float),
-                    ci_high=slopes["ci_high"].to_numpy(dtype=float),
-                    intercept=float(fit.fixed_effects[coef_name(fit, within_col)]), coef=float(r["estimate"]),
-                    centre=float(w.dropna().mean()), colour=figures.process_colour(i),
-                    ylabel=f"within slope of {p}", binary=vals <= {0.0, 1.0}))
-            if panels:
-                svg = figures.slope_by_covariate(panels, f"therapist moderators ({p})", ctx.benefit_sign)
-                parts.append(_fig(svg, f"{ctx.figure_label()}. Therapist slopes of {esc(p)} (main model, 95% "
-                                       "intervals) by moderator, with the cross-level interaction's fitted "
-                                       "line (from the moderator model). Slopes are shrunk toward the average, so the "
-                                       "points spread less than the line implies.", f"fig-moderators-{i + 1}"))
+    for i, p in enumerate(ctx.processes):
+        panels = [_panel(ctx, line, i, title=ctx.label(line["moderator"]), xlabel=ctx.label(line["moderator"]))
+                  for line in doc["fitted_lines"] if line["figure"] == "moderator" and line["process"] == p]
+        if panels:
+            svg = figures.slope_by_covariate(panels, f"therapist moderators ({ctx.label(p)})", ctx.benefit_sign)
+            parts.append(_fig(svg, f"{ctx.figure_label()}. Therapist slopes of {esc(ctx.label(p))} (main model, 95% "
+                                   "intervals) by moderator, with the cross-level interaction's fitted "
+                                   "line (from the moderator model). Slopes are shrunk toward the average, so the "
+                                   "points spread less than the line implies.", f"fig-moderators-{i + 1}"))
     parts.append("</section>")
     return "".join(parts)
 
 
-def _safe(res: StudyResult, label: str) -> str:
-    """The formula-safe process name of a user's process label."""
-    for p in res.terms.processes:
-        if res.table.labels.get(p, p) == label:
-            return p
-    return label
+def _panel(ctx: ReportContext, line: dict[str, Any], i: int, title: str, xlabel: str) -> figures.Panel:
+    """A panel of therapist slopes (main model, estimable therapists) against the x of a
+    fitted line (a moderator or the caseload mean), with that line."""
+    p = line["process"]
+    slopes = pd.DataFrame(next(r["therapists"] for r in ctx.doc["aim2"] if r["process"] == p))
+    slopes = slopes[slopes["estimable"]].set_index("therapist")
+    if line["x"] == "moderator":
+        values = {t["therapist"]: t["moderators"].get(line["moderator"]) for t in ctx.doc["therapists"]}
+    else:
+        values = {t["therapist"]: t["caseload_means"].get(p) for t in ctx.doc["therapists"]}
+    x = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").astype(float)
+    seen = set(np.unique(x.dropna().to_numpy()))
+    return figures.Panel(
+        title=title, xlabel=xlabel, x=x.reindex(slopes.index).to_numpy(dtype=float),
+        slope=slopes["slope"].to_numpy(dtype=float), ci_low=slopes["ci_low"].to_numpy(dtype=float),
+        ci_high=slopes["ci_high"].to_numpy(dtype=float), intercept=float(line["intercept"]),
+        coef=float(line["coefficient"]), centre=float(line["centre"]), colour=figures.process_colour(i),
+        ylabel=f"within slope of {ctx.label(p)}", binary=line["x"] == "moderator" and seen <= {0.0, 1.0})
 
 
 # --------------------------------------------------------------------------------- ancillary
 def ancillary_section(ctx: ReportContext) -> str:
-    doc, res = ctx.doc, ctx.result
+    doc = ctx.doc
     rows = []
     for r in doc["ancillary"]:
         pre = key("ancillary", r["process"])
-        rows.append([esc(r["process"]), num(r["estimate"], key(pre, "estimate")), num(r["se"], key(pre, "se")),
+        rows.append([esc(ctx.label(r["process"])), num(r["estimate"], key(pre, "estimate")),
+                     num(r["se"], key(pre, "se")),
                      num(r["df"], key(pre, "df"), kind="df"), num(r["p"], key(pre, "p"), kind="p"),
                      f"[{num(r['ci_low'], key(pre, 'ci_low'))}, {num(r['ci_high'], key(pre, 'ci_high'))}]"])
     within = "within-therapist" if ctx.design == "patient" else "within-patient"
@@ -539,38 +543,15 @@ def ancillary_section(ctx: ReportContext) -> str:
         pre = key("ancillary", r["process"])
         if _clear(r):
             more = float(r["estimate"]) * ctx.benefit_sign > 0
-            sentences.append(f"<li>Therapists with higher caseload means of {esc(r['process'])} used it to "
+            sentences.append(f"<li>Therapists with higher caseload means of {esc(ctx.label(r['process']))} used it to "
                              f"{'more' if more else 'less'} benefit within their caseload ({_est_ci(r, pre)}).</li>")
         else:
-            sentences.append(f"<li>{esc(r['process'])}: no clear within \u00d7 between interaction "
+            sentences.append(f"<li>{esc(ctx.label(r['process']))}: no clear within \u00d7 between interaction "
                              f"({_est_ci(r, pre)}).</li>")
     parts.append("<ul>" + "".join(sentences) + "</ul>")
-    fit = res.ancillary_model.fit
-    from theralens.study.aims import coef_name
-
-    panels = []
-    tab_t = res.table.table.copy()
-    tab_t["therapist"] = tab_t["therapist"].astype(str)
-    therapists = res.therapists().set_index("therapist")
-    for i, p in enumerate(ctx.processes):
-        sp = _safe(res, p)
-        slopes = pd.DataFrame(next(r["therapists"] for r in doc["aim2"] if r["process"] == p))
-        slopes = slopes[slopes["estimable"]].set_index("therapist")
-        mean_col = f"mean_{p}"
-        if mean_col not in therapists:
-            continue
-        x_all = pd.to_numeric(therapists[mean_col], errors="coerce")
-        between = tab_t.groupby("therapist")[res.terms.between[sp]].first()
-        centre = float((x_all - between.reindex(x_all.index)).mean())
-        est = next((r["estimate"] for r in doc["ancillary"] if r["process"] == p), None)
-        if est is None:
-            continue
-        panels.append(figures.Panel(
-            title=str(p), xlabel=f"caseload mean of {p}", x=x_all.reindex(slopes.index).to_numpy(dtype=float),
-            slope=slopes["slope"].to_numpy(dtype=float), ci_low=slopes["ci_low"].to_numpy(dtype=float),
-            ci_high=slopes["ci_high"].to_numpy(dtype=float),
-            intercept=float(fit.fixed_effects[coef_name(fit, res.terms.within[sp])]), coef=float(est), centre=centre,
-            colour=figures.process_colour(i), ylabel=f"within slope of {p}"))
+    panels = [_panel(ctx, line, ctx.processes.index(line["process"]), title=ctx.label(line["process"]),
+                     xlabel=f"caseload mean of {ctx.label(line['process'])}")
+              for line in doc["fitted_lines"] if line["figure"] == "ancillary"]
     if panels:
         svg = figures.slope_by_covariate(panels, "the therapist's caseload mean", ctx.benefit_sign, share_y=False)
         parts.append(_fig(svg, f"{ctx.figure_label()}. Therapist slopes (main model, 95% intervals) by the therapist's "
@@ -591,7 +572,7 @@ def profiles_section(ctx: ReportContext) -> str:
                      badge(o.category, short=True)]
                     + [badge(pp.category, short=True) for pp in t.processes])
     tab = table(["Therapist", "Patients", "Outcome vs average [95% interval]", "Overall outcome"]
-                + [f"{esc(p)} slope" for p in ctx.processes], rows, caption=ctx.table_label(),
+                + [f"{esc(ctx.label(p))} slope" for p in ctx.processes], rows, caption=ctx.table_label(),
                 title="Therapist profiles (follow a therapist's id for their page)",
                 note="Outcome vs average: the therapist's random intercept in the benefit direction (positive = their "
                      "patients improved more than with the average therapist). Not distinguishable: from the average "
@@ -609,12 +590,8 @@ def profiles_section(ctx: ReportContext) -> str:
 
 # ------------------------------------------------------------------------------- diagnostics
 def diagnostics_section(ctx: ReportContext) -> str:
-    doc, res = ctx.doc, ctx.result
-    fit = res.main.fit
-    re = fit.random_effects("therapist")
-    u0 = re.loc[re["term"] == "(Intercept)", "estimate"].to_numpy(dtype=float)
-    svg = figures.residual_diagnostics(fit.fitted().to_numpy(dtype=float), fit.residuals().to_numpy(dtype=float), u0,
-                                       "Therapist intercepts")
+    doc = ctx.doc
+    svg = figures.residual_diagnostics(doc["diagnostics"], "Therapist intercepts")
     rows = []
     for i, m in enumerate(doc["models"]):
         pre = key("models", i)
@@ -642,15 +619,14 @@ def diagnostics_section(ctx: ReportContext) -> str:
 
 # ----------------------------------------------------------------------------------- methods
 def methods_section(ctx: ReportContext) -> str:
-    res = ctx.result
-    mods = list(dict.fromkeys(r["moderator"] for r in ctx.doc["aim3"]))
-    paras = methods_paragraphs(ctx.doc, ctx.processes, mods, ctx.profiles.min_caseload, ctx.profiles.draws,
-                               ctx.profiles.seed)
+    mods = [ctx.label(m) for m in dict.fromkeys(r["moderator"] for r in ctx.doc["aim3"])]
+    paras = methods_paragraphs(ctx.doc, [ctx.label(p) for p in ctx.processes], mods, ctx.profiles.min_caseload,
+                               ctx.profiles.draws, ctx.profiles.seed)
     refs = "".join(f"<li>{r}</li>" for r in REFERENCES)
     return ('<section id="methods" class="methods"><h2>Methods</h2>'
             + "".join(f"<p>{p}</p>" for p in paras)
             + "<h3>Options used</h3><p>The complete configuration of this run, as a <code>study.toml</code> file that "
-              f'reproduces it:</p><pre class="formula config">{esc(_toml(res.config.to_dict()))}</pre>'
+              f'reproduces it:</p><pre class="formula config">{esc(_toml(ctx.doc["options"]))}</pre>'
             + f'<h3>References</h3><ol class="refs">{refs}</ol></section>')
 
 
@@ -679,6 +655,6 @@ def report_body(ctx: ReportContext) -> str:
     v = esc(ctx.doc["software"].get("theralens", ""))
     parts.append(f"<footer>Generated by theralens {v}. Every number marked in this report equals the one in "
                  "<code>results.json</code> beside it; tables as CSV in <code>tables/</code>. Patient identifiers "
-                 + ("are shown where relevant ([report] show_patient_ids = true)." if ctx.result.config.report
-                    .show_patient_ids else "never appear in this report.") + "</footer>")
+                 + ("are shown where relevant ([report] show_patient_ids = true)." if ctx.show_patient_ids
+                    else "never appear in this report.") + "</footer>")
     return "\n".join(parts)

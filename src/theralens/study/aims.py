@@ -19,6 +19,9 @@ intercept.
   centred at their mean over the therapists in the model.
 - Ancillary: the within x between interaction (g12).
 
+Every table is keyed by stable, formula-safe names (``process``, ``moderator``, ``term``);
+``process_label`` and ``moderator_label`` hold the user's names, for display only.
+
 Everything here calls :func:`theralens.fit_mixed`, so each number can be reproduced from the
 formula and the analysis table.
 """
@@ -136,7 +139,7 @@ def aim1(main: MixedResult, terms: DesignTerms, labels: dict[str, str]) -> pd.Da
     rows = []
     for p in terms.processes:
         for comp, col in terms.components[p].items():
-            rows.append({"process": labels.get(p, p), "component": comp, "term": col,
+            rows.append({"process": p, "process_label": labels.get(p, p), "component": comp, "term": col,
                          **_row(main, coef_name(main, col))})
     return pd.DataFrame(rows)
 
@@ -192,7 +195,7 @@ def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame, labels: dict[s
             rel = 1.0 - csd**2 / slope_var if slope_var > 0 else pd.Series(0.0, index=u.index)
         rel = rel.clip(lower=0.0)
         var_rows.append({
-            "process": labels.get(p, p),
+            "process": p, "process_label": labels.get(p, p),
             "component": "within_therapist" if terms.level == "patient" else "within_patient",
             "term": col, "slope_variance": slope_var, "slope_sd": float(np.sqrt(max(slope_var, 0.0))),
             "lrt_statistic": test.statistic, "lrt_df": test.df, "p": test.p_value, "reference": test.reference,
@@ -202,7 +205,7 @@ def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame, labels: dict[s
         for t in mine.index:
             ok = bool(estimable[t])
             ther_rows.append({
-                "process": labels.get(p, p), "term": col, "therapist": str(t),
+                "process": p, "process_label": labels.get(p, p), "term": col, "therapist": str(t),
                 "slope": g10 + float(u[t]) if ok else None,
                 "se": float(se[t]) if ok else None,
                 "ci_low": g10 + float(u[t]) - Z975 * float(se[t]) if ok else None,
@@ -219,7 +222,8 @@ def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame, labels: dict[s
 
 @dataclass
 class ModeratorResults:
-    """Aim 3: ``table`` (process, moderator, target, estimate, se, df, p, ci, therapists,
+    """Aim 3: ``table`` (process, moderator (the coded column), their labels, target, term,
+    centre (the moderator's mean the model centred at), estimate, se, df, p, ci, therapists,
     therapists_missing) and the fitted models."""
 
     table: pd.DataFrame
@@ -232,8 +236,8 @@ def aim3(terms: DesignTerms, data: pd.DataFrame, moderators: pd.DataFrame | None
     between association (W x between component); centred W enters as a main effect too."""
     if moderators is None or moderators.shape[1] <= 1:
         return ModeratorResults(table=pd.DataFrame(columns=[
-            "process", "moderator", "target", "estimate", "se", "df", "p", "ci_low", "ci_high",
-            "therapists", "therapists_missing"]))
+            "process", "process_label", "moderator", "moderator_label", "target", "term", "centre", "estimate", "se",
+            "df", "t", "p", "ci_low", "ci_high", "therapists", "therapists_missing"]))
     mod_labels = dict(moderators.attrs.get("labels", {}))
     cols = [c for c in moderators.columns if c != "therapist"]
     sets = [cols] if joint else [[c] for c in cols]
@@ -246,10 +250,11 @@ def aim3(terms: DesignTerms, data: pd.DataFrame, moderators: pd.DataFrame | None
         d = data.copy()
         d["therapist"] = d["therapist"].astype(str)
         d = d.merge(have, on="therapist", how="inner")
-        centred = {}
+        centred, centres = {}, {}
         for w in wset:
             cname = f"{w}_c"
-            d[cname] = d[w] - float(have[w].mean())
+            centres[w] = float(have[w].mean())
+            d[cname] = d[w] - centres[w]
             centred[w] = cname
         extra = []
         for w in wset:
@@ -267,8 +272,9 @@ def aim3(terms: DesignTerms, data: pd.DataFrame, moderators: pd.DataFrame | None
             for p in terms.processes:
                 for target, comp in (("within_slope", terms.within[p]), ("between_association", terms.between[p])):
                     name = coef_name(spec.fit, comp, centred[w])
-                    rows.append({"process": labels.get(p, p), "moderator": mod_labels.get(w, w), "column": w,
-                                 "target": target, "term": name, **_row(spec.fit, name),
+                    rows.append({"process": p, "process_label": labels.get(p, p), "moderator": w,
+                                 "moderator_label": mod_labels.get(w, w), "target": target, "term": name,
+                                 "centre": centres[w], **_row(spec.fit, name),
                                  "therapists": int(d["therapist"].nunique()),
                                  "therapists_missing": int(missing.sum())})
     return ModeratorResults(table=pd.DataFrame(rows), models=models)
@@ -281,5 +287,5 @@ def ancillary(terms: DesignTerms, data: pd.DataFrame, labels: dict[str, str]) ->
     rows = []
     for p in terms.processes:
         name = coef_name(spec.fit, terms.within[p], terms.between[p])
-        rows.append({"process": labels.get(p, p), "term": name, **_row(spec.fit, name)})
+        rows.append({"process": p, "process_label": labels.get(p, p), "term": name, **_row(spec.fit, name)})
     return pd.DataFrame(rows), spec

@@ -100,11 +100,11 @@ def analyze(
                             "therapist random effects is estimated at its limit (see the model table).")
     for _, row in a2.variance.iterrows():
         if row["slope_variance"] <= 1e-10:
-            warnings.append(f"The therapist slope variance of {row['process']} is estimated at zero: the data show no "
-                            "detectable differences between therapists in this slope, and every therapist's slope "
-                            "equals the average.")
+            warnings.append(f"The therapist slope variance of {row['process_label']} is estimated at zero: the data "
+                            "show no detectable differences between therapists in this slope, and every therapist's "
+                            "slope equals the average.")
         elif row["mean_slope_reliability"] == row["mean_slope_reliability"] and row["mean_slope_reliability"] < 0.5:
-            warnings.append(f"Therapist slopes of {row['process']} have low reliability (mean "
+            warnings.append(f"Therapist slopes of {row['process_label']} have low reliability (mean "
                             f"{row['mean_slope_reliability']:.2f}): individual slopes are shrunk strongly toward "
                             "the average and rankings are very uncertain.")
     if therapists is not None and moderators is None:
@@ -122,7 +122,7 @@ def analyze(
             warnings.append(f"{len(missing)} therapist(s) are not in the therapist table and are left out of the "
                             "moderator models.")
         if len(a3.table):
-            for name, n_missing in a3.table.groupby("moderator", sort=False)["therapists_missing"].max().items():
+            for name, n_missing in a3.table.groupby("moderator_label", sort=False)["therapists_missing"].max().items():
                 if n_missing:
                     warnings.append(f"Moderator {name!r} is unknown for {int(n_missing)} therapist(s) (no value, or "
                                     "not in the therapist table): they are left out of its model (column "

@@ -1,30 +1,48 @@
 """The result of a study analysis: tidy tables, a text summary, ``results.json`` and CSVs.
 
-``results.json`` schema (``schema_version`` 1; NaN is written as null):
+``results.json`` is the record of the analysis: the report and the therapist profiles are
+drawn from it alone (:func:`theralens.report.render_report`; ``theralens report``). Its JSON
+Schema is ``study/results.schema.json`` (``schema_version`` 2; NaN is written as null). Tables
+are keyed by stable, formula-safe names (``process``, ``moderator``, ``term``); the user's
+names are in ``process_label`` / ``moderator_label`` and ``processes`` / ``moderators``, for
+display only. Table rows hold every column of the tables they come from.
 
-- ``schema_version``, ``software`` ({theralens version}), ``design`` ("patient" or
-  "session"), ``higher_outcome_is``, ``decomposition`` ("observed (manifest)"), ``options``
-  (the full configuration used).
+- ``schema_version``, ``software`` ({theralens, engine, versions: {library: version}}),
+  ``design`` ("patient" or "session"), ``higher_outcome_is`` and ``benefit_sign`` (-1 when
+  a higher outcome is worse: a negative estimate means more benefit), ``decomposition``
+  ("observed (manifest)"), ``options`` (the full configuration used).
+- ``input``: ``sessions`` and ``therapists`` (where the data came from) and ``counts``
+  (rows read, used, excluded; ratings per process).
+- ``processes``: list of {name, label, within, between, components: {component: term}};
+  ``moderators``: list of {name, label} (the coded moderator columns).
 - ``n``: ``therapists``, ``patients``, ``assessments``, ``exclusions`` (list of {reason,
-  rows, patients, patients_removed, examples}).
-- ``aim1``: list of {process, component, estimate, se, df, p, ci_low, ci_high}; component is
+  rows, patients, patients_removed, examples}; examples only with ``show_patient_ids``).
+- ``aim1``: rows of :func:`theralens.study.aims.aim1` ({process, process_label, component,
+  term, estimate, se, df, t, p, ci_low, ci_high}); component is
   ``within_therapist``/``between_therapist`` (patient design) or
   ``within_patient``/``between_patient``/``between_therapist`` (session design).
-- ``aim2``: list of {process, component, slope_variance, slope_sd, lrt_statistic, lrt_df,
-  p, reference, mean_slope_reliability, therapists: [{therapist, slope, se, ci_low, ci_high,
-  prob_stronger_than_average, n_patients, deviation, deviation_sd, slope_reliability,
-  estimable}]}; a therapist with fewer than two patients has ``estimable`` false and null
-  slope fields (they still count in the between part).
-- ``aim3``: list of {process, moderator, target (``within_slope`` or
-  ``between_association``), estimate, se, df, p, ci_low, ci_high, therapists,
-  therapists_missing}.
-- ``ancillary``: list of {process, estimate, se, df, p, ci_low, ci_high}.
+- ``aim2``: rows of the slope variances ({process, component, term, slope_variance,
+  slope_sd, lrt_statistic, lrt_df, p, reference, mean_slope_reliability, ...}), each with
+  ``therapists``: [{therapist, slope, se, ci_low, ci_high, prob_stronger_than_average,
+  n_patients, deviation, deviation_sd, slope_reliability, estimable}]; a therapist with
+  fewer than two patients has ``estimable`` false and null slope fields.
+- ``aim3``: rows {process, moderator, target (``within_slope`` or ``between_association``),
+  term, centre, estimate, se, df, p, ci_low, ci_high, therapists, therapists_missing}.
+- ``ancillary``: rows {process, term, estimate, se, df, p, ci_low, ci_high}.
 - ``therapists``: list of {therapist, n_patients, intercept_deviation, intercept_sd,
-  caseload_means: {process: mean}}; intercept_deviation is the therapist's random intercept
-  u0j in outcome units.
-- ``reliability``: per process {process, icc, mean_reliability, min_reliability, ...}.
+  caseload_means: {process: mean}, caseload_reliability: {process: lambda_j},
+  moderators: {moderator: value}}; intercept_deviation is u0j in outcome units.
+- ``reliability``: per process {process, n_therapists, n_patients, tau2, sigma2, icc,
+  mean_reliability, min_reliability}.
 - ``models``: list of {role, formula, nobs, converged, singular, reml_criterion,
-  evaluations, gradient_norm, note}.
+  evaluations, gradient_norm, note, optimizer (method, restarts, return code, messages,
+  initial and final theta), fixed_effects (rows {term, estimate, se, df, t, p}), varcorr
+  (rows {grp, var1, var2, vcov, sdcor}, lme4's ``as.data.frame(VarCorr(m))``)}.
+- ``fitted_lines``: the lines of the slope figures, {figure ("moderator" or "ancillary"),
+  process, moderator, model (its role), x ("moderator" or "caseload_mean"), intercept,
+  coefficient, centre}: slope = intercept + coefficient * (x - centre).
+- ``diagnostics``: the main model's residuals (no identifiers): {model, n, fitted, residual,
+  running_mean, residual_qq, intercept_qq} (:mod:`theralens.study.document`).
 - ``warnings``, ``notes``: sentences.
 """
 
@@ -43,9 +61,8 @@ from theralens.atomic import prepare_dir, write_text
 from theralens.data.config import StudyConfig
 from theralens.data.decompose import PatientTable, SessionTable
 from theralens.data.validate import ValidatedData
-from theralens.study.aims import DesignTerms, ModelSpec, ModeratorResults, SlopeResults
-
-SCHEMA_VERSION = 1
+from theralens.study.aims import DesignTerms, ModelSpec, ModeratorResults, SlopeResults, coef_name
+from theralens.study.document import SCHEMA_VERSION, normal_qq, residual_summary, software_versions
 
 
 def _clean(v: Any) -> Any:
@@ -66,9 +83,18 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def _records(df: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
-    cols = [c for c in columns if c in df.columns]
-    return [_clean(r) for r in df[cols].to_dict(orient="records")]
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every row of ``df`` with every column, JSON-ready."""
+    return [_clean(r) for r in df.to_dict(orient="records")]
+
+
+def _display(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the user's names in ``process`` and ``moderator`` (for text output)."""
+    out = df.copy()
+    for c in ("process", "moderator"):
+        if f"{c}_label" in out:
+            out[c] = out[f"{c}_label"]
+    return out
 
 
 @dataclass
@@ -117,7 +143,8 @@ class StudyResult:
 
     def therapists(self) -> pd.DataFrame:
         """One row per therapist: n_patients, intercept deviation u0j and its conditional SD,
-        and the caseload mean of every process (column ``mean_<process label>``)."""
+        the caseload mean of every process (column ``mean_<process>``) and the value of every
+        moderator (``moderator_<moderator>``), under the stable names."""
         t = self.table.table.copy()
         t["therapist"] = t["therapist"].astype(str)
         n = t.groupby("therapist")["patient"].nunique().rename("n_patients")
@@ -127,14 +154,13 @@ class StudyResult:
         out["intercept_deviation"] = icpt["estimate"].reindex(out.index)
         out["intercept_sd"] = icpt["cond_sd"].reindex(out.index)
         for p in self.terms.processes:
-            out[f"mean_{self.label(p)}"] = t.groupby("therapist")[f"{p}_caseload_mean"].first()
+            out[f"mean_{p}"] = t.groupby("therapist")[f"{p}_caseload_mean"].first()
         if self.moderators is not None:
             mods = self.moderators.copy()
             mods["therapist"] = mods["therapist"].astype(str)
             mods = mods.set_index("therapist")
-            labels = self.moderators.attrs.get("labels", {})
             for c in mods.columns:
-                out[f"moderator_{labels.get(c, c)}"] = mods[c].reindex(out.index)
+                out[f"moderator_{c}"] = mods[c].reindex(out.index)
         out.index.name = "therapist"
         return out.reset_index()
 
@@ -143,61 +169,131 @@ class StudyResult:
         """The ``results.json`` document (schema in the module docstring)."""
         from theralens import __version__
 
-        aim2 = []
         ther = self.aim2.therapists
-        for row in self.aim2.variance.to_dict(orient="records"):
-            mine = ther[ther["process"] == row["process"]]
-            entry = _clean({k: row[k] for k in ("process", "component", "slope_variance", "slope_sd",
-                                                 "lrt_statistic", "lrt_df", "p", "reference",
-                                                 "mean_slope_reliability")})
-            entry["therapists"] = _records(mine, [
-                "therapist", "slope", "se", "ci_low", "ci_high", "prob_stronger_than_average", "n_patients",
-                "deviation", "deviation_sd", "slope_reliability", "estimable"])
-            aim2.append(entry)
-        tt = self.therapists()
-        therapists = []
-        for r in tt.to_dict(orient="records"):
-            therapists.append(_clean({
-                "therapist": r["therapist"], "n_patients": r["n_patients"],
-                "intercept_deviation": r["intercept_deviation"], "intercept_sd": r["intercept_sd"],
-                "caseload_means": {self.label(p): r[f"mean_{self.label(p)}"] for p in self.terms.processes},
-            }))
-        models = []
-        for m in self.models():
-            f = m.fit
-            models.append(_clean({
-                "role": m.role, "formula": m.formula, "nobs": f.nobs, "converged": f.converged,
-                "singular": f.singular, "reml_criterion": f.reml_criterion,
-                "evaluations": f.optimizer.evaluations, "gradient_norm": f.optimizer.gradient_norm,
-                "note": m.note,
-            }))
+        aim2 = []
+        for row in _records(self.aim2.variance):
+            row["therapists"] = _records(ther[ther["process"] == row["process"]])
+            aim2.append(row)
         counts = self.table.counts
+        mod_labels = self.moderators.attrs.get("labels", {}) if self.moderators is not None else {}
         doc = {
             "schema_version": SCHEMA_VERSION,
-            "software": {"theralens": __version__, "engine": "theralens nested REML (lme4 formulation)"},
+            "software": {"theralens": __version__, "engine": "theralens nested REML (lme4 formulation)",
+                         "versions": software_versions()},
             "design": self.design,
             "higher_outcome_is": self.table.higher_outcome_is,
+            "benefit_sign": self.benefit_sign,
             "decomposition": "observed (manifest)",
             "options": self.config.to_dict(),
+            "input": {"sessions": str(self.data.source), "therapists": self.therapists_source,
+                      "counts": dict(self.data.counts)},
+            "processes": [{"name": p, "label": self.label(p), "within": self.terms.within[p],
+                           "between": self.terms.between[p], "components": dict(self.terms.components[p])}
+                          for p in self.terms.processes],
+            "moderators": [{"name": c, "label": str(mod_labels.get(c, c))} for c in self._moderator_names()],
             "n": {
                 "therapists": counts.get("therapists"),
                 "patients": counts.get("patients"),
                 "assessments": counts.get("assessments"),
                 "exclusions": self._exclusions(),
             },
-            "aim1": _records(self.aim1, ["process", "component", "estimate", "se", "df", "p", "ci_low", "ci_high"]),
+            "aim1": _records(self.aim1),
             "aim2": aim2,
-            "aim3": _records(self.aim3.table, ["process", "moderator", "target", "estimate", "se", "df", "p",
-                                               "ci_low", "ci_high", "therapists", "therapists_missing"]),
-            "ancillary": _records(self.ancillary, ["process", "estimate", "se", "df", "p", "ci_low", "ci_high"]),
-            "therapists": therapists,
+            "aim3": _records(self.aim3.table),
+            "ancillary": _records(self.ancillary),
+            "therapists": self._therapist_entries(),
             "reliability": _records(self.table.reliability_summary.assign(
-                process=lambda d: d["process"].map(self.label)), list(self.table.reliability_summary.columns)),
-            "models": models,
+                process_label=lambda d: d["process"].map(self.label))),
+            "models": [self._model_entry(m) for m in self.models()],
+            "fitted_lines": self._fitted_lines(),
+            "diagnostics": self._diagnostics(),
             "warnings": list(self.warnings),
             "notes": list(self.notes),
         }
         return _clean(doc)
+
+    @property
+    def therapists_source(self) -> str | None:
+        """Where the therapist table came from (None without one)."""
+        if self.moderators is None:
+            return None
+        return str(self.moderators.attrs.get("source", "therapist data"))
+
+    def _moderator_names(self) -> list[str]:
+        return [] if self.moderators is None else [c for c in self.moderators.columns if c != "therapist"]
+
+    def _therapist_entries(self) -> list[dict[str, Any]]:
+        rel = self.table.reliability
+        lam = {(str(t), p): v for t, p, v in zip(rel["therapist"], rel["process"], rel["reliability"])} \
+            if len(rel) else {}
+        out = []
+        for r in self.therapists().to_dict(orient="records"):
+            t = r["therapist"]
+            entry = {"therapist": t, "n_patients": r["n_patients"], "intercept_deviation": r["intercept_deviation"],
+                     "intercept_sd": r["intercept_sd"],
+                     "caseload_means": {p: r[f"mean_{p}"] for p in self.terms.processes},
+                     "caseload_reliability": {p: lam.get((t, p)) for p in self.terms.processes},
+                     "moderators": {m: r[f"moderator_{m}"] for m in self._moderator_names()}}
+            out.append(_clean(entry))
+        return out
+
+    @staticmethod
+    def _model_entry(m: ModelSpec) -> dict[str, Any]:
+        f = m.fit
+        opt = f.optimizer
+        fixed = pd.DataFrame({"term": f.fixed_names, "estimate": f.fixed_effects.to_numpy(),
+                              "se": f.std_errors.to_numpy(), "df": f.df.to_numpy(), "t": f.t_values.to_numpy(),
+                              "p": f.p_values.to_numpy()})
+        return _clean({
+            "role": m.role, "formula": m.formula, "nobs": f.nobs, "converged": f.converged,
+            "singular": f.singular, "reml_criterion": f.reml_criterion,
+            "evaluations": opt.evaluations, "gradient_norm": opt.gradient_norm, "note": m.note,
+            "optimizer": {"method": opt.method, "gradient_evaluations": opt.gradient_evaluations,
+                          "restarts": opt.restarts, "return_code": str(opt.return_code), "criterion": opt.criterion,
+                          "messages": list(opt.messages), "theta_initial": np.asarray(opt.initial).tolist(),
+                          "theta_final": np.asarray(opt.final).tolist()},
+            "fixed_effects": _records(fixed),
+            "varcorr": _records(f.varcorr),
+        })
+
+    def _fitted_lines(self) -> list[dict[str, Any]]:
+        """The model-implied lines of the slope figures: a therapist's within slope against a
+        moderator (aim 3) and against their caseload mean (the ancillary interaction)."""
+        lines = []
+        fits = {s.role: s for s in self.aim3.models}
+        joint = self.config.therapist_moderators.joint
+        for r in self.aim3.table.to_dict(orient="records"):
+            if r["target"] != "within_slope":
+                continue
+            spec = fits.get("joint_moderators" if joint else f"moderator:{r['moderator']}")
+            if spec is None:
+                continue
+            within = coef_name(spec.fit, self.terms.within[r["process"]])
+            lines.append({"figure": "moderator", "process": r["process"], "moderator": r["moderator"],
+                          "model": spec.role, "x": "moderator", "intercept": float(spec.fit.fixed_effects[within]),
+                          "coefficient": float(r["estimate"]), "centre": float(r["centre"])})
+        fit = self.ancillary_model.fit
+        t = self.table.table.copy()
+        t["therapist"] = t["therapist"].astype(str)
+        by = t.groupby("therapist")
+        for r in self.ancillary.to_dict(orient="records"):
+            p = r["process"]
+            centre = float((by[f"{p}_caseload_mean"].first() - by[self.terms.between[p]].first()).mean())
+            lines.append({"figure": "ancillary", "process": p, "moderator": None, "model": self.ancillary_model.role,
+                          "x": "caseload_mean",
+                          "intercept": float(fit.fixed_effects[coef_name(fit, self.terms.within[p])]),
+                          "coefficient": float(r["estimate"]), "centre": centre})
+        return lines
+
+    def _diagnostics(self) -> dict[str, Any]:
+        """The main model's residual summaries and the Q-Q coordinates of the therapist
+        intercepts (no patient identifiers)."""
+        fit = self.main.fit
+        re = fit.random_effects("therapist")
+        u0 = re.loc[re["term"] == "(Intercept)", "estimate"].to_numpy(dtype=float)
+        return {"model": self.main.role, **residual_summary(fit.fitted().to_numpy(dtype=float),
+                                                            fit.residuals().to_numpy(dtype=float)),
+                "intercept_qq": normal_qq(u0)}
 
     def _exclusions(self) -> list[dict[str, Any]]:
         """Exclusions; their examples (row numbers or patient ids) only with ``show_patient_ids``."""
@@ -207,10 +303,11 @@ class StudyResult:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
-    def write(self, out: str | Path) -> list[Path]:
-        """Write ``results.json`` and ``tables/*.csv`` into ``out`` (atomically)."""
+    def write(self, out: str | Path, document: str | None = None) -> list[Path]:
+        """Write ``results.json`` and ``tables/*.csv`` into ``out`` (atomically); ``document``
+        is the text of ``results.json`` when it was made already (:meth:`to_json`)."""
         out = prepare_dir(out)
-        written = [write_text(out / "results.json", self.to_json())]
+        written = [write_text(out / "results.json", self.to_json() if document is None else document)]
         tables = {
             "aim1_effects.csv": self.aim1,
             "aim2_slope_variance.csv": self.aim2.variance,
@@ -239,22 +336,22 @@ class StudyResult:
             f"{c.get('therapists')} therapists, {c.get('patients')} patients, {c.get('assessments')} assessments",
             "",
             "Aim 1 - process-outcome associations (Satterthwaite df):",
-            self.aim1[["process", "component", "estimate", "se", "df", "p", "ci_low", "ci_high"]].to_string(
+            _display(self.aim1)[["process", "component", "estimate", "se", "df", "p", "ci_low", "ci_high"]].to_string(
                 index=False, float_format=lambda v: f"{v:.4g}"),
             "",
             "Aim 2 - do within slopes differ between therapists?",
-            self.aim2.variance[["process", "slope_variance", "slope_sd", "lrt_statistic", "p",
+            _display(self.aim2.variance)[["process", "slope_variance", "slope_sd", "lrt_statistic", "p",
                                 "mean_slope_reliability"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"),
             "",
         ]
         if len(self.aim3.table):
+            shown = _display(self.aim3.table)[["process", "moderator", "target", "estimate", "se", "df", "p"]]
             lines += ["Aim 3 - therapist moderators:",
-                      self.aim3.table[["process", "moderator", "target", "estimate", "se", "df", "p"]].to_string(
-                          index=False, float_format=lambda v: f"{v:.4g}"), ""]
+                      shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"), ""]
         else:
             lines += ["Aim 3 - no therapist moderators given.", ""]
         lines += ["Ancillary - within x between interaction:",
-                  self.ancillary[["process", "estimate", "se", "df", "p"]].to_string(
+                  _display(self.ancillary)[["process", "estimate", "se", "df", "p"]].to_string(
                       index=False, float_format=lambda v: f"{v:.4g}")]
         if self.warnings:
             lines += ["", "Warnings:"] + [f"- {w}" for w in self.warnings]
