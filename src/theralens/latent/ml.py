@@ -232,6 +232,12 @@ class _Nodes:
     logw: np.ndarray
 
 
+def _wsum_outer(pi: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """sum_jk pi_jk u_jk v_jk' (as one matrix product)."""
+    a = (pi[:, :, None] * u).reshape(-1, u.shape[-1])
+    return a.T @ v.reshape(-1, v.shape[-1])
+
+
 def _gh_grid(P: int, Q: int) -> tuple[np.ndarray, np.ndarray]:
     """Product Gauss-Hermite rule for N(0, I_P): nodes (Q^P x P) and weights summing to 1."""
     x, w = np.polynomial.hermite_e.hermegauss(Q)
@@ -268,6 +274,7 @@ class LatentCriterion:
         self.Rx1 = st.R1[:, self.ix]
         self.Rxx = st.R2[:, self.ix][:, :, self.ix]
         self.RA1 = st.R1[:, self.iA]
+        self.R2x_t = np.ascontiguousarray(st.R2[:, :, self.ix].transpose(0, 2, 1))  # J x P x D
 
     def evaluate(self, theta: np.ndarray, nodes: _Nodes, grad: bool = True
                  ) -> tuple[float, np.ndarray | None, dict[str, np.ndarray]]:
@@ -292,9 +299,9 @@ class LatentCriterion:
                + n[:, None, None] * o[:, :, None] * o[:, None, :])
         # t_i = phi' r_i + phi0, phi = (1, -gamma, -b) over r = (y, A, x)
         R1, R2 = st.R1, st.R2
-        R1phi = R1[:, self.iy][:, None] - (self.RA1 @ p["gamma"])[:, None] - np.einsum("jp,jkp->jk", self.Rx1, b)
+        R1phi = R1[:, self.iy][:, None] - (self.RA1 @ p["gamma"])[:, None] - (b @ self.Rx1[:, :, None])[:, :, 0]
         R2y = R2[:, :, self.iy] - R2[:, :, self.iA] @ p["gamma"]  # J x D
-        R2phi = R2y[:, None, :] - np.einsum("jdp,jkp->jkd", R2[:, :, self.ix], b)  # J x K x D
+        R2phi = R2y[:, None, :] - b @ self.R2x_t  # J x K x D
         phi0 = (np.einsum("jkp,jp->jk", b, o) - (W @ p["g02"])[:, None] - np.sum(c * po, axis=1)[:, None])
         R2phi_y = (R2phi[:, :, self.iy] - R2phi[:, :, self.iA] @ p["gamma"]
                    - np.einsum("jkp,jkp->jk", R2phi[:, :, self.ix], b))
@@ -315,13 +322,13 @@ class LatentCriterion:
         logdetA = np.linalg.slogdet(A[:, :P, :P])[1]
         a = np.concatenate([h @ LT, np.broadcast_to(l00, h.shape[:2])[:, :, None]], axis=2)  # J x K x q
         kap = n / sig2
-        Aa = np.einsum("jpq,jkq->jkp", Ainv, a)
+        Aa = a @ Ainv  # Ainv is symmetric
         aAa = np.sum(a * Aa, axis=2)
         den = 1.0 + kap[:, None] * aAa
         eta = np.zeros_like(a)
         eta[:, :, :P] = (Sd @ Sinv @ LT)[:, None, :]
         eta += a * (T1 / sig2)[:, :, None]
-        Ainv_eta = np.einsum("jpq,jkq->jkp", Ainv, eta)
+        Ainv_eta = eta @ Ainv
         m = Ainv_eta - (kap[:, None] * np.sum(Aa * eta, axis=2) / den)[:, :, None] * Aa
         c0 = np.einsum("pq,jqp->j", Sinv, Sdd)[:, None] + T2 / sig2
         logdetL = logdetA[:, None] + np.log(den)
@@ -344,8 +351,9 @@ class LatentCriterion:
         g["log_sigma"] = float(np.sum(pi * (-n[:, None] + Ee2 / sig2)))
         # sum_k pi (C + m m') over the mu block, per therapist
         wAa = pi * kap[:, None] / den
-        Cbar = Ainv[:, :P, :P] - np.einsum("jk,jkp,jkq->jpq", wAa, Aa[:, :, :P], Aa[:, :, :P])
-        CMMbar = Cbar + np.einsum("jk,jkp,jkq->jpq", pi, m[:, :, :P], m[:, :, :P])
+        AaP, mP = Aa[:, :, :P], m[:, :, :P]
+        Cbar = Ainv[:, :P, :P] - (wAa[:, :, None] * AaP).transpose(0, 2, 1) @ AaP
+        CMMbar = Cbar + (pi[:, :, None] * mP).transpose(0, 2, 1) @ mP
         LCM = np.einsum("j,jpq->pq", n, CMMbar)
         mbar = np.einsum("jk,jkp->jp", pi, m[:, :, :P])
         Bmbar = mbar @ LT.T
@@ -360,23 +368,23 @@ class LatentCriterion:
         Bm = m[:, :, :P] @ LT.T  # J x K x P
         g_o = h * E1[:, :, None] + (Sd[:, None, :] - n[:, None, None] * Bm) @ Sinv.T
         g["kappa"] = np.einsum("jk,jkp->p", pi, g_o - c[:, None, :] * E1[:, :, None])
-        g["Pi"] = np.einsum("jk,jkp,jm->pm", pi, g_o, W)
+        g["Pi"] = np.einsum("jp,jm->pm", np.einsum("jk,jkp->jp", pi, g_o), W)
         CMMa = Aa / den[:, :, None] + m * am[:, :, None]
         g_a = (T1[:, :, None] * m - n[:, None, None] * CMMa) / sig2
         g_h = g_a[:, :, :P] @ LT.T
         g_c = g_h + E1[:, :, None] * po[:, None, :]
         g["b_between"] = np.einsum("jk,jkp->p", pi, g_c)
-        g["G03"] = np.einsum("jk,jkp,jm->pm", pi, g_c, W)
+        g["G03"] = np.einsum("jp,jm->pm", np.einsum("jk,jkp->jp", pi, g_c), W)
         Td = Std - s[:, :, None] * Sd[:, None, :]
         g_b = (Td - am[:, :, None] * Sd[:, None, :]) / sig2 - g_h
         g["g10"] = np.einsum("jk,jkp->p", pi, g_b)
-        g["G11"] = np.einsum("jk,jkp,jm->pm", pi, g_b, W)
+        g["G11"] = np.einsum("jp,jm->pm", np.einsum("jk,jkp->jp", pi, g_b), W)
         gLG = np.zeros((q, q))
-        gLG[:P, :P] = np.einsum("jk,jkp,jkr->pr", pi, g_b, xi)
+        gLG[:P, :P] = _wsum_outer(pi, g_b, xi)
         gLG[P, :P] = np.einsum("jk,jkr->r", piE1, xi)
         gLG[P, P] = float(np.sum(pi * g_a[:, :, P]))
         g["LG"] = gLG
-        gLT = np.einsum("jk,jkp,jkq->pq", pi, h, g_a[:, :, :P])
+        gLT = _wsum_outer(pi, h, g_a[:, :, :P])
         gLT += Sinv @ (Sd.T @ mbar - LT @ LCM)
         g["LT"] = np.tril(gLT)
         return ll, lay.pack_grad(g), extras
