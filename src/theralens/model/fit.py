@@ -304,8 +304,8 @@ class MixedResult:
         if not isinstance(newdata, pd.DataFrame):
             raise InputError("predict: newdata must be a pandas DataFrame with the model's columns")
         if self.data is None:
-            raise InputError("predict: this fit does not keep its data (it was fitted from a design); "
-                             "fit it with fit_mixed to predict new data")
+            raise InputError("predict: this fit does not keep its data (it was fitted from a design or from "
+                             "sufficient statistics); fit it with fit_mixed to predict new data")
         parsed = self.design.formula
         parts = [parsed.fixed] + ([f"{t.lhs} + {' + '.join(t.factors)}" for t in parsed.random] if include_random
                                   else [])  # the population level needs no grouping columns (lme4's re.form = NA)
