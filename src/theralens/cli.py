@@ -16,6 +16,8 @@ from pathlib import Path
 from theralens.errors import InputError
 
 DEMO_MODERATORS = ["self_rated_alliance_skill", "self_rated_expectancy_skill", "cbt"]
+THERAPISTS_HELP = ("therapist table, one row per therapist: its moderators are the columns in [therapist_moderators] "
+                   "columns, or every column but the id when none are listed")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("analyze", help="run the study on your data and write results and a report")
     a.add_argument("sessions", help="sessions file: CSV, Parquet, Excel, SPSS (.sav) or Stata (.dta)")
-    a.add_argument("--therapists", help="therapist table with moderator columns")
+    a.add_argument("--therapists", help=THERAPISTS_HELP)
     a.add_argument("--config", help="study config (TOML); every key has a default")
     a.add_argument("--sheet", help="worksheet of an Excel sessions file")
     a.add_argument("--therapists-sheet", help="worksheet of an Excel therapist table")
@@ -51,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check input files without fitting anything")
     v.add_argument("sessions")
-    v.add_argument("--therapists")
+    v.add_argument("--therapists", help=THERAPISTS_HELP)
     v.add_argument("--config")
     v.add_argument("--sheet", help="worksheet of an Excel sessions file")
     v.add_argument("--therapists-sheet", help="worksheet of an Excel therapist table")
