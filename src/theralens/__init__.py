@@ -4,7 +4,8 @@ Flow: ``data`` (read, validate, decompose) -> ``model`` (nested mixed-model engi
 -> ``study`` (the aims of Coyne et al. 2022) -> ``profiles`` -> ``report``; ``power`` plans
 the next study. The command-line interface lives in ``cli``.
 
-Main entry points: :func:`fit_mixed` and :func:`lrt` (the engine), :func:`analyze` (the
+Main entry points: :func:`fit_mixed`, :func:`fit_stats` (from :class:`SufficientStats`) and
+:func:`lrt` (the engine), :func:`analyze` (the
 study on DataFrames), :func:`simulate` (studies with known truth) and :func:`power`.
 They are imported on first use, so that ``import theralens`` (and every CLI command that
 stops at a bad input) does not pay for SciPy, pandas and formulaic up front.
@@ -23,6 +24,8 @@ _LAZY = {
     "LRTResult": "theralens.model.lrt",
     "MixedResult": "theralens.model.fit",
     "fit_mixed": "theralens.model.fit",
+    "fit_stats": "theralens.model.fit",
+    "SufficientStats": "theralens.model.stats",
     "lrt": "theralens.model.lrt",
     "analyze": "theralens.study.analysis",
     "analyze_files": "theralens.study.analysis",
@@ -37,18 +40,21 @@ __all__ = [
     "MixedResult",
     "ModelSpecError",
     "StudyResult",
+    "SufficientStats",
     "__version__",
     "analyze",
     "analyze_files",
     "fit_mixed",
+    "fit_stats",
     "lrt",
     "power",
     "simulate",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from theralens.model.fit import MixedResult, fit_mixed
+    from theralens.model.fit import MixedResult, fit_mixed, fit_stats
     from theralens.model.lrt import LRTResult, lrt
+    from theralens.model.stats import SufficientStats
     from theralens.planning import power
     from theralens.study.analysis import analyze, analyze_files
     from theralens.study.result import StudyResult

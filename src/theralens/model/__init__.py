@@ -1,6 +1,8 @@
-"""The nested mixed-model engine: formula -> design -> criterion -> optimize -> fit -> tests."""
+"""The nested mixed-model engine: formula -> design -> sufficient statistics -> criterion ->
+optimize -> fit -> tests."""
 
-from theralens.model.fit import MixedResult, fit_mixed
+from theralens.model.fit import MixedResult, fit_mixed, fit_stats
 from theralens.model.lrt import LRTResult, lrt
+from theralens.model.stats import SufficientStats
 
-__all__ = ["LRTResult", "MixedResult", "fit_mixed", "lrt"]
+__all__ = ["LRTResult", "MixedResult", "SufficientStats", "fit_mixed", "fit_stats", "lrt"]

@@ -22,7 +22,6 @@ exact gradient in theta is in gradient.py (``value_and_gradient``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 
 from theralens.model.design import Design
+from theralens.model.stats import SufficientStats
 
 if TYPE_CHECKING:
     from theralens.model.gradient import ProfiledGradient
@@ -57,75 +57,42 @@ class Factors:
 
 
 class NestedCriterion:
-    """Sufficient statistics of a :class:`Design` and the criterion as a function of theta.
+    """The criterion as a function of theta, from :class:`~theralens.model.stats.SufficientStats`
+    (or a :class:`Design`, whose statistics are built first).
 
-    This is lme4's ``mkLmerDevfun`` step for nested models: build once, evaluate often.
+    This is lme4's ``mkLmerDevfun`` step for nested models: build once, evaluate often. Groups
+    are numbered as in the statistics (the children of every parent contiguous); ``design`` is
+    the statistics' layout (theta, names), ``stats`` the statistics themselves.
     """
 
-    def __init__(self, design: Design) -> None:
-        self.design = design
-        levels = design.levels
-        D = len(levels)
+    def __init__(self, source: SufficientStats | Design) -> None:
+        stats = source if isinstance(source, SufficientStats) else SufficientStats.from_design(source)
+        self.stats = stats
+        self.design = stats
+        D = stats.D
         self.D = D
-        self.q = [lv.q for lv in levels]
-        self.k = design.k
-        self.n = design.n
-        # ancestor chain of every innermost group; sort so that siblings are contiguous
-        chain = [np.arange(levels[0].ngroups)]
-        for l in range(D - 1):
-            chain.append(design.parents[l][chain[-1]])
-        order = np.lexsort(tuple(chain))
-        self.new_index: list[np.ndarray] = []
-        for l in range(D):
-            seq = chain[l][order]
-            _, first = np.unique(seq, return_index=True)
-            old_in_order = seq[np.sort(first)]
-            newidx = np.empty(levels[l].ngroups, dtype=np.int64)
-            newidx[old_in_order] = np.arange(len(old_in_order))
-            self.new_index.append(newidx)
-        # labels in new order and parents in new numbering
-        self.labels = []
-        for l in range(D):
-            lab = np.empty(levels[l].ngroups, dtype=object)
-            lab[self.new_index[l]] = levels[l].labels
-            self.labels.append(lab)
-        self.parent: list[np.ndarray] = []
-        self.starts: list[np.ndarray] = []
-        for l in range(D - 1):
-            par = np.empty(levels[l].ngroups, dtype=np.int64)
-            par[self.new_index[l]] = self.new_index[l + 1][design.parents[l]]
-            self.parent.append(par)
-            self.starts.append(np.flatnonzero(np.r_[True, np.diff(par) != 0]))
+        self.q = stats.q
+        self.k = stats.k
+        self.n = stats.n
+        self.d = stats.d
+        self.labels = [lv.labels for lv in stats.levels]
+        self.parent: list[np.ndarray] = list(stats.parents)
+        self.starts: list[np.ndarray] = [np.flatnonzero(np.r_[True, np.diff(par) != 0]) for par in self.parent]
         self.starts.append(np.array([0]))  # the top level sums into one block
         # ancestor maps: anc[l][m] = index at level m (> l) of each level-l group
         self.anc: list[dict[int, np.ndarray]] = []
         for l in range(D):
             maps: dict[int, np.ndarray] = {}
-            cur = np.arange(levels[l].ngroups)
+            cur = np.arange(stats.levels[l].ngroups)
             for m in range(l + 1, D):
                 cur = self.parent[m - 1][cur]
                 maps[m] = cur
             self.anc.append(maps)
-        # row codes per level in new numbering
-        self.row_codes = [levels[l].codes if np.array_equal(self.new_index[l], np.arange(levels[l].ngroups))
-                          else self.new_index[l][levels[l].codes] for l in range(D)]  # no copy if in order
-        self.Zs = [lv.terms[0].Z if len(lv.terms) == 1 else np.hstack([t.Z for t in lv.terms]) for lv in levels]
-        # the columns of W = [Z_1, ..., Z_D, X, y] as views: W itself is never formed
-        columns = [Z[:, i] for Z in self.Zs for i in range(Z.shape[1])]
-        columns += [design.X[:, j] for j in range(design.X.shape[1])] + [design.y]
-        self.d = len(columns)
-        self.C = _cross_products(columns, self.row_codes[0], levels[0].ngroups)
         # up[l] sums level-l groups into their level-(l+1) parents (None at the top: one block)
-        self.up: list[csr_matrix | None] = [_segment_matrix(self.starts[l], levels[l].ngroups) for l in range(D - 1)]
+        self.up: list[csr_matrix | None] = [_segment_matrix(self.starts[l], stats.levels[l].ngroups)
+                                             for l in range(D - 1)]
         self.up.append(None)
-        # Cagg[l]: sums of C_p over the innermost clusters in each level-l group
-        self.Cagg = [self.C]
-        for l in range(D - 1):
-            G = self.Cagg[-1].shape[0]
-            up = self.up[l]
-            assert up is not None
-            self.Cagg.append(np.asarray(up @ self.Cagg[-1].reshape(G, -1)).reshape(-1, self.d, self.d))
-        self.yy = float(design.y @ design.y)
+        self.yy = stats.yy
         self.evaluations = 0
         self._gradient: ProfiledGradient | None = None
         self._prepare_innermost()
@@ -143,7 +110,7 @@ class NestedCriterion:
         are merged first (``_czz``, ``_mult``): a third fewer rows on typical therapy data.
         """
         q = self.q[0]
-        C = self.C
+        C = self.stats.inner  # (G, q, d): the rows of C_p the innermost elimination needs
         r = self.d - q
         self._iu = np.triu_indices(r)
         i0, i1 = self._iu
@@ -151,7 +118,7 @@ class NestedCriterion:
         pos[i0, i1] = np.arange(len(i0))
         pos[i1, i0] = np.arange(len(i0))
         self._unpack = pos.ravel()
-        Mrr_sum = self.Cagg[1][:, q:, q:] if self.D > 1 else C[:, q:, q:].sum(0, keepdims=True)
+        Mrr_sum = self.stats.parent_sums()[:, q:, q:]
         self._Mrr_sum = np.ascontiguousarray(Mrr_sum)
         self._Mrr_tri = np.ascontiguousarray(Mrr_sum[:, i0, i1])
         combos = [(i, j) for i in range(q) for j in range(i, q)]
@@ -214,6 +181,19 @@ class NestedCriterion:
         tri = self._Mrr_tri - self._S @ self._O
         return logdet, self.unpack(tri)
 
+    def _innermost_factors(self, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """L_p and S_p = L_p^{-1} Lambda' Mzr_p of every innermost cluster (for the solution)."""
+        q = self.q[0]
+        inner = self.stats.inner
+        if q == 1:  # L_p = sqrt(a_p), S_p = lambda m_p / sqrt(a_p)
+            lam0 = float(lam[0, 0])
+            sa = np.sqrt(lam0 * lam0 * inner[:, 0, 0] + 1.0)
+            return sa[:, None, None], (lam0 / sa)[:, None, None] * inner[:, :1, 1:]
+        A = _congruence(lam, np.ascontiguousarray(inner[:, :, :q]))
+        A[:, np.arange(q), np.arange(q)] += 1.0
+        Lc = _chol(A)
+        return Lc, _forward(Lc, _lam_t_times(lam, np.ascontiguousarray(inner[:, :, q:])))
+
     def unpack(self, tri: np.ndarray) -> np.ndarray:
         """Symmetric (T, r, r) blocks from their upper triangles (T, r(r+1)/2), r = d - q_0."""
         r = self.d - self.q[0]
@@ -226,19 +206,17 @@ class NestedCriterion:
     # -- one pass of block elimination -------------------------------------------------
     def _eliminate(self, theta: np.ndarray, keep: bool) -> tuple[float, np.ndarray, Factors | None]:
         lams = self.lambdas(theta)
-        M = self.C
         logdet = 0.0
         Ls: list[np.ndarray] = []
         Ss: list[np.ndarray] = []
         for l in range(self.D):
-            if l == 0 and (not keep or self.q[0] == 1):
+            if l == 0:
                 ld, M = self._innermost_fast(lams[0])
                 logdet += ld
-                if keep:  # q_0 = 1: L_p = sqrt(a_p), S_p = lambda m_p / sqrt(a_p), formed per patient only
-                    lam0 = float(lams[0][0, 0])
-                    sa = np.sqrt(lam0 * lam0 * self._Mzz0[:, 0, 0] + 1.0)
-                    Ls.append(sa[:, None, None])
-                    Ss.append((lam0 / sa)[:, None, None] * self.C[:, :1, 1:])
+                if keep:
+                    Lc, S = self._innermost_factors(lams[0])
+                    Ls.append(Lc)
+                    Ss.append(S)
                 continue
             ld, M, Lc, S = eliminate_level(lams[l], M, self.up[l], keep)
             logdet += ld
@@ -355,13 +333,6 @@ class NestedCriterion:
             penalty=u_sq,
         )
 
-    def fitted(self, sol: Solution) -> np.ndarray:
-        """X beta + sum_l Z_l b_l for every row of the design."""
-        out = _mm(self.design.X, sol.beta) if self.k else np.zeros(self.n)
-        for l in range(self.D):
-            out = out + np.einsum("ij,ij->i", self.Zs[l], sol.b[l][self.row_codes[l]])
-        return out
-
 
 @dataclass
 class Solution:
@@ -396,59 +367,6 @@ def _finish(logdet: float, top: np.ndarray, k: int) -> Profile:
         z = np.zeros(0)
         r2 = float(top[0, 0])
     return Profile(logdet=logdet, RX=RX, z=z, r2=r2)
-
-
-def _cross_products(W: list[np.ndarray], codes: np.ndarray, G: int) -> np.ndarray:
-    """C_g = W_g' W_g for every group g (rows of W with ``codes == g``), one segment sum per pair;
-    ``W`` is given as its list of columns.
-
-    Identical columns (the intercept in Z and X, a random slope that is also a fixed effect)
-    share their products, so each distinct pair is summed once; products with a column of ones
-    are the column itself. Rows sorted by group (the usual layout: sessions of a patient
-    together) are summed by ``np.add.reduceat``, others by ``np.bincount``.
-    """
-    d = len(W)
-    rep = list(range(d))  # the first column identical to each column
-    for j in range(d):
-        for i in range(j):
-            if rep[i] == i and np.array_equal(W[i][:64], W[j][:64]) and np.array_equal(W[i], W[j]):
-                rep[j] = i
-                break
-    uniq = sorted(set(rep))
-    pos = {c: t for t, c in enumerate(uniq)}
-    u = len(uniq)
-    seg_sum = _segment_summer(codes, G)
-    cols = [np.ascontiguousarray(W[c]) for c in uniq]
-    ones = [bool(w[0] == 1.0 and np.all(w == 1.0)) for w in cols]
-    members = [[j for j in range(d) if pos[rep[j]] == a] for a in range(u)]  # the columns equal to each
-    C = np.empty((G, d, d))
-    for a in range(u):
-        wa = cols[a]
-        for b in range(a, u):
-            wb = cols[b]
-            if ones[a]:
-                col = seg_sum(None if ones[b] else wb)
-            else:
-                col = seg_sum(wa if ones[b] else wa * wb)
-            for i in members[a]:
-                for j in members[b]:
-                    C[:, i, j] = col
-                    C[:, j, i] = col
-    return C
-
-
-def _segment_summer(codes: np.ndarray, G: int) -> Callable[[np.ndarray | None], np.ndarray]:
-    """A function summing a row vector over the groups of ``codes`` (None: counting the rows).
-
-    Rows sorted by group with every group present use ``np.add.reduceat`` (about twice as fast),
-    others ``np.bincount``.
-    """
-    if len(codes) and codes[0] == 0 and bool(np.all(codes[1:] >= codes[:-1])):
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-        if len(starts) == G:
-            counts = np.diff(np.r_[starts, len(codes)]).astype(float)
-            return lambda w: counts if w is None else np.add.reduceat(w, starts)
-    return lambda w: np.bincount(codes, weights=w, minlength=G).astype(float)
 
 
 BLAS_MNK = 131072  # OpenBLAS runs a matrix product in the calling thread below m n k = 262144

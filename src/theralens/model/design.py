@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,16 +25,17 @@ _LEVEL = re.compile(r"^(?P<var>.*)\[(?:T\.)?(?P<level>.*)\]$")
 
 @dataclass
 class Term:
-    """A random-effects term: its columns (lme4 names) and how many theta entries it owns."""
+    """A random-effects term: its columns (lme4 names), its model matrix Z (None in sufficient
+    statistics, which keep no rows) and how many theta entries it owns."""
 
     spec: RandomTermSpec
     columns: list[str]
-    Z: np.ndarray
+    Z: np.ndarray | None
     name: str  # lme4's grp label in VarCorr, e.g. "Subject" or "Subject.1"
 
     @property
     def q(self) -> int:
-        return self.Z.shape[1]
+        return len(self.columns)
 
     @property
     def ntheta(self) -> int:
@@ -46,9 +48,12 @@ class Level:
 
     group: str
     terms: list[Term]
-    codes: np.ndarray  # group index per row, groups numbered in nesting order
+    codes: np.ndarray | None  # group index per row (None in sufficient statistics, which keep no rows)
     labels: np.ndarray  # label of each group index
     theta_slices: list[slice] = field(default_factory=list)
+    #: per factor of the grouping (``a:b``: two), whether its ids are numbers: the groups are
+    #: numbered in the order of the ids, by value for numbers, as text otherwise
+    numeric: tuple[bool, ...] = ()
     _fill: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -76,12 +81,6 @@ class Level:
         lam[rows, cols] = theta[idx]
         return lam
 
-    def column_scales(self) -> np.ndarray:
-        """Root mean square of each Z column: the scale on which its theta entries live."""
-        n = self.terms[0].Z.shape[0]
-        sq = np.concatenate([np.einsum("ij,ij->j", t.Z, t.Z) for t in self.terms])
-        return np.sqrt(np.maximum(sq / n, 1e-300))
-
 
 def _colmajor_tril(q: int) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices of a q x q lower triangle in column-major order (lme4's theta)."""
@@ -93,9 +92,58 @@ def _colmajor_tril(q: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(rows, dtype=int), np.array(cols, dtype=int)
 
 
+class ThetaLayout:
+    """The layout of theta over the random-effects terms, shared by a :class:`Design` (rows) and
+    :class:`~theralens.model.stats.SufficientStats` (no rows): ``terms`` in lme4 order and
+    ``levels`` in nesting order."""
+
+    terms: list[Term]
+    levels: list[Level]
+
+    @property
+    def ntheta(self) -> int:
+        return sum(t.ntheta for t in self.terms)
+
+    def theta_lower_bounds(self) -> np.ndarray:
+        lower = []
+        for t in self.terms:
+            rows, cols = _colmajor_tril(t.q)
+            lower.extend(0.0 if r == c else -np.inf for r, c in zip(rows, cols))
+        return np.array(lower)
+
+    def theta_scale_from(self, sumsq: list[np.ndarray], n: int) -> np.ndarray:
+        """Scale of each theta entry: the root mean square of the Z column of its row (Lambda's
+        row i multiplies column i of Z), from ``sumsq[l]``, the sums of squares of level l's Z
+        columns over the n rows, so that scaled theta values are of order one."""
+        out = np.empty(self.ntheta)
+        for lv, sq in zip(self.levels, sumsq):
+            scales = np.sqrt(np.maximum(np.asarray(sq, dtype=float) / n, 1e-300))
+            off = 0
+            for term, sl in zip(lv.terms, lv.theta_slices):
+                rows, _ = _colmajor_tril(term.q)
+                out[sl] = scales[off + rows]
+                off += term.q
+        return out
+
+    def theta_names(self) -> list[str]:
+        names = []
+        for t in self.terms:
+            rows, cols = _colmajor_tril(t.q)
+            for r, c in zip(rows, cols):
+                g = t.spec.group  # lme4 names theta by the factor, without the ".1" suffix
+                if r == c:
+                    names.append(f"{g}.{t.columns[r]}")
+                else:
+                    names.append(f"{g}.{t.columns[r]}.{t.columns[c]}")
+        return names
+
+
 @dataclass
-class Design:
-    """Everything the criterion needs: y, X, the levels (innermost first) and the tree."""
+class Design(ThetaLayout):
+    """The rows of a model: y, X, the random-effects levels (innermost first) and the tree.
+
+    The engine fits from the sufficient statistics built from it
+    (:class:`~theralens.model.stats.SufficientStats`); the rows serve fitted values and residuals."""
 
     formula: ParsedFormula
     y: np.ndarray
@@ -116,41 +164,10 @@ class Design:
     def k(self) -> int:
         return self.X.shape[1]
 
-    @property
-    def ntheta(self) -> int:
-        return sum(t.ntheta for t in self.terms)
-
-    def theta_lower_bounds(self) -> np.ndarray:
-        lower = []
-        for t in self.terms:
-            rows, cols = _colmajor_tril(t.q)
-            lower.extend(0.0 if r == c else -np.inf for r, c in zip(rows, cols))
-        return np.array(lower)
-
     def theta_scale(self) -> np.ndarray:
-        """Scale of each theta entry: the RMS of the Z column of its row (Lambda's row i
-        multiplies column i of Z), so that scaled theta values are of order one."""
-        out = np.empty(self.ntheta)
-        for lv in self.levels:
-            scales = lv.column_scales()
-            off = 0
-            for term, sl in zip(lv.terms, lv.theta_slices):
-                rows, _ = _colmajor_tril(term.q)
-                out[sl] = scales[off + rows]
-                off += term.q
-        return out
-
-    def theta_names(self) -> list[str]:
-        names = []
-        for t in self.terms:
-            rows, cols = _colmajor_tril(t.q)
-            for r, c in zip(rows, cols):
-                g = t.spec.group  # lme4 names theta by the factor, without the ".1" suffix
-                if r == c:
-                    names.append(f"{g}.{t.columns[r]}")
-                else:
-                    names.append(f"{g}.{t.columns[r]}.{t.columns[c]}")
-        return names
+        """Scale of each theta entry (:meth:`ThetaLayout.theta_scale_from`) from the rows."""
+        sumsq = [np.concatenate([np.einsum("ij,ij->j", t.Z, t.Z) for t in lv.terms]) for lv in self.levels]
+        return self.theta_scale_from(sumsq, self.n)
 
 
 def _lme4_name(column: str, order: dict[str, int]) -> str:
@@ -239,6 +256,11 @@ def _factorize(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64, copy=False), labels
 
 
+def _numeric_ids(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[bool, ...]:
+    """Whether the ids of each factor are numbers (sorted by value, as :func:`_factorize` sorts them)."""
+    return tuple(isinstance(data[f].dtype, np.dtype) and data[f].dtype.kind in "iuf" for f in factors)
+
+
 def _group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes of the grouping factor made of ``factors`` and their labels.
 
@@ -261,38 +283,62 @@ def _group_codes(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarr
     return codes.astype(np.int64).ravel(), labels
 
 
-def _drop_rank_deficient(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
-    """Drop aliased fixed-effect columns, as lme4 does (pivoted QR; the later columns go)."""
-    if X.shape[1] == 0:
-        return X, names, []
-    n, k = X.shape
-    c = max(n, k) * np.finfo(float).eps * 1e3  # the QR test below: |R_ii| > c max |R_jj|
-    # every |R_ii| of a QR is at least the smallest singular value s_min of X, and max |R_jj| at
-    # most the largest, s_max: s_min > c s_max (checked on X'X, allowing for the rounding of X'X
-    # and of its eigenvalues) means full rank without the QR
-    XtX = X.T @ X
-    ev = np.linalg.eigvalsh(XtX)
-    err = 2.0 * (k + 1) * n * np.finfo(float).eps * float(np.trace(XtX))
+def independent_columns(gram: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the fixed-effect columns to keep, from X'X alone (``gram``, n rows): aliased
+    columns are dropped, the later of them going, as lme4 drops them.
+
+    With c = max(n, k) eps 1e3, X has full rank when its smallest singular value exceeds c times
+    its largest (checked on the eigenvalues of X'X, allowing for the rounding of X'X and of its
+    eigenvalues). Otherwise a Cholesky factorisation of X'X in column order drops every column
+    whose squared residual norm, after the columns kept before it, is below c times its own
+    squared norm (R's LINPACK QR ``dqrdc2``, which lme4 uses, likewise moves such columns out of
+    the way and keeps the order of the others); c separates exactly aliased columns from the
+    rounding of X'X.
+    """
+    k = gram.shape[0]
+    if k == 0:
+        return np.arange(0)
+    c = max(n, k) * np.finfo(float).eps * 1e3
+    ev = np.linalg.eigvalsh(gram)
+    err = 2.0 * (k + 1) * n * np.finfo(float).eps * float(np.trace(gram))
     if ev[0] - err > c * c * (ev[-1] + err):
+        return np.arange(k)
+    keep: list[int] = []
+    L = np.zeros((k, k))  # rows: the kept columns' Cholesky factor, column by column
+    for j in range(k):
+        own = float(gram[j, j])
+        below = L[j, : len(keep)]
+        resid = own - float(below @ below)
+        if own <= 0 or resid <= c * own:
+            continue  # aliased with the columns before it (or all zero)
+        m = len(keep)
+        L[j, m] = np.sqrt(resid)
+        for i in range(j + 1, k):
+            L[i, m] = (float(gram[i, j]) - float(L[i, :m] @ L[j, :m])) / L[j, m]
+        keep.append(j)
+    return np.array(keep, dtype=np.int64)
+
+
+def _drop_rank_deficient(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """Drop aliased fixed-effect columns (:func:`independent_columns` on X'X)."""
+    keep = independent_columns(X.T @ X, X.shape[0])
+    if len(keep) == X.shape[1]:
         return X, names, []
-    from scipy.linalg import qr
-
-    _, R, piv = qr(X, mode="economic", pivoting=True)
-    diag = np.abs(np.diag(R))
-    tol = diag.max() * max(X.shape) * np.finfo(float).eps * 1e3 if diag.size else 0
-    rank = int((diag > tol).sum())
-    if rank == X.shape[1]:
-        return X, names, []
-    keep = np.sort(piv[:rank])
-    dropped = [names[i] for i in range(X.shape[1]) if i not in set(keep)]
-    return X[:, keep], [names[i] for i in keep], dropped
+    dropped = [names[i] for i in range(X.shape[1]) if i not in set(keep.tolist())]
+    return X[:, keep], [names[int(i)] for i in keep], dropped
 
 
-def build_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
+def build_design(parsed: ParsedFormula, data: pd.DataFrame, part: bool = False,
+                 factor_order: Sequence[str] | None = None) -> Design:
     """Build y, X and the nested random-effects levels for ``parsed`` on ``data``.
 
     Rows with a missing value in any column the formula uses are dropped and counted.
-    Crossed or partially crossed grouping factors raise :class:`ModelSpecError`.
+    Crossed or partially crossed grouping factors raise :class:`ModelSpecError`. With ``part``
+    the rows are one part of the data (partial sufficient statistics): aliased columns are kept
+    and rows may be fewer than fixed effects, since both are properties of the whole data.
+    ``factor_order`` names the grouping factors innermost first; by default they are ordered by their
+    number of groups, as lme4 orders its terms (a part of the data may have as many groups of a
+    coarser factor as of a finer one: its statistics then need the whole data's order).
     """
     if not isinstance(data, pd.DataFrame):
         raise InputError("data must be a pandas DataFrame")
@@ -323,8 +369,8 @@ def build_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
         raise InputError(f"response column '{parsed.response}' has non-numeric or infinite values")
 
     X_all, all_names, raw_names = _model_matrix(parsed.fixed, frame, order, "fixed-effects matrix")
-    X, fixed_names, dropped_cols = _drop_rank_deficient(X_all, all_names)
-    if len(y) <= X.shape[1]:
+    X, fixed_names, dropped_cols = (X_all, all_names, []) if part else _drop_rank_deficient(X_all, all_names)
+    if len(y) <= X.shape[1] and not part:
         raise InputError(f"only {len(y)} complete rows for {X.shape[1]} fixed effects "
                          f"({', '.join(fixed_names)}); a mixed model needs more rows than fixed effects - "
                          "add data or drop predictors")
@@ -343,7 +389,8 @@ def build_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
         codes, labels = _group_codes(frame, spec.factors)
         raw_terms.append((spec, Z, cols, codes, labels))
     # lme4 orders terms by decreasing number of groups (stable)
-    raw_terms.sort(key=lambda t: -len(t[4]))
+    rank = _factor_rank(factor_order, [t[0].group for t in raw_terms])
+    raw_terms.sort(key=lambda t: rank(t[0].group, len(t[4])))
     seen: dict[str, int] = {}
     terms: list[Term] = []
     by_group: dict[str, list[int]] = {}
@@ -359,10 +406,11 @@ def build_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
     level_list: list[Level] = []
     for group, idx in by_group.items():
         codes, labels = raw_terms[idx[0]][3], raw_terms[idx[0]][4]
-        lev = Level(group=group, terms=[terms[i] for i in idx], codes=codes, labels=labels)
+        lev = Level(group=group, terms=[terms[i] for i in idx], codes=codes, labels=labels,
+                    numeric=_numeric_ids(frame, raw_terms[idx[0]][0].factors))
         lev.theta_slices = [slice(int(offsets[i]), int(offsets[i + 1])) for i in idx]
         level_list.append(lev)
-    level_list.sort(key=lambda lv: -lv.ngroups)
+    level_list.sort(key=lambda lv: rank(lv.group, lv.ngroups))
     parents = _check_nesting(level_list, frame)
     return Design(
         formula=parsed,
@@ -376,6 +424,18 @@ def build_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
         dropped_columns=dropped_cols,
         row_index=frame.index,
     )
+
+
+def _factor_rank(order: Sequence[str] | None, groups: list[str]) -> Callable[[str, int], int]:
+    """Sort key of a grouping factor: its place in ``order``, or minus its number of groups."""
+    if order is None:
+        return lambda group, ngroups: -ngroups
+    missing = sorted(set(groups) - set(order))
+    if missing:
+        raise InputError(f"order names the grouping factors {', '.join(order)} but the formula also has "
+                         f"{', '.join(missing)}: name every grouping factor, innermost first")
+    place = {g: i for i, g in enumerate(order)}
+    return lambda group, ngroups: place[group]
 
 
 def _check_nesting(levels: list[Level], frame: pd.DataFrame) -> list[np.ndarray]:

@@ -23,6 +23,7 @@ from theralens.model.design import Design, _colmajor_tril, build_design, group_l
 from theralens.model.formula import ParsedFormula, parse_formula
 from theralens.model.optimize import OptimizerRecord, minimize_theta
 from theralens.model.satterthwaite import satterthwaite
+from theralens.model.stats import SufficientStats
 from theralens.model.threads import one_blas_thread
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular() tolerance on theta diagonals
@@ -56,7 +57,7 @@ class MixedResult:
 
     formula: str
     reml: bool
-    design: Design = field(repr=False)
+    design: Design | SufficientStats = field(repr=False)  # the rows, or the statistics of a fit_stats fit
     criterion: NestedCriterion = field(repr=False)
     solution: Solution = field(repr=False)
     optimizer: OptimizerRecord
@@ -279,12 +280,29 @@ class MixedResult:
             raise KeyError(f"no grouping factor '{group}'; the model has: {known}")
         return pd.concat(frames, ignore_index=True)
 
+    def _rows(self) -> Design:
+        if not isinstance(self.design, Design):
+            raise InputError("fitted values and residuals need the rows of the data, and this fit was made from "
+                             "sufficient statistics alone (fit_stats): fit with fit_mixed(formula, data) for them")
+        return self.design
+
+    def _fitted_values(self) -> np.ndarray:
+        """X beta + sum_l Z_l b_l for every row of the design."""
+        design = self._rows()
+        order = self.criterion.stats.order
+        assert order is not None  # statistics built from these rows
+        out = design.X @ self.solution.beta if design.k else np.zeros(design.n)
+        for l, lv in enumerate(design.levels):
+            Z = np.hstack([t.Z for t in lv.terms])  # type: ignore[misc]
+            out = out + np.einsum("ij,ij->i", Z, self.solution.b[l][order[l][lv.codes]])
+        return out
+
     def fitted(self) -> pd.Series:
-        return pd.Series(self.criterion.fitted(self.solution), index=self.design.row_index, name="fitted")
+        return pd.Series(self._fitted_values(), index=self._rows().row_index, name="fitted")
 
     def residuals(self) -> pd.Series:
-        return pd.Series(self.design.y - self.criterion.fitted(self.solution), index=self.design.row_index,
-                         name="residual")
+        design = self._rows()
+        return pd.Series(design.y - self._fitted_values(), index=design.row_index, name="residual")
 
     def predict(self, newdata: pd.DataFrame | None = None, include_random: bool = True) -> pd.Series:
         """Predictions X beta (``include_random=False``: population level) or X beta + Z b
@@ -459,11 +477,36 @@ def fit_design(design: Design, formula: str, reml: bool = True, start: np.ndarra
     (the power simulations) call it directly. ``formula`` is kept in the result.
     """
     with one_blas_thread():
-        return _fit_criterion(NestedCriterion(design), formula, reml, start)
+        return _fit_criterion(NestedCriterion(design), formula, reml, start, design)
 
 
-def _fit_criterion(crit: NestedCriterion, formula: str, reml: bool, start: np.ndarray | None) -> MixedResult:
-    """Optimise the criterion and build the result (the step every fit entry shares)."""
+def fit_stats(stats: SufficientStats, reml: bool = True, start: np.ndarray | None = None) -> MixedResult:
+    """Fit from sufficient statistics alone (:class:`~theralens.model.stats.SufficientStats`:
+    from a frame, from arrays, or summed over parts of the data), with the same criterion,
+    optimizer, Satterthwaite df and likelihood-ratio tests as :func:`fit_mixed` (which is
+    statistics from the rows followed by this fit). Aliased fixed-effect columns of the whole
+    data are dropped first, as lme4 drops them. The result has no rows: ``fitted()`` and
+    ``residuals()`` raise :class:`~theralens.errors.InputError`.
+    """
+    whole = stats.without_aliased()
+    if whole.n <= whole.k:
+        raise InputError(f"only {whole.n} rows in the statistics for {whole.k} fixed effects "
+                         f"({', '.join(whole.fixed_names)}); a mixed model needs more rows than fixed effects - "
+                         "add data or drop predictors")
+    formula = whole.formula.text if whole.formula is not None else ""
+    with one_blas_thread():
+        fit = _fit_criterion(NestedCriterion(whole), formula, reml, start, whole)
+    if whole.n_dropped:
+        fit.notes.append(f"{whole.n_dropped} rows with missing values were dropped")
+    if whole.dropped_columns:
+        fit.notes.append("fixed-effect model matrix is rank deficient; dropped: " + ", ".join(whole.dropped_columns))
+    return fit
+
+
+def _fit_criterion(crit: NestedCriterion, formula: str, reml: bool, start: np.ndarray | None,
+                   rows: Design | SufficientStats) -> MixedResult:
+    """Optimise the criterion and build the result (the step every fit entry shares); ``rows``
+    is what the result keeps as its ``design``."""
     design = crit.design
     lower = design.theta_lower_bounds()
     scale = design.theta_scale()
@@ -475,7 +518,7 @@ def _fit_criterion(crit: NestedCriterion, formula: str, reml: bool, start: np.nd
     rec = minimize_theta(lambda th: crit.criterion(th, reml), x0, lower, scale=scale,
                          fg=lambda th: crit.value_and_gradient(th, reml))
     sol = crit.solve(rec.final, reml)
-    return MixedResult(formula=formula, reml=reml, design=design, criterion=crit, solution=sol,
+    return MixedResult(formula=formula, reml=reml, design=rows, criterion=crit, solution=sol,
                        optimizer=rec, notes=[], data=None)
 
 
@@ -487,9 +530,9 @@ def moment_start(crit: NestedCriterion, scale: np.ndarray) -> np.ndarray | None:
     """A starting theta from per-group least squares (a method of moments), or None.
 
     Everything comes from the sufficient statistics: beta by ordinary least squares on all rows;
-    sigma^2 from the residuals within the innermost clusters, after each cluster's own
-    least-squares fit of its random-effect columns; and for every level the coefficients b_g of
-    each group's own fit of Z_l to the OLS residuals, whose variance over the groups exceeds
+    sigma^2 pooled within the innermost clusters, after each cluster's own least-squares fit of
+    its random-effect columns (where that fit exists); and for every level the coefficients b_g
+    of each group's own fit of Z_l to the OLS residuals, whose variance over the groups exceeds
     sigma^2 times the mean of diag (Z_g'Z_g)^{-1} by the level's variances (Swamy 1970; coarser
     levels also absorb the finer ones: a start, not an estimate). Only the standard deviations
     are used (a diagonal Lambda, sd / sigma), kept within ``START_RANGE`` on the scaled parameters
@@ -503,44 +546,53 @@ def moment_start(crit: NestedCriterion, scale: np.ndarray) -> np.ndarray | None:
     typical therapy data; the optimum is the same.
     """
     design = crit.design
+    stats = crit.stats
     q, k = crit.q, crit.k
     offs = np.cumsum([0] + q)
     R = slice(int(offs[-1]), crit.d)  # [X, y]
     try:
-        tot = crit.Cagg[-1].sum(axis=0)
+        tot = stats.total
         v = np.r_[-np.linalg.solve(tot[:-1, :-1][-k:, -k:], tot[-k - 1 : -1, -1]) if k else [], 1.0]  # [-beta, 1]
-        n_rows = np.bincount(crit.row_codes[0], minlength=crit.C.shape[0]).astype(float)
+        n_rows = stats.counts.astype(float)
         sigma2 = 0.0
         theta = np.zeros(design.ntheta)
         for l, lv in enumerate(design.levels):
-            Cl, ql = crit.Cagg[l], q[l]
+            ql = q[l]
+            zl = slice(int(offs[l]), int(offs[l + 1]))
+            Cl = stats.inner if l == 0 else stats.group_sums(l)  # the rows of Z_l' W per group
             G = Cl.shape[0]
             n_g = n_rows if l == 0 else np.bincount(crit.anc[0][l], weights=n_rows, minlength=G)
             if np.count_nonzero(n_g >= START_ROWS * ql) < max(ql + 2, 0.5 * G):
                 return None  # most groups too small to fit on their own
-            zl = slice(int(offs[l]), int(offs[l + 1]))
-            Zr = Cl[:, zl, R] @ v  # Z_g' (y - X beta)
+            rows = slice(0, ql) if l == 0 else zl
+            Zr = Cl[:, rows, R] @ v  # Z_g' (y - X beta)
+            ZZ = Cl[:, rows, zl]
             if ql == 1:
-                zz = Cl[:, zl, zl].reshape(G)
-                ok = (zz > 0) & (n_g >= START_ROWS)
-                zinv = 1.0 / np.where(ok, zz, 1.0)
-                b = (Zr[:, 0] * zinv)[ok, None]
+                zz = ZZ.reshape(G)
+                own = zz > 0  # groups with a fit of their own
+                zinv = 1.0 / np.where(own, zz, 1.0)
+                coef = Zr[:, 0] * zinv
+                explained = float((Zr[own, 0] * coef[own]).sum())
+                ok = own & (n_g >= START_ROWS)
+                b = coef[ok, None]
                 noise = zinv[ok, None]
             else:
-                ZZ = Cl[:, zl, zl]
                 dg = np.diagonal(ZZ, axis1=1, axis2=2)
                 sd = np.sqrt(np.where(dg > 0, dg, 1.0))
-                ok = (np.all(dg > 0, axis=1) & (n_g >= START_ROWS * ql)
-                      & (np.linalg.det(ZZ / (sd[:, :, None] * sd[:, None, :])) > 1e-6))  # well-conditioned fits
-                Zinv = np.linalg.inv(ZZ[ok])
-                b = np.einsum("gij,gj->gi", Zinv, Zr[ok])
-                noise = np.diagonal(Zinv, axis1=1, axis2=2)
+                own = (np.all(dg > 0, axis=1) & (n_g >= ql)
+                       & (np.linalg.det(ZZ / (sd[:, :, None] * sd[:, None, :])) > 1e-6))  # well-conditioned fits
+                Zinv = np.linalg.inv(ZZ[own])
+                coef = np.einsum("gij,gj->gi", Zinv, Zr[own])
+                explained = float((Zr[own] * coef).sum())
+                ok = own & (n_g >= START_ROWS * ql)
+                keep = ok[own]
+                b = coef[keep]
+                noise = np.diagonal(Zinv, axis1=1, axis2=2)[keep]
             if ok.sum() < max(ql + 2, 0.5 * G):  # or too many ill-conditioned
                 return None
-            if l == 0:  # pooled residual variance within the innermost clusters
-                rr = Cl[:, R, R].reshape(G, -1) @ np.outer(v, v).ravel()  # |y - X beta|^2 per cluster
-                rss = float(rr[ok].sum() - (Zr[ok] * b).sum())
-                dof = float(n_g[ok].sum()) - float(ok.sum()) * ql - k
+            if l == 0:  # pooled residual variance within the innermost clusters, after their own fits
+                rss = float(v @ tot[R, R] @ v) - explained
+                dof = float(n_rows.sum()) - float(own.sum()) * ql - k
                 if not (dof > 0 and rss > 0):
                     return None
                 sigma2 = rss / dof
@@ -548,8 +600,8 @@ def moment_start(crit: NestedCriterion, scale: np.ndarray) -> np.ndarray | None:
             sds = np.sqrt(np.maximum(var, 0.0) / sigma2)
             off = 0
             for term, sl in zip(lv.terms, lv.theta_slices):
-                rows, cols = _colmajor_tril(term.q)
-                theta[sl] = np.where(rows == cols, sds[off + rows], 0.0)
+                rows_, cols = _colmajor_tril(term.q)
+                theta[sl] = np.where(rows_ == cols, sds[off + rows_], 0.0)
                 off += term.q
     except (np.linalg.LinAlgError, FloatingPointError, ValueError):
         return None

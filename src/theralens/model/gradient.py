@@ -69,18 +69,19 @@ class _LevelCache(NamedTuple):
     H: np.ndarray  # (G, q, r): A_g^{-1} Lambda' Mzr_g
 
 
-def _blocks(M: np.ndarray, q: int, top: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _blocks(M: np.ndarray, q: int, starts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The blocks of statistics M (G, d, d) that ``_forward_level`` takes: Mzz and Mrz
-    (contiguous) and Mrr, summed over the groups at the ``top``."""
-    Mrr = M.sum(0)[q:, q:] if top else M[:, q:, q:]
+    (contiguous) and Mrr summed over the children of each parent (beginning at ``starts``;
+    None: over all groups, the top)."""
+    Mrr = M.sum(0)[q:, q:] if starts is None else np.add.reduceat(M[:, q:, q:], starts, axis=0)
     return np.ascontiguousarray(M[:, :q, :q]), np.ascontiguousarray(M[:, q:, :q]), Mrr
 
 
 def _forward_level(lam: np.ndarray, Mzz: np.ndarray, Mrz: np.ndarray, Mrr: np.ndarray,
                    starts: np.ndarray | None) -> tuple[float, np.ndarray, _LevelCache]:
     """Eliminate one level: log det of the A_g summed, the parents' statistics (summed over the
-    contiguous children beginning at ``starts``; None: all into one block, the top, where
-    ``Mrr`` is already summed over the groups), and the cache. Blocks as ``_blocks`` gives them."""
+    contiguous children beginning at ``starts``; None: all into one block, the top; ``Mrr`` is
+    already summed per parent), and the cache. Blocks as ``_blocks`` gives them."""
     G, r, q = Mrz.shape
     if q == 1:
         l0 = float(lam[0, 0])
@@ -101,10 +102,10 @@ def _forward_level(lam: np.ndarray, Mzz: np.ndarray, Mrz: np.ndarray, Mrr: np.nd
         nxt = (Mrr - _mm(LtMzr.reshape(G * q, r).T, H.reshape(G * q, r)))[None]
     else:
         if q == 1:
-            red = Mrr - LtMzr[:, 0, :, None] * H[:, 0, None, :]
+            red = LtMzr[:, 0, :, None] * H[:, 0, None, :]
         else:
-            red = Mrr - np.matmul(LtMzr.transpose(0, 2, 1), H)
-        nxt = np.add.reduceat(red, starts, axis=0)
+            red = np.matmul(LtMzr.transpose(0, 2, 1), H)
+        nxt = Mrr - np.add.reduceat(red, starts, axis=0)
     return logdet, nxt, _LevelCache(lam=lam, LtMzz=LtMzz, Mrz=Mrz, Ainv=Ainv, H=H)
 
 
@@ -215,7 +216,7 @@ class ProfiledGradient:
             self.fills.append((rows, cols, marks[rows, cols].astype(np.int64) - 1))
         # children of each parent, contiguous: where they start and how many there are
         self.starts: list[np.ndarray | None] = [crit.starts[l] for l in range(self.D - 1)] + [None]
-        self.counts = [np.diff(np.r_[crit.starts[l], crit.Cagg[l].shape[0]]) for l in range(self.D - 1)]
+        self.counts = [np.diff(np.r_[crit.starts[l], crit.stats.levels[l].ngroups]) for l in range(self.D - 1)]
         self.fast = bool(fast and self.q[0] == 1)
         if self.fast:
             # one sparse product gives sum_p w_p m_p' m_p per parent for w = 1/a_p and 1/a_p^2
@@ -266,17 +267,22 @@ class ProfiledGradient:
             Q2tri = tri[self._T :]  # sum_p m_p' m_p / a_p^2 per parent (upper triangles)
             Mtri = crit._Mrr_tri - (lam0 * lam0) * tri[: self._T]  # the parents' statistics
             caches.append(None)
-        M = crit.C if not self.fast else crit.unpack(Mtri) if D == 1 else None
+        M = crit.unpack(Mtri) if self.fast and D == 1 else None
         for l in range(len(caches), D):
-            if M is None:  # the parents of the fast innermost level: their blocks from Mtri
+            if l == 0:  # the general path at the innermost level: its rows of C_p, the parents' sums
+                q0, inner = self.q[0], crit.stats.inner
+                Mrr = crit.stats.parent_sums()[:, q0:, q0:]
+                blocks = (np.ascontiguousarray(inner[:, :, :q0]),
+                          np.ascontiguousarray(inner[:, :, q0:].transpose(0, 2, 1)), Mrr[0] if D == 1 else Mrr)
+            elif M is None:  # the parents of the fast innermost level: their blocks from Mtri
                 q1, T = self.q[1], self._T
                 tzz, trz, trr = self._take
                 r1 = len(trz) // q1
                 blocks = (np.take(Mtri, tzz, axis=1).reshape(T, q1, q1), np.take(Mtri, trz, axis=1).reshape(T, r1, q1),
                           np.take(Mtri.sum(0), trr).reshape(r1, r1) if D == 2
-                          else np.take(Mtri, trr, axis=1).reshape(T, r1, r1))
+                          else np.add.reduceat(np.take(Mtri, trr, axis=1).reshape(T, r1, r1), self.starts[1], axis=0))
             else:
-                blocks = _blocks(M, self.q[l], l == D - 1)
+                blocks = _blocks(M, self.q[l], self.starts[l])
             ld, M, cache = _forward_level(lams[l], *blocks, self.starts[l])
             logdet += ld
             caches.append(cache)

@@ -5,7 +5,7 @@ numpy and scipy ship OpenBLAS with one thread per core. The engine's matrices ar
 and on a machine whose cores are busy (parallel fits, other jobs) a product of microseconds then
 waits milliseconds for descheduled threads. A fit at 440,000 rows took 1.38 s with the library
 defaults against 0.70 s with one thread. Users do not set thread variables, so every fit
-(:func:`~theralens.model.fit.fit_mixed`,
+(:func:`~theralens.model.fit.fit_mixed`, :func:`~theralens.model.fit.fit_stats`,
 :func:`~theralens.model.fit.fit_design`) runs inside :func:`one_blas_thread`, which limits every
 BLAS library loaded in the process to one thread through ``threadpoolctl`` and restores the
 previous counts afterwards (nested and concurrent uses count: the first in limits, the last

@@ -75,8 +75,8 @@ def batched_profiles(crit: NestedCriterion, thetas: np.ndarray) -> Profiles | No
     pos = level.lambda_matrix(np.arange(1.0, design.ntheta + 1.0))
     rows, cols = np.nonzero(pos)
     idx = pos[rows, cols].astype(int) - 1
-    C = crit.C
-    G, r = C.shape[0], C.shape[1] - q
+    C = crit.stats.inner  # (G, q, d): the rows Z_g' W of every group's C_g
+    G, r = C.shape[0], C.shape[2] - q
     i0, i1 = np.triu_indices(r)
     where = np.empty((r, r), dtype=np.int64)  # entry of the upper triangle holding (i, j)
     where[i0, i1] = where[i1, i0] = np.arange(len(i0))
@@ -88,7 +88,7 @@ def batched_profiles(crit: NestedCriterion, thetas: np.ndarray) -> Profiles | No
     bb, cc = np.array(combos).T
     Mzz = C[:, bb, cc]  # (G, nc): the distinct entries of the symmetric Mzz_g
     Mzr = C[:, :q, q:]
-    mrr = C[:, q:, q:].sum(axis=0)[i0, i1]
+    mrr = crit.stats.total[q:, q:][i0, i1]
     # O[(c, g), u]: products of rows i, j of Mzr_g (both orders off the diagonal), upper triangle u
     O = np.stack([Mzr[:, i, i0] * Mzr[:, j, i1] + (Mzr[:, j, i0] * Mzr[:, i, i1] if i != j else 0.0)
                   for i, j in combos])
