@@ -111,10 +111,11 @@ def validate_document(doc: Any, source: str = "results document") -> dict[str, A
     validator = jsonschema.Draft202012Validator(schema())
     errors = list(validator.iter_errors(doc))
     if errors:
-        first = min(_place(e) for e in errors)  # the first problem in the document's order
+        first = min(_place(e) for e in errors)  # one answer for the same document, whatever the schema's order
         error = jsonschema.exceptions.best_match([e for e in errors if _place(e) == first])
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise InputError(f"{source} does not match the results schema at {where}: {error.message}; "
+        what = error.message if len(error.message) <= 160 else error.message[:157] + "..."
+        raise InputError(f"{source} does not match the results schema at {where}: {what}; "
                          "give a results.json written by theralens analyze, unedited")
     return doc
 
