@@ -239,3 +239,24 @@ def test_results_json_is_the_same_through_both_engines(tmp_path, design):
         assert any(n.startswith("Engine: " + ("DuckDB" if engine == "duckdb" else "pandas")) for n in result.notes)
         assert set(result.timings) == {"statistics", "fits"}
     numbers_equal(docs["pandas"], docs["duckdb"])
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_csv_blank_lines_keep_row_numbers(tmp_path, demo, eol):
+    """pandas counts a blank line inside a CSV as an (empty) row, DuckDB skips it: row numbers still agree."""
+    lines = messy(demo).to_csv(index=False).splitlines()
+    for at in (900, 300, 5, 5):  # blank lines before the rows that validation drops or reports
+        lines.insert(at, "")
+    path = tmp_path / "blank.csv"
+    path.write_bytes((eol.join(lines) + eol + eol).encode())
+    config = config_from_dict({})
+    pandas_table, duck_table = both(path, config)
+    assert_same_table(pandas_table, duck_table)
+    assert [e.examples for e in duck_table.exclusions] == [e.examples for e in pandas_table.exclusions]
+    lines[1500] = lines[1500].replace(lines[1500].split(",")[-1], "inf")  # expectancy, the last column
+    path.write_bytes((eol.join(lines) + eol).encode())
+    with pytest.raises(InputError) as expected:
+        validate_sessions(read_table(path), source=str(path))
+    with pytest.raises(InputError) as info:
+        scan_files(path, source=str(path))
+    assert str(info.value) == str(expected.value) and "row 1501" in str(info.value)

@@ -310,8 +310,9 @@ def scan_files(
 scan_sessions = scan_files
 
 
-def _raw_relation(con: Any, files: list[Path], kind: str, where: str) -> None:
-    """Create table ``raw``: the user's columns plus ``__file`` and ``__row`` (row number the user sees)."""
+def _raw_relation(con: Any, files: list[Path], kind: str, where: str) -> int:
+    """Create view ``raw``: the user's columns plus ``__file`` and ``__row`` (the row number the user
+    sees); returns the number of blank lines inside CSV files (rows to pandas, skipped by DuckDB)."""
     import duckdb
 
     names = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
@@ -326,7 +327,7 @@ def _raw_relation(con: Any, files: list[Path], kind: str, where: str) -> None:
         except duckdb.Error as exc:
             raise parquet_error(label, exc) from exc
         check_shape(n_cols, n_rows, label)
-        return
+        return 0
     with files[0].open("rb") as fh:
         head = fh.read(65536).decode("utf-8", errors="replace")
     sep = sniff_delimiter(head, files[0].suffix.lower())
@@ -345,15 +346,69 @@ def _raw_relation(con: Any, files: list[Path], kind: str, where: str) -> None:
     n_cols = len(con.execute("DESCRIBE raw0").fetchall()) - 1
     n_rows = con.execute("SELECT count(*) FROM raw0").fetchone()[0]
     check_shape(n_cols, n_rows, label)
-    con.execute("CREATE VIEW raw AS SELECT * EXCLUDE (__first, rowid), rowid - __first + 2 AS __row FROM "
-                "(SELECT *, rowid, min(rowid) OVER (PARTITION BY __file) AS __first FROM raw0)")
+    # pandas counts a blank line in the middle of a file as an (empty) row, DuckDB skips it: record k
+    # of a file is on line k + 2 + (blank lines before it); blank i (0-based) lies after c_i = line - 2 - i records
+    per_file = dict(con.execute("SELECT __file, count(*) FROM raw0 GROUP BY __file").fetchall())
+    blanks = []
+    for f in files:
+        lines = _blank_lines(f)
+        c = lines - 2 - np.arange(len(lines))
+        c = c[c < per_file.get(str(f), 0)]  # blank lines after the last record are not rows
+        blanks += [(str(f), int(ci), i + 1) for i, ci in enumerate(c)]
+    index = "SELECT *, rowid, rowid - min(rowid) OVER (PARTITION BY __file) AS __k FROM raw0"
+    if not blanks:
+        con.execute(f"CREATE VIEW raw AS SELECT * EXCLUDE (__k, rowid), __k + 2 AS __row FROM ({index})")
+        return 0
+    frame = pd.DataFrame(blanks, columns=["__bfile", "__bc", "__bn"]).groupby(["__bfile", "__bc"], as_index=False).max()
+    con.register("blanks_df", frame)
+    con.execute("CREATE TABLE blanks AS SELECT * FROM blanks_df")
+    con.unregister("blanks_df")
+    con.execute(f"""CREATE VIEW raw AS SELECT r.* EXCLUDE (__k, rowid), r.__k + 2 + coalesce(b.__bn, 0) AS __row
+        FROM ({index}) r ASOF LEFT JOIN blanks b ON r.__file = b.__bfile AND r.__k >= b.__bc""")
+    return len(blanks)
+
+
+def _blank_lines(path: Path, chunk: int = 1 << 26) -> np.ndarray:
+    """Line numbers (from 1) of the empty lines of a text file (LF or CRLF), by a byte scan in chunks."""
+    found: list[int] = []
+    base, carry, first = 0, b"", True
+    with path.open("rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            data = carry + block
+            if block:
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    carry = data
+                    continue
+                work, carry = data[: cut + 1], data[cut + 1:]
+            else:
+                work, carry = data, b""
+            text = work if first else b"\n" + work  # the newline that ended the previous chunk
+            shift = 0 if first else 1
+            starts = []
+            for pattern in (b"\n\n", b"\n\r\n"):
+                p = text.find(pattern)
+                while p >= 0:
+                    starts.append(p)
+                    p = text.find(pattern, p + 1)
+            count, at = 0, 0
+            for p in sorted(starts):  # newlines up to and including p, counted incrementally
+                count += text.count(b"\n", at, p + 1)
+                at = p + 1
+                found.append(base + count - shift + 1)
+            base += work.count(b"\n")
+            first = False
+            if not block:
+                break
+    return np.asarray(found, dtype=np.int64)
 
 
 def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: str, many: bool
           ) -> tuple[ValidatedData, list[str]]:
     """Every check of validate_sessions, in its order, as SQL (module docstring)."""
     cols = config.columns
-    _raw_relation(con, files, kind, where)
+    blank_lines = _raw_relation(con, files, kind, where)
     described = [(r[0], r[1]) for r in con.execute("DESCRIBE raw").fetchall() if r[0] not in ("__file", "__row",
                                                                                               "rowid")]
     by_name = {str(n).strip(): (n, t) for n, t in described}
@@ -390,7 +445,20 @@ def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: st
                          [first[0]]).df()
         return (first[0] if many else where), df
 
+    # the value checks of every column in one pass: infinite numbers, text that is not a number
+    def value_check(u: _Column) -> str:
+        if u.kind == "num":
+            return f"isinf({u.num})"
+        cast = f"TRY_CAST({u.txt} AS DOUBLE)"
+        return f"({u.txt} IS NOT NULL AND {cast} IS NULL) OR isinf({cast})"
+
+    checks = [value_check(u) for u in ucols.values() if u.kind in ("num", "text")]
+    found = dict(zip(checks, con.execute("SELECT " + ", ".join(f"count(*) FILTER (WHERE {c}) > 0" for c in checks)
+                                         + " FROM v").fetchone(), strict=True)) if checks else {}
+
     def any_rows(cond: str) -> bool:
+        if cond in found:
+            return bool(found[cond])
         return con.execute(f"SELECT EXISTS (SELECT 1 FROM v WHERE {cond})").fetchone()[0]
 
     # ids (validate.normalize_ids)
@@ -444,7 +512,7 @@ def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: st
                 to_numeric(df["x"].astype(float), u.name, role, df["row"].to_numpy(), w, notes)
             return u.num
         cast = f"TRY_CAST({u.txt} AS DOUBLE)"
-        cond = f"({u.txt} IS NOT NULL AND {cast} IS NULL) OR isinf({cast})"
+        cond = value_check(u)
         if any_rows(cond):
             w, df = witness(cond, {"x": u.txt})
             n_notes = len(notes)
@@ -475,7 +543,13 @@ def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: st
             covariates.append(name)
 
     select = ", ".join(f"{e} AS {_q(k)}" for k, e in exprs.items())
-    con.execute(f"CREATE TABLE c0 AS SELECT {select} FROM v{join}")
+    # one materialized table: the canonical columns and the exclusion step of every row (0: kept)
+    reasons = exclusion_reasons(config)
+    has_value = " OR ".join(f"{_q(n)} IS NOT NULL" for n in ["outcome", *processes])
+    when = "date" if date_sql else "time"
+    con.execute(f"""CREATE TABLE c0 AS SELECT *, CASE WHEN therapist IS NULL THEN 1 WHEN patient IS NULL THEN 2
+        WHEN {when} IS NULL THEN 3 WHEN NOT ({has_value}) THEN 4 ELSE 0 END AS __drop
+        FROM (SELECT {select} FROM v{join})""")
     values = ["outcome", *processes, *covariates]
     counts_row = con.execute("SELECT " + ", ".join(f"count({_q(n)})" for n in values)
                              + "".join(f", count(DISTINCT {_q(n)})" for n in covariates)
@@ -487,41 +561,34 @@ def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: st
         check_time_filled(int(counts_row[-2]), where, cols.time)
 
     # exclusions, in validate_sessions' order
-    reasons = exclusion_reasons(config)
-    has_value = " OR ".join(f"{_q(n)} IS NOT NULL" for n in ["outcome", *processes])
-    when = "date" if date_sql else "time"
-    con.execute(f"""CREATE TABLE c1 AS SELECT *, CASE WHEN therapist IS NULL THEN 1 WHEN patient IS NULL THEN 2
-        WHEN {when} IS NULL THEN 3 WHEN NOT ({has_value}) THEN 4 ELSE 0 END AS __drop FROM c0""")
-    con.execute("DROP TABLE c0")
-    steps = con.execute("""SELECT __drop, count(*), count(DISTINCT patient) FROM c1 WHERE __drop > 0
+    steps = con.execute("""SELECT __drop, count(*), count(DISTINCT patient) FROM c0 WHERE __drop > 0
         GROUP BY __drop""").fetchall()
     removed = dict(con.execute("""SELECT m, count(*) FROM (SELECT max(CASE WHEN __drop = 0 THEN 99 ELSE __drop END)
-        AS m FROM c1 WHERE patient IS NOT NULL GROUP BY patient) GROUP BY m""").fetchall())
+        AS m FROM c0 WHERE patient IS NOT NULL GROUP BY patient) GROUP BY m""").fetchall())
     exclusions: list[Exclusion] = []
     by_step = {s: (r, p) for s, r, p in steps}
     for step, key in enumerate(("therapist", "patient", "time", "nothing"), start=1):
         if step not in by_step:
             continue
         examples = tuple(int(r[0]) for r in con.execute(
-            f"SELECT row FROM c1 WHERE __drop = {step} ORDER BY file, row LIMIT 5").fetchall())
+            f"SELECT row FROM c0 WHERE __drop = {step} ORDER BY file, row LIMIT 5").fetchall())
         rows, touched = by_step[step]
         exclusions.append(Exclusion(reasons[key], int(rows), int(touched), int(removed.get(step, 0)), examples))
-    con.execute("CREATE TABLE c2 AS SELECT * EXCLUDE (__drop) FROM c1 WHERE __drop = 0")
-    con.execute("DROP TABLE c1")
-    n_used = con.execute("SELECT count(*) FROM c2").fetchone()[0]
+    con.execute("CREATE VIEW kept AS SELECT * EXCLUDE (__drop) FROM c0 WHERE __drop = 0")
+    n_used = con.execute("SELECT count(*) FROM kept").fetchone()[0]
     check_rows_left(n_used, where)
 
-    moved = "SELECT patient FROM c2 GROUP BY patient HAVING count(DISTINCT therapist) > 1"
+    moved = "SELECT patient FROM kept GROUP BY patient HAVING count(DISTINCT therapist) > 1"
     if con.execute(f"SELECT EXISTS ({moved})").fetchone()[0]:
-        df = con.execute(f"SELECT row, therapist, patient FROM c2 WHERE patient IN ({moved}) ORDER BY file, row").df()
+        df = con.execute(f"SELECT row, therapist, patient FROM kept WHERE patient IN ({moved}) "
+                         "ORDER BY file, row").df()
         check_one_therapist(df, where, cols.patient)
     if date_sql is not None:
         con.execute(f"""CREATE TABLE sessions AS SELECT * REPLACE (epoch(date - min(date) OVER (PARTITION BY patient))
-            / {WEEK_SECONDS!r} AS time) FROM c2""")
+            / {WEEK_SECONDS!r} AS time) FROM kept""")
         notes.append(dates_note(where))
     else:
-        con.execute("CREATE TABLE sessions AS SELECT * FROM c2")
-    con.execute("DROP TABLE c2")
+        con.execute("CREATE VIEW sessions AS SELECT * FROM kept")
     key = "date" if date_sql else "time"
     dup = f"SELECT patient, {key} FROM sessions GROUP BY patient, {key} HAVING count(*) > 1"
     if con.execute(f"SELECT EXISTS ({dup})").fetchone()[0]:
@@ -544,7 +611,7 @@ def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: st
     ratings = con.execute("SELECT " + ", ".join(f"count({_q(p)})" for p in processes) + " FROM sessions").fetchone()
     counts = {
         "rows_read": int(rows_read),
-        "rows_empty": int(n_total - rows_read),
+        "rows_empty": int(n_total - rows_read + blank_lines),
         "rows_excluded": int(sum(e.rows for e in exclusions)),
         "rows_used": int(n_used),
         "therapists": int(summary[0]),
@@ -727,7 +794,7 @@ def choose_engine(path: str | Path, engine: str = "auto", memory_limit: int | st
             return "pandas", (f"Engine: pandas (DuckDB scans CSV and Parquet only; {Path(str(path)).name} "
                               "was read whole).")
     if engine == "duckdb":
-        return engine, (f"Engine: DuckDB SQL ({why}): sessions were checked and reduced to patient statistics "
-                        f"by DuckDB under a memory limit of {budget / 1e9:.2f} GB; no table of sessions was "
-                        "held in memory.")
+        return engine, (f"Engine: DuckDB SQL ({why}): the sessions were checked and decomposed in SQL under a "
+                        f"memory limit of {budget / 1e9:.2f} GB; only one row per patient (patient design) or per "
+                        "lagged pair (session design) left DuckDB.")
     return engine, f"Engine: pandas ({why}): the sessions were read whole into memory."
