@@ -36,7 +36,7 @@ display only. Table rows hold every column of the tables they come from.
   mean_reliability, min_reliability}.
 - ``models``: list of {role, formula, nobs, converged, singular, reml_criterion,
   evaluations, gradient_norm, note, optimizer (method, restarts, return code, messages,
-  initial and final theta), fixed_effects (rows {term, estimate, se, df, t, p}), varcorr
+  initial and final theta), fixed_effects (rows {term, estimate, se}), varcorr
   (rows {grp, var1, var2, vcov, sdcor}, lme4's ``as.data.frame(VarCorr(m))``)}.
 - ``fitted_lines``: the lines of the slope figures, {figure ("moderator" or "ancillary"),
   process, moderator, model (its role), x ("moderator" or "caseload_mean"), intercept,
@@ -241,9 +241,10 @@ class StudyResult:
     def _model_entry(m: ModelSpec) -> dict[str, Any]:
         f = m.fit
         opt = f.optimizer
+        # estimates and SEs only: the tests of the aims (Satterthwaite df, p) are in the aim tables, and
+        # the df of every coefficient of every model would cost more than the rest of the document
         fixed = pd.DataFrame({"term": f.fixed_names, "estimate": f.fixed_effects.to_numpy(),
-                              "se": f.std_errors.to_numpy(), "df": f.df.to_numpy(), "t": f.t_values.to_numpy(),
-                              "p": f.p_values.to_numpy()})
+                              "se": f.std_errors.to_numpy()})
         return _clean({
             "role": m.role, "formula": m.formula, "nobs": f.nobs, "converged": f.converged,
             "singular": f.singular, "reml_criterion": f.reml_criterion,
