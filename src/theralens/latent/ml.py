@@ -584,7 +584,7 @@ def fit_latent(
     *,
     random_slopes: bool = True,
     nodes: int | None = None,
-    tol: float = 1e-8,
+    tol: float = 1e-7,
     quadrature_tol: float = 1e-6,
     max_rounds: int = 12,
     start: np.ndarray | None = None,
@@ -624,19 +624,29 @@ def fit_latent(
                 return 1e300, np.zeros_like(th)
             return -ll, -g
 
-        last, ok = -np.inf, False
-        for _ in range(max_rounds):
+        ok, hess, ll = False, None, -np.inf
+        for k in range(max_rounds):
             rounds_total += 1
             if random_slopes:
                 mean, chol = _recentre(crit, theta, nd, grid, weights)
                 nd = _adapt(mean, chol, grid, weights)
-            res = optimize.minimize(fun, theta, jac=True, method="BFGS", options={"gtol": 1e-6, "maxiter": 3000})
-            theta = res.x
+            if k > 0:
+                # converged when re-centred nodes neither move the criterion nor the gradient
+                ll_new, g_new, _ = crit.evaluate(theta, nd)
+                evals += 1
+                if abs(ll_new - ll) < tol and np.max(np.abs(g_new)) < 1e-4:
+                    ll = ll_new
+                    break
+            # later rounds keep BFGS's curvature estimate
+            opts = {"gtol": 1e-6, "maxiter": 3000}
+            if hess is not None:
+                opts["hess_inv0"] = hess
+            res = optimize.minimize(fun, theta, jac=True, method="BFGS", options=opts)
+            theta, hess = res.x, _positive_definite(res.hess_inv)
             ll = -float(res.fun)
             ok = bool(res.success or np.max(np.abs(res.jac)) < 1e-3)
-            if not random_slopes or abs(ll - last) < tol * max(1.0, abs(ll)):
+            if not random_slopes:
                 break
-            last = ll
         else:
             messages.append(f"the adaptive quadrature did not settle in {max_rounds} rounds")
         if not ok:
@@ -651,6 +661,25 @@ def fit_latent(
     else:
         Q = max_q = 1
     theta, ll, nd, converged, mean, chol = optimise(theta, Q, mean, chol)
+    if random_slopes:
+        # The likelihood is even in each column of the slope Cholesky factor (u1 = L11 xi, xi
+        # symmetric), so a zero slope SD is a stationary point and BFGS can stop near it, at a
+        # worse maximum. Restart once with the small slope SDs pushed back to the start's
+        # size and keep the better maximum.
+        first = _start(st, random_slopes, lay)
+        LG, LG0 = lay.unpack(theta)["LG"], lay.unpack(first)["LG"]
+        small = [i for i in range(P) if np.linalg.norm(LG[i, : i + 1]) < 0.25 * LG0[i, i]]
+        if small:
+            alt = LG.copy()
+            for i in small:
+                alt[i, : i + 1] = 0.0
+                alt[i, i] = LG0[i, i]
+            theta2 = theta.copy()
+            theta2[lay.slices["LG"]] = alt[lay.tri_g]
+            cand = optimise(theta2, Q, mean, chol)
+            if cand[1] > ll + 1e-7:
+                messages.append("a restart away from a small slope SD found a higher maximum (kept)")
+                theta, ll, nd, converged, mean, chol = cand
     change = 0.0
     while random_slopes:
         grid, weights = _gh_grid(P, Q + 4)
@@ -681,6 +710,17 @@ def fit_latent(
     fit.gradient_max = float(np.max(np.abs(g)))
     fit.criterion, fit.final_nodes = crit, nd
     return fit
+
+
+def _positive_definite(H: np.ndarray) -> np.ndarray | None:
+    """BFGS's inverse-Hessian estimate, symmetrised, if it is positive definite (else None:
+    the next round starts from the identity)."""
+    H = 0.5 * (H + H.T)
+    try:
+        np.linalg.cholesky(H)
+    except np.linalg.LinAlgError:
+        return None
+    return H
 
 
 def _recentre(crit: LatentCriterion, theta: np.ndarray, nd: _Nodes, grid: np.ndarray, weights: np.ndarray
