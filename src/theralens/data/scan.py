@@ -552,7 +552,8 @@ def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: st
         FROM (SELECT {select} FROM v{join})""")
     values = ["outcome", *processes, *covariates]
     counts_row = con.execute("SELECT " + ", ".join(f"count({_q(n)})" for n in values)
-                             + "".join(f", count(DISTINCT {_q(n)})" for n in covariates)
+                             + "".join(f", CASE WHEN min({_q(n)}) < max({_q(n)}) THEN 2 ELSE count({_q(n)}) > 0 END"
+                                       for n in covariates)
                              + ", count(time), count(" + ("date" if date_sql else "time") + ") FROM c0").fetchone()
     check_filled(dict(zip(values, counts_row[: len(values)], strict=True)), labels, where)
     check_covariates_vary(dict(zip(covariates, counts_row[len(values): len(values) + len(covariates)],
@@ -578,8 +579,14 @@ def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: st
     n_used = con.execute("SELECT count(*) FROM kept").fetchone()[0]
     check_rows_left(n_used, where)
 
-    moved = "SELECT patient FROM kept GROUP BY patient HAVING count(DISTINCT therapist) > 1"
-    if con.execute(f"SELECT EXISTS ({moved})").fetchone()[0]:
+    # the per-patient checks in one GROUP BY: a second therapist, outcome assessments
+    per = con.execute("""SELECT count(*), count(*) FILTER (WHERE moved), count(*) FILTER (WHERE n_out >= 2),
+        count(*) FILTER (WHERE n_out < 2), count(DISTINCT therapist), sum(n_out)
+        FROM (SELECT min(therapist) < max(therapist) AS moved, min(therapist) AS therapist, count(outcome) AS n_out
+              FROM kept GROUP BY patient)""").fetchone()
+    n_patients, n_moved, n_repeated, n_single, n_therapists, n_outcomes = (int(x or 0) for x in per)
+    if n_moved:
+        moved = "SELECT patient FROM kept GROUP BY patient HAVING min(therapist) < max(therapist)"
         df = con.execute(f"SELECT row, therapist, patient FROM kept WHERE patient IN ({moved}) "
                          "ORDER BY file, row").df()
         check_one_therapist(df, where, cols.patient)
@@ -596,17 +603,16 @@ def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: st
                          f"WHERE (patient, {key}) IN ({dup}) ORDER BY file, row").df()
         check_duplicates(df, where, cols.time, date_sql is not None)
 
-    summary = con.execute("SELECT count(DISTINCT therapist), count(DISTINCT outcome), count(DISTINCT patient), "
-                          "count(outcome) FROM sessions").fetchone()
-    check_therapist_count(int(summary[0]), where, cols.therapist)
-    check_outcome_varies(int(summary[1]), where, cols.outcome)
-    for name in processes:
-        df = con.execute(f"""SELECT therapist, unnest([min({_q(name)}), max({_q(name)})]) AS {_q(name)}
-            FROM sessions WHERE {_q(name)} IS NOT NULL GROUP BY therapist ORDER BY therapist""").df()
-        check_within_variance(df, name, labels[name], where)
-    per_patient = con.execute("""SELECT count(*) FILTER (WHERE n >= 2), count(*) FILTER (WHERE n < 2)
-        FROM (SELECT count(outcome) AS n FROM sessions GROUP BY patient)""").fetchone()
-    check_repeated_outcome(int(per_patient[0]), where, config)
+    check_therapist_count(n_therapists, where, cols.therapist)
+    low, high = con.execute("SELECT min(outcome), max(outcome) FROM sessions").fetchone()
+    check_outcome_varies(0 if low is None else (2 if low < high else 1), where, cols.outcome)
+    # within-therapist variance: each therapist's lowest and highest rating stand for its ratings
+    ranges = con.execute("SELECT therapist" + "".join(f", min({_q(p)}), max({_q(p)})" for p in processes)
+                         + " FROM sessions GROUP BY therapist ORDER BY therapist").fetchall()
+    for k, name in enumerate(processes):
+        pairs = [(r[0], v) for r in ranges if r[1 + 2 * k] is not None for v in (r[1 + 2 * k], r[2 + 2 * k])]
+        check_within_variance(pd.DataFrame(pairs, columns=["therapist", name]), name, labels[name], where)
+    check_repeated_outcome(n_repeated, where, config)
 
     ratings = con.execute("SELECT " + ", ".join(f"count({_q(p)})" for p in processes) + " FROM sessions").fetchone()
     counts = {
@@ -614,10 +620,10 @@ def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: st
         "rows_empty": int(n_total - rows_read + blank_lines),
         "rows_excluded": int(sum(e.rows for e in exclusions)),
         "rows_used": int(n_used),
-        "therapists": int(summary[0]),
-        "patients": int(summary[2]),
-        "outcome_assessments": int(summary[3]),
-        "patients_with_one_outcome": int(per_patient[1]),
+        "therapists": n_therapists,
+        "patients": n_patients,
+        "outcome_assessments": n_outcomes,
+        "patients_with_one_outcome": n_single,
     }
     for name, n in zip(processes, ratings, strict=True):
         counts[f"{name}_ratings"] = int(n)
