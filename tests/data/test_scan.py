@@ -260,3 +260,36 @@ def test_csv_blank_lines_keep_row_numbers(tmp_path, demo, eol):
     with pytest.raises(InputError) as info:
         scan_files(path, source=str(path))
     assert str(info.value) == str(expected.value) and "row 1501" in str(info.value)
+
+
+def test_sufficient_statistics_by_sql_equal_the_frames(tmp_path, demo):
+    """SufficientStats by GROUP BY (SUM(a*b) per therapist, per patient its row of sums) equal
+    those of the rows (model/stats.py), and a fit from them reaches the same REML criterion."""
+    import duckdb
+
+    from theralens.data.scan import sufficient_stats
+    from theralens.model.fit import fit_mixed, fit_stats
+    from theralens.model.stats import SufficientStats
+    from theralens.study.aims import design_terms
+
+    path = tmp_path / "s.parquet"
+    messy(demo).to_parquet(path, index=False)
+    config = config_from_dict({"design": {"level": "session"}})
+    with scan_files(path, config) as scanned:
+        table = decompose_scan(scanned, config)
+    frame = table.table.astype({"therapist": str, "patient": str})
+    main = design_terms(table).formula()
+    product = main.replace(" + time", " + time + alliance_within_patient:alliance_between_therapist")
+    con = duckdb.connect()
+    con.register("lagged", frame)
+    for formula in (main, product):
+        by_sql, by_rows = sufficient_stats(con, "lagged", formula, sample_groups=5), SufficientStats.from_frame(
+            formula, frame)
+        assert by_sql.fixed_names == by_rows.fixed_names
+        np.testing.assert_array_equal(by_sql.counts, by_rows.counts)
+        np.testing.assert_array_equal(by_sql.parents[0], by_rows.parents[0])
+        for level_sql, level_rows in zip(by_sql.levels, by_rows.levels, strict=True):
+            np.testing.assert_array_equal(level_sql.labels, level_rows.labels)
+        for a, b in [(by_sql.inner, by_rows.inner), (by_sql.sums[1], by_rows.sums[1]), (by_sql.total, by_rows.total)]:
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-9)
+    assert math.isclose(fit_stats(by_sql).reml_criterion, fit_mixed(product, frame).reml_criterion, rel_tol=1e-8)

@@ -804,3 +804,92 @@ def choose_engine(path: str | Path, engine: str = "auto", memory_limit: int | st
                         f"memory limit of {budget / 1e9:.2f} GB; only one row per patient (patient design) or per "
                         "lagged pair (session design) left DuckDB.")
     return engine, f"Engine: pandas ({why}): the sessions were read whole into memory."
+
+
+# ----------------------------------------------------------------------------- sufficient statistics
+
+
+def _column_sql(name: str) -> str:
+    """SQL of a model-matrix column named as formulaic names it: the intercept, a column, or a product a:b."""
+    if name in ("Intercept", "(Intercept)", "1"):
+        return "1.0"
+    return "(" + " * ".join(f"CAST({_q(part)} AS DOUBLE)" for part in name.split(":")) + ")"
+
+
+def sufficient_stats(con: Any, relation: str, formula: str, *, sample_groups: int = 200) -> Any:
+    """:class:`~theralens.model.stats.SufficientStats` of ``formula`` over the rows of a DuckDB
+    ``relation`` (a table or view), by GROUP BY: per innermost group (patient) its count and the
+    sums SUM(z_i * w_j) of its q_1 rows of W'W, per parent group (therapist) every SUM(w_i * w_j)
+    of W = [Z_1, Z_2, X, y] (engine.md, "Statistics per innermost cluster"); no row leaves DuckDB.
+
+    Two nested grouping factors (e.g. ``(1 | patient)`` inside ``(... | therapist)``); the fixed
+    effects are columns of the relation or their products (``a:b``). The layout (column names,
+    terms, theta) is that of the same formula on a few groups' rows; rows with a missing value in
+    a column of the model are left out (counted, as ``fit_mixed`` drops them).
+    """
+    from theralens.model.design import Level
+    from theralens.model.stats import SufficientStats
+
+    (inner_group, inner_factors), (outer_group, outer_factors) = _groups_of(formula)
+    inner_key, outer_key = _key_sql(inner_factors), _key_sql(outer_factors)
+    sample = con.execute(f"SELECT * FROM {relation} WHERE {outer_key} IN (SELECT DISTINCT {outer_key} "
+                         f"FROM {relation} ORDER BY 1 LIMIT {int(sample_groups)})").df()
+    layout = SufficientStats.from_frame(formula, sample)
+    if layout.D != 2 or [lv.group for lv in layout.levels] != [inner_group, outer_group]:
+        raise InputError(f"sufficient statistics by SQL need two nested grouping factors "
+                         f"({inner_group} inside {outer_group}); the formula {formula!r} has "
+                         f"{[lv.group for lv in layout.levels]}")
+    columns = [c for lv in layout.levels for t in lv.terms for c in t.columns]
+    columns += list(layout.fixed_names) + [layout.formula.response]
+    exprs = [_column_sql(c) for c in columns]
+    d, q1 = len(exprs), layout.q[0]
+    complete = " AND ".join(f"{e} IS NOT NULL" for e in exprs)
+    n_all = con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
+    rows = f"(SELECT * FROM {relation} WHERE {complete})"
+    pairs = [(i, j) for i in range(d) for j in range(i, d)]
+    per_outer = con.execute(f"SELECT {outer_key} AS g, "
+                            + ", ".join(f"sum({exprs[i]} * {exprs[j]})" for i, j in pairs)
+                            + f" FROM {rows} GROUP BY 1 ORDER BY 1").fetchall()
+    inner_pairs = [(i, j) for i in range(q1) for j in range(d)]
+    per_inner = con.execute(f"SELECT {inner_key} AS g, min({outer_key}) AS parent, count(*) AS n, "
+                            + ", ".join(f"sum({exprs[i]} * {exprs[j]})" for i, j in inner_pairs)
+                            + f" FROM {rows} GROUP BY 1 ORDER BY 1").fetchall()
+    outer_labels = np.array([r[0] for r in per_outer], dtype=object)
+    sums = np.zeros((len(per_outer), d, d))
+    for k, (i, j) in enumerate(pairs):
+        values = np.array([r[1 + k] for r in per_outer], dtype=float)
+        sums[:, i, j] = values
+        sums[:, j, i] = values
+    inner_labels = np.array([r[0] for r in per_inner], dtype=object)
+    where_parent = {g: k for k, g in enumerate(outer_labels)}
+    parents = np.array([where_parent[r[1]] for r in per_inner], dtype=np.int64)
+    counts = np.array([r[2] for r in per_inner], dtype=np.int64)
+    inner = np.array([r[3:] for r in per_inner], dtype=float).reshape(len(per_inner), q1, d)
+    levels = []
+    for lv, labels in zip(layout.levels, (inner_labels, outer_labels), strict=True):
+        new = Level(group=lv.group, terms=lv.terms, codes=None, labels=labels, numeric=lv.numeric)
+        new.theta_slices = list(lv.theta_slices)
+        levels.append(new)
+    stats = SufficientStats(fixed_names=list(layout.fixed_names), terms=layout.terms, levels=levels,
+                            parents=[parents], counts=counts, inner=inner, sums=[None, sums],
+                            total=sums.sum(axis=0), formula=layout.formula, n_dropped=int(n_all - counts.sum()))
+    return SufficientStats.combine([stats])  # groups numbered as every other constructor numbers them
+
+
+def _groups_of(formula: str) -> tuple[tuple[str, tuple[str, ...]], tuple[str, tuple[str, ...]]]:
+    """((name, factors) of the innermost, of the outer grouping factor) of a two-level formula; the
+    innermost is the one with more factors (``therapist:patient`` inside ``therapist``)."""
+    from theralens.model.formula import parse_formula
+
+    groups = list(dict.fromkeys((spec.group, tuple(spec.factors)) for spec in parse_formula(formula).random))
+    if len(groups) != 2:
+        raise InputError(f"sufficient statistics by SQL need two nested grouping factors; {formula!r} has "
+                         f"{len(groups)}")
+    groups.sort(key=lambda g: -len(g[1]))
+    return groups[0], groups[1]
+
+
+def _key_sql(factors: tuple[str, ...]) -> str:
+    """The label of a group as the model design writes it: the factors' ids joined by ':'."""
+    parts = [f"CAST({_q(f)} AS VARCHAR)" for f in factors]
+    return parts[0] if len(parts) == 1 else "concat_ws(':', " + ", ".join(parts) + ")"
