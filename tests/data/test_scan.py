@@ -293,3 +293,23 @@ def test_sufficient_statistics_by_sql_equal_the_frames(tmp_path, demo):
         for a, b in [(by_sql.inner, by_rows.inner), (by_sql.sums[1], by_rows.sums[1]), (by_sql.total, by_rows.total)]:
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-9)
     assert math.isclose(fit_stats(by_sql).reml_criterion, fit_mixed(product, frame).reml_criterion, rel_tol=1e-8)
+
+
+@pytest.mark.parametrize("weighting", ["patient", "session"])
+def test_lagged_table_in_sql_is_the_session_table(tmp_path, demo, weighting):
+    """The session design's rows and three components computed in DuckDB (LEAD, GROUP BY means)
+    equal decompose.session_level's table (fetched here on small data to compare)."""
+    from theralens.data.scan import lagged_table
+
+    s = messy(demo)
+    s["age"] = s.groupby("patient")["outcome"].transform("size") * 2.0
+    s.loc[s["patient"] == "P007", "age"] = np.nan  # a patient without the covariate
+    path = tmp_path / "s.parquet"
+    s.to_parquet(path, index=False)
+    config = config_from_dict({"design": {"level": "session", "caseload_weighting": weighting},
+                               "columns": {"covariates": ["age"]}})
+    expected = session_level(validate_sessions(read_table(path), config, source=str(path)), config).table
+    with scan_files(path, config) as scanned:
+        got = scanned.con.execute(f"SELECT * FROM {lagged_table(scanned, config)}").df()
+    assert list(got.columns) == list(expected.columns)
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-10, atol=1e-12)

@@ -893,3 +893,45 @@ def _key_sql(factors: tuple[str, ...]) -> str:
     """The label of a group as the model design writes it: the factors' ids joined by ':'."""
     parts = [f"CAST({_q(f)} AS VARCHAR)" for f in factors]
     return parts[0] if len(parts) == 1 else "concat_ws(':', " + ", ".join(parts) + ")"
+
+
+def lagged_table(scan: ScannedSessions, config: StudyConfig | None = None) -> str:
+    """Create table ``lagged``: the session design's analysis rows in DuckDB, the columns of
+    :attr:`theralens.data.decompose.SessionTable.table` (models.md, session-level design), for
+    :func:`sufficient_stats`. Returns its name.
+
+    Pairs (``LEAD`` over each patient's outcome assessments by time) whose assessment t lacks a
+    process rating or whose patient lacks a covariate are left out; then, over the kept pairs,
+    Xbar_ij is the patient's mean, Xbar_j the caseload mean (over patients, or weighted by their
+    pairs with ``caseload_weighting = "session"``), Xbar the mean of the therapist means, and the
+    components are X - Xbar_ij, Xbar_ij - Xbar_j and Xbar_j - Xbar.
+    """
+    config = config or scan.data.config
+    data, con, q = scan.data, scan.con, _q
+    lagged_pairs(scan)
+    firsts = "".join(f", arg_min({q(c)}, time) FILTER (WHERE {q(c)} IS NOT NULL) AS {q(c)}" for c in data.covariates)
+    con.execute(f"CREATE OR REPLACE TABLE patient_covariates AS SELECT patient{firsts} FROM sessions GROUP BY patient")
+    covs = "".join(f", pc.{q(c)}" for c in data.covariates)
+    keep = " AND ".join(f"{q(n)} IS NOT NULL" for n in (*data.processes, *data.covariates))
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW kept_pairs AS SELECT * FROM (SELECT pr.*{covs} FROM pairs pr
+        JOIN patient_covariates pc USING (patient)) WHERE {keep}""")
+    means = "".join(f", avg({q(p)}) AS {q(p + '__pm')}" for p in data.processes)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE patient_means AS SELECT patient, min(therapist) AS therapist,
+        count(*) AS n_lags{means} FROM kept_pairs GROUP BY patient""")
+    weight = "n_lags" if config.design.caseload_weighting == "session" else "1"
+    caseload = "".join(f", sum({q(p + '__pm')} * {weight}) / sum({weight}) AS {q(p + '__cm')}" for p in data.processes)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE caseload_means AS SELECT therapist, count(*) AS n_patients{caseload}
+        FROM patient_means GROUP BY therapist""")
+    grand = ", ".join(f"avg({q(p + '__cm')}) AS {q(p + '__gm')}" for p in data.processes)
+    cols = ["kp.therapist", "kp.patient", "kp.row", "kp.time", "kp.time_next", "kp.time_next - kp.time AS gap",
+            "kp.outcome", "kp.outcome_next", *(f"kp.{q(c)}" for c in data.covariates)]
+    for p in data.processes:
+        x, pm, cm, gm = f"kp.{q(p)}", f"pm.{q(p + '__pm')}", f"cm.{q(p + '__cm')}", f"gm.{q(p + '__gm')}"
+        cols += [x, f"{x} - {pm} AS {q(p + '_within_patient')}", f"{pm} - {cm} AS {q(p + '_between_patient')}",
+                 f"{cm} - {gm} AS {q(p + '_between_therapist')}", f"{pm} AS {q(p + '_patient_mean')}",
+                 f"{cm} AS {q(p + '_caseload_mean')}"]
+    cols += ["pm.n_lags", "cm.n_patients"]
+    con.execute(f"""CREATE OR REPLACE TABLE lagged AS SELECT {', '.join(cols)} FROM kept_pairs kp
+        JOIN patient_means pm USING (patient) JOIN caseload_means cm ON cm.therapist = kp.therapist
+        CROSS JOIN (SELECT {grand} FROM caseload_means) gm ORDER BY kp.therapist, kp.patient, kp.time""")
+    return "lagged"
