@@ -17,6 +17,7 @@ from theralens.data.read import read_table
 from theralens.data.scan import (
     choose_engine,
     decompose_scan,
+    input_bytes,
     parse_memory,
     patient_aggregates,
     scan_files,
@@ -204,6 +205,9 @@ def test_memory_sizes_and_engine_choice(tmp_path, demo):
     assert choose_engine(path, "auto", size + 1)[0] == "pandas"
     assert choose_engine(path, "auto", size - 1)[0] == "duckdb"
     assert choose_engine(tmp_path / "s.xlsx", "duckdb")[0] == "pandas"  # DuckDB scans CSV and Parquet only
+    demo.to_parquet(tmp_path / "s.parquet", index=False)  # compressed on disk: counted as 8 bytes a value
+    assert input_bytes(tmp_path / "s.parquet") == 8 * demo.shape[0] * demo.shape[1]
+    assert choose_engine(tmp_path / "s.parquet", "auto", 8 * demo.size - 1)[0] == "duckdb"
     with scan_files(path, memory_limit="300MB") as scanned:
         limit = scanned.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
     assert limit.replace(" ", "").upper() in {"286.1MIB", "300.0MB", "286.1MB"}
