@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -317,3 +318,23 @@ def test_lagged_table_in_sql_is_the_session_table(tmp_path, demo, weighting):
         got = scanned.con.execute(f"SELECT * FROM {lagged_table(scanned, config)}").df()
     assert list(got.columns) == list(expected.columns)
     pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-10, atol=1e-12)
+
+
+def test_cli_analyzes_a_folder_of_parquet_files(tmp_path, demo, capsys):
+    """theralens analyze on a folder (DuckDB) writes the results of the whole file through pandas."""
+    from theralens.cli import main
+
+    whole = tmp_path / "all.csv"
+    demo.to_csv(whole, index=False)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for k, chunk in enumerate(np.array_split(np.arange(len(demo)), 3)):
+        demo.iloc[chunk].to_parquet(parts / f"part-{k}.parquet", index=False)
+    assert main(["analyze", str(parts), "--memory-limit", "500MB", "--no-report", "--out", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"\(\d+\.\d s, statistics \d+\.\d s, fits \d+\.\d s\)", printed), printed
+    assert main(["analyze", str(whole), "--engine", "pandas", "--no-report", "--out", str(tmp_path / "b")]) == 0
+    docs = [json.loads((tmp_path / out / "results.json").read_text()) for out in ("a", "b")]
+    assert any("Engine: DuckDB SQL (input" in n and "several files" in n for n in docs[0]["notes"])
+    docs[0].pop("input", None), docs[1].pop("input", None)  # where the data came from differs
+    numbers_equal(docs[1], docs[0])

@@ -21,7 +21,15 @@ Decomposition. :func:`patient_aggregates` computes the per-patient aggregates of
 :func:`theralens.data.decompose.patient_table` with GROUP BY (baseline and final outcome by
 time, process means over all or the first k ratings, counts, covariates at the first
 assessment, the OLS slope of outcome on time); :func:`lagged_pairs` pairs consecutive
-outcome assessments with ``LEAD`` over each patient by time (session design).
+outcome assessments with ``LEAD`` over each patient by time (session design), and
+:func:`session_arrays` hands them to :func:`theralens.data.decompose.session_table`.
+:func:`decompose_scan` returns the design's table. :func:`lagged_table` keeps the session
+design's rows and components in DuckDB, and :func:`sufficient_stats` reduces such a relation
+to the engine's :class:`~theralens.model.stats.SufficientStats` by GROUP BY (SUM(a*b)).
+
+Engine choice. :func:`choose_engine` picks DuckDB when asked, or (``auto``) when the input is
+larger than the memory budget (:func:`default_memory_limit`, a quarter of the RAM) or is a
+folder or glob; Excel, SPSS and Stata files are always read whole by pandas.
 """
 
 from __future__ import annotations
