@@ -53,7 +53,7 @@ import pandas as pd
 from scipy import optimize, stats
 from scipy.special import logsumexp
 
-__all__ = ["LatentFit", "LatentStats", "fit_latent", "latent_stats"]
+__all__ = ["LatentFit", "LatentStats", "fit_latent", "latent_stats", "stats_from_arrays"]
 
 LOG2PI = math.log(2.0 * math.pi)
 
@@ -120,6 +120,41 @@ class LatentStats:
         return cls(uniq, n, R1, R2, W, first.processes, first.adjust, first.moderators, first.moderator_centers)
 
 
+def stats_from_arrays(
+    therapist: np.ndarray,
+    therapist_ids: np.ndarray,
+    y: np.ndarray,
+    adjust: np.ndarray,
+    x: np.ndarray,
+    W: np.ndarray | None = None,
+    *,
+    processes: tuple[str, ...],
+    adjust_names: tuple[str, ...] = (),
+    moderators: tuple[str, ...] = (),
+    moderator_centers: tuple[float, ...] = (),
+) -> LatentStats:
+    """:class:`LatentStats` from arrays: ``therapist`` (code 0..J-1 of each patient's therapist),
+    ``therapist_ids`` (J ids), ``y`` (N), ``adjust`` (N x K adjustment columns, without the
+    intercept), ``x`` (N x P process scores), ``W`` (J x M centred moderators, or None)."""
+    codes = np.asarray(therapist, dtype=np.int64)
+    J = len(therapist_ids)
+    r = np.column_stack([np.asarray(y, dtype=float), np.ones(len(codes)),
+                         np.asarray(adjust, dtype=float).reshape(len(codes), -1),
+                         np.asarray(x, dtype=float).reshape(len(codes), -1)])
+    order = np.argsort(codes, kind="stable")
+    codes, r = codes[order], r[order]
+    n = np.bincount(codes, minlength=J).astype(float)
+    starts = np.r_[0, np.cumsum(n[:-1])].astype(np.int64)
+    nz = n > 0
+    R1 = np.zeros((J, r.shape[1]))
+    R1[nz] = np.add.reduceat(r, starts[nz], axis=0)
+    R2 = np.zeros((J, r.shape[1], r.shape[1]))
+    R2[nz] = np.add.reduceat(r[:, :, None] * r[:, None, :], starts[nz], axis=0)
+    Wm = np.zeros((J, 0)) if W is None else np.asarray(W, dtype=float).reshape(J, -1)
+    return LatentStats(np.asarray(therapist_ids), n, R1, R2, Wm, tuple(processes), ("(Intercept)", *adjust_names),
+                       tuple(moderators), tuple(moderator_centers))
+
+
 def latent_stats(
     frame: pd.DataFrame,
     processes: list[str] | tuple[str, ...],
@@ -138,17 +173,7 @@ def latent_stats(
     """
     ids = frame[therapist].astype(str).to_numpy()
     codes, uniq = pd.factorize(ids, sort=True)
-    J = len(uniq)
-    cols = [outcome, *adjust, *processes]
-    vals = frame[list(cols)].to_numpy(dtype=float)
-    r = np.column_stack([vals[:, 0], np.ones(len(vals)), vals[:, 1:]])
-    D = r.shape[1]
-    n = np.bincount(codes, minlength=J).astype(float)
-    R1 = np.zeros((J, D))
-    np.add.at(R1, codes, r)
-    R2 = np.zeros((J, D, D))
-    np.add.at(R2, codes, r[:, :, None] * r[:, None, :])
-    centers: tuple[float, ...] = ()
+    W, centers = None, ()
     if moderator_columns:
         if moderators is None:
             raise ValueError("moderator_columns given without a moderators table")
@@ -157,12 +182,11 @@ def latent_stats(
         if np.isnan(Wraw).any():
             raise ValueError("every therapist in the model needs a moderator value")
         mean = Wraw.mean(axis=0)
-        W = Wraw - mean
-        centers = tuple(float(c) for c in mean)
-    else:
-        W = np.zeros((J, 0))
-    return LatentStats(np.asarray(uniq), n, R1, R2, W, tuple(processes), ("(Intercept)", *adjust),
-                       tuple(moderator_columns), centers)
+        W, centers = Wraw - mean, tuple(float(c) for c in mean)
+    return stats_from_arrays(codes, np.asarray(uniq), frame[outcome].to_numpy(dtype=float),
+                             frame[list(adjust)].to_numpy(dtype=float), frame[list(processes)].to_numpy(dtype=float),
+                             W, processes=tuple(processes), adjust_names=tuple(adjust),
+                             moderators=tuple(moderator_columns), moderator_centers=centers)
 
 
 # ------------------------------------------------------------------------ parameters
@@ -226,10 +250,13 @@ class _Layout:
 @dataclass
 class _Nodes:
     """Quadrature nodes of the standardised slopes: xi (J x K x P) and log weights (J x K)
-    including the adaptive change of variables (so that sum_k exp(logw) f(xi_k) ~ E f(xi))."""
+    including the adaptive change of variables (so that sum_k exp(logw) f(xi_k) ~ E f(xi)),
+    with the centre (J x P) and Cholesky scale (J x P x P) they were placed with."""
 
     xi: np.ndarray
     logw: np.ndarray
+    mean: np.ndarray
+    chol: np.ndarray
 
 
 def _wsum_outer(pi: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -257,7 +284,7 @@ def _adapt(mean: np.ndarray, chol: np.ndarray, grid: np.ndarray, weights: np.nda
     logphi_nu = -0.5 * np.sum(grid**2, axis=1)
     logdet = np.sum(np.log(np.abs(np.diagonal(chol, axis1=1, axis2=2))), axis=1)
     logw = np.log(weights)[None, :] + logphi_xi - logphi_nu[None, :] + logdet[:, None]
-    return _Nodes(xi, logw)
+    return _Nodes(xi, logw, mean, chol)
 
 
 class LatentCriterion:
@@ -332,7 +359,7 @@ class LatentCriterion:
         m = Ainv_eta - (kap[:, None] * np.sum(Aa * eta, axis=2) / den)[:, :, None] * Aa
         c0 = np.einsum("pq,jqp->j", Sinv, Sdd)[:, None] + T2 / sig2
         logdetL = logdetA[:, None] + np.log(den)
-        logp = -0.5 * (n[:, None] * (q * LOG2PI + logdetS + math.log(sig2)) + c0
+        logp = -0.5 * (n[:, None] * (q * LOG2PI + logdetS + 2.0 * p["log_sigma"]) + c0
                        - np.sum(eta * m, axis=2) + logdetL)
         integrand = nodes.logw + logp
         ll_j = logsumexp(integrand, axis=1)
@@ -618,9 +645,12 @@ def fit_latent(
         def fun(th: np.ndarray) -> tuple[float, np.ndarray]:
             nonlocal evals
             evals += 1
-            with np.errstate(all="ignore"):
-                ll, g, _ = crit.evaluate(th, nd)
-            if not np.isfinite(ll):
+            try:
+                with np.errstate(all="ignore"):
+                    ll, g, _ = crit.evaluate(th, nd)
+            except (ArithmeticError, ValueError, np.linalg.LinAlgError):  # a step far outside: reject it
+                return 1e300, np.zeros_like(th)
+            if not np.isfinite(ll) or not np.all(np.isfinite(g)):
                 return 1e300, np.zeros_like(th)
             return -ll, -g
 
@@ -695,15 +725,7 @@ def fit_latent(
         theta, ll, nd, converged, mean, chol = optimise(theta, Q, mean, chol)
     ll, g, ex = crit.evaluate(theta, nd)
     H = _hessian(lambda th: crit.evaluate(th, nd)[1], theta)
-    info = -0.5 * (H + H.T)
-    try:
-        vcov = np.linalg.inv(info)
-        if not np.all(np.isfinite(vcov)) or np.any(np.diag(vcov) < 0):
-            raise np.linalg.LinAlgError
-    except np.linalg.LinAlgError:
-        vcov = np.linalg.pinv(info)
-        messages.append("the observed information is singular (a variance at its boundary): standard errors "
-                        "of the parameters next to it are unreliable")
+    vcov = _covariance(-0.5 * (H + H.T), theta, lay, messages)
     fit = _assemble(st, crit, theta, ll, vcov, ex, Q, random_slopes, converged, messages, rounds_total, evals,
                     time.perf_counter() - t0)
     fit.quadrature_change = float(change)
@@ -725,17 +747,59 @@ def _positive_definite(H: np.ndarray) -> np.ndarray | None:
 
 def _recentre(crit: LatentCriterion, theta: np.ndarray, nd: _Nodes, grid: np.ndarray, weights: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
-    """Each therapist's posterior mean and Cholesky factor of the standardised slopes (adaptive
-    quadrature: the nodes go where the integrand is), iterated twice."""
+    """Each therapist's posterior mean and Cholesky factor of the standardised slopes
+    (adaptive quadrature: the nodes go where the integrand is).
+
+    Iterated until stable (at most 8 times); each step may shrink the spread of the nodes by at
+    most a factor of 4 in SD (the weighted covariance plus 1/16 of the previous one), so that
+    nodes that missed a narrow posterior widen and move instead of collapsing onto one point.
+    """
     P = crit.st.P
-    for _ in range(2):
+    mean, chol = nd.mean, nd.chol
+    for _ in range(8):
         pi = crit.evaluate(theta, nd, grad=False)[2]["pi"]
-        mean = np.einsum("jk,jkp->jp", pi, nd.xi)
-        dev = nd.xi - mean[:, None, :]
-        cov = np.einsum("jk,jkp,jkq->jpq", pi, dev, dev) + 1e-10 * np.eye(P)[None]
-        chol = np.linalg.cholesky(cov)
+        new_mean = np.einsum("jk,jkp->jp", pi, nd.xi)
+        dev = nd.xi - new_mean[:, None, :]
+        prev = chol @ chol.transpose(0, 2, 1)
+        cov = np.einsum("jk,jkp,jkq->jpq", pi, dev, dev) + prev / 16.0 + 1e-12 * np.eye(P)[None]
+        moved = float(np.max(np.abs(new_mean - mean)))
+        mean, chol = new_mean, np.linalg.cholesky(cov)
         nd = _adapt(mean, chol, grid, weights)
+        if moved < 1e-3 and float(np.max(pi)) < 0.5:
+            break
     return mean, chol
+def _covariance(info: np.ndarray, theta: np.ndarray, lay: _Layout, messages: list[str]) -> np.ndarray:
+    """Inverse observed information. A therapist slope SD at zero (a boundary fit) leaves
+    its Cholesky column without curvature: as at lme4's boundary, that column is held fixed
+    (its entries get NaN variances) and the rest of the information is inverted. Without a
+    positive definite information there are no standard errors (NaN), never made-up ones."""
+    def inverse(idx: np.ndarray) -> np.ndarray | None:
+        sub = info[np.ix_(idx, idx)]
+        try:
+            np.linalg.cholesky(sub)
+        except np.linalg.LinAlgError:
+            return None
+        out = np.full_like(info, np.nan)
+        out[np.ix_(idx, idx)] = np.linalg.inv(sub)
+        return out
+
+    everything = np.arange(len(theta))
+    full = inverse(everything)
+    if full is not None:
+        return full
+    LG = lay.unpack(theta)["LG"]
+    cols = lay.tri_g[1]
+    scale = max(float(np.max(np.abs(np.diag(LG)))), 1e-12)
+    zero = {c for c in range(lay.P) if lay.slopes and np.linalg.norm(LG[c:, c]) < 1e-3 * scale}
+    drop = {lay.slices["LG"].start + k for k, c in enumerate(cols) if c in zero}
+    part = inverse(np.array([i for i in everything if i not in drop])) if drop else None
+    if part is not None:
+        messages.append("a therapist slope SD is estimated at zero (a boundary fit): its variance parameters are "
+                        "held at the boundary for the standard errors")
+        return part
+    messages.append("the observed information is not positive definite (the maximum is not a proper one): no "
+                    "standard errors")
+    return np.full_like(info, np.nan)
 
 
 def _hessian(grad, theta: np.ndarray) -> np.ndarray:

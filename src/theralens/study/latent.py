@@ -102,6 +102,11 @@ def latent_aims(table: PatientTable, moderators: pd.DataFrame | None, labels: di
     _check(main, "main", warnings)
     fits = {"main": main}
     rel = _reliability(main)
+    for r in rel.itertuples():
+        if r.icc < 1e-3:
+            warnings.append(f"The latent caseload means of {labels.get(r.process, r.process)} show no variance between "
+                            "therapists (ICC below .001): its latent between-therapist effect is not identified (see "
+                            "its standard error).")
     a1 = main.effects.copy()
     a1["reliability"] = a1["process"].map(rel.set_index("process")["mean_reliability"])
     a1.insert(1, "process_label", a1["process"].map(lambda p: labels.get(p, p)))
