@@ -36,7 +36,8 @@ def run_power_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     prepare_dir(out)
     result = power(args.preset, therapists=therapists, patients_per_therapist=per, nsim=args.nsim, alpha=args.alpha,
-                   seed=args.seed, settings=settings, workers=args.workers, scheduler=args.scheduler)
+                   seed=args.seed, settings=settings, workers=args.workers, scheduler=args.scheduler,
+                   decomposition=getattr(args, "decomposition", "manifest"))
     written = result.write(out)
     print(result.summary())
     print(f"\nwrote {len(written)} files to {out} ({result.seconds:.1f} s)")

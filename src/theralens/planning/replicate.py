@@ -35,9 +35,11 @@ import numpy as np
 from scipy import special
 
 from theralens.errors import InputError
+from theralens.latent.ml import LatentFit
 from theralens.model.chibar import ChiBarSquare, slope_mixture
 from theralens.model.fit import MixedResult, fit_design
 from theralens.planning.designs import StudyModels
+from theralens.planning.latent import LATENT_KINDS, latent_fit, latent_test
 from theralens.planning.satterthwaite import t_tests
 from theralens.planning.settings import Cell
 from theralens.planning.table import patient_arrays
@@ -69,7 +71,9 @@ class PowerSpec:
 
     ``preset`` and ``overrides`` (keyword overrides of :func:`simulate`), ``alpha``,
     ``seed``, ``moderator`` (a therapist characteristic or None), ``moderator_process`` and
-    ``moderator_target`` (``within_slope`` or ``between_association``), ``exclude_singular``.
+    ``moderator_target`` (``within_slope`` or ``between_association``), ``exclude_singular``,
+    ``decomposition`` (``"latent"``: data from the latent model, within, between and moderator
+    tests from the latent ML fit; :mod:`theralens.planning.latent`).
     """
 
     preset: str = "coyne2022"
@@ -80,8 +84,11 @@ class PowerSpec:
     moderator_process: str = "alliance"
     moderator_target: str = "within_slope"
     exclude_singular: bool = False
+    decomposition: str = "manifest"
 
     def __post_init__(self) -> None:
+        if self.decomposition not in ("manifest", "latent"):
+            raise InputError(f'--decomposition {self.decomposition}: use "manifest" or "latent"')
         if not 0.0 < self.alpha < 1.0:
             raise InputError(f"--alpha {self.alpha}: the level of the tests must lie strictly between 0 and 1")
         if self.moderator is not None and self.moderator not in MODERATORS:
@@ -204,7 +211,7 @@ def run_replicate(spec: PowerSpec, cell: Cell, replicate: int,
     fits: dict[str, Any] = {}
     try:
         sim = simulate(spec.preset, seed=replicate_seed(spec.seed, cell, replicate), n_therapists=cell.n_therapists,
-                       n_patients=cell.n_patients, **spec.overrides)
+                       n_patients=cell.n_patients, decomposition=spec.decomposition, **spec.overrides)
         arrays = patient_arrays(sim.sessions, PROCESSES, spec.covariates)
         main_design = sm.main_design(arrays)
     except Exception as exc:  # data the study would refuse: every test of the replicate failed
@@ -225,11 +232,32 @@ def run_replicate(spec: PowerSpec, cell: Cell, replicate: int,
         values = sim.therapists[spec.moderator].to_numpy(dtype=float)[order][
             np.searchsorted(ids[order], arrays.all_therapist_ids)]
         _fit("moderator", lambda: sm.moderator_design(arrays, values, main_design), sm.moderator_formula, fits)
+    if spec.decomposition == "latent":
+        ids = sim.therapists["therapist"].to_numpy()
+        order = np.argsort(ids)
+        mod_values = None if spec.moderator is None else sim.therapists[spec.moderator].to_numpy(dtype=float)[
+            order][np.searchsorted(ids[order], arrays.therapist_ids)]
+        try:
+            fits["latent"] = latent_fit(arrays, PROCESSES, spec.covariates, mod_values, spec.moderator)
+        except Exception as exc:  # counted and reported, never fatal
+            fits["latent"] = exc
     for role, f in fits.items():
-        if not isinstance(f, MixedResult):
+        if not isinstance(f, (MixedResult, LatentFit)):
             messages.append((role, f"{type(f).__name__}: {f}"))
     ttests: dict[int, tuple[np.ndarray, ...]] = {}
     for i, t in enumerate(tests):
+        if spec.decomposition == "latent" and t.kind in LATENT_KINDS:
+            lf = fits.get("latent")
+            if not isinstance(lf, LatentFit):
+                status[i] = ERROR
+            elif not lf.converged:
+                status[i] = NONCONVERGED
+            else:
+                p[i], est[i], se[i] = latent_test(lf, t.kind, t.process, spec.moderator_target)
+                if not np.isfinite(p[i]):
+                    status[i] = ERROR
+                    messages.append((t.kind, "the latent test gave no p-value (not finite)"))
+            continue
         models = [fits.get(m) for m in t.models]
         if any(not isinstance(m, MixedResult) for m in models):
             status[i] = ERROR

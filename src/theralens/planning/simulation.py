@@ -10,13 +10,15 @@ cores or a Dask cluster (:mod:`theralens.planning.execution`); the seed alone fi
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from theralens.errors import InputError
-from theralens.planning.execution import execute
-from theralens.planning.replicate import PowerSpec
+from theralens.planning.execution import available_cores, execute
+from theralens.planning.latent import estimate_seconds
+from theralens.planning.replicate import PowerSpec, run_replicate
 from theralens.planning.result import PowerResult, summarise
 from theralens.planning.settings import CELL_FIELDS, design_cells, parse_settings, resolve_overrides
 from theralens.study.simulate import simulate
@@ -37,6 +39,7 @@ def power(
     moderator_process: str = "alliance",
     moderator_target: str = "within_slope",
     exclude_singular: bool = False,
+    decomposition: str = "manifest",
     workers: int | None = None,
     scheduler: Any = None,
     progress: bool = True,
@@ -66,6 +69,10 @@ def power(
             few patients per therapist most fits are singular (94% at coyne2022's 42 x 5:
             validation/power_calibration.md). Singular fits are counted either way
             (``n_singular``).
+        decomposition: ``"manifest"`` (default) or ``"latent"``: simulate the outcome from the
+            latent caseload means and test the within, between and moderator effects with the
+            latent ML fit (:mod:`theralens.planning.latent`); its run time is estimated from one
+            timed replicate before the run starts and printed with the progress bar.
         workers: local processes (default: all cores; 1 = this process). scheduler: a
             dask.distributed scheduler address or Client (then ``workers`` is ignored).
         progress: show a progress bar on stderr. chunk_size: replicates per task.
@@ -90,11 +97,21 @@ def power(
     cells = design_cells(preset, therapists, patients_per_therapist, resolved)
     spec = PowerSpec(preset=preset, overrides={k: v for k, v in resolved.items() if k not in CELL_FIELDS},
                      alpha=float(alpha), seed=int(seed), moderator=moderator, moderator_process=moderator_process,
-                     moderator_target=moderator_target, exclude_singular=bool(exclude_singular))
+                     moderator_target=moderator_target, exclude_singular=bool(exclude_singular),
+                     decomposition=decomposition)
     truths = []
     for c in cells:  # checks every setting once, here, and gives the true values
-        sim = simulate(preset, seed=0, n_therapists=c.n_therapists, n_patients=c.n_patients, **spec.overrides)
+        sim = simulate(preset, seed=0, n_therapists=c.n_therapists, n_patients=c.n_patients,
+                       decomposition=decomposition, **spec.overrides)
         truths.append(sim.truth)
+    if decomposition == "latent":
+        biggest = max(cells, key=lambda c: c.n_patients)
+        n_workers = 1 if workers == 1 else (workers or available_cores())
+        one, total = estimate_seconds(lambda: run_replicate(spec, biggest, nsim), nsim * len(cells), n_workers)
+        if progress:
+            print(f"theralens power: latent decomposition: one replicate of the largest cell took {one:.1f} s; "
+                  f"about {total / 60:.0f} min for {nsim * len(cells)} replicates on {n_workers} worker(s) "
+                  "(at most; smaller cells are faster)", file=sys.stderr, flush=True)
     chunks, info = execute(spec, cells, nsim, workers=workers, scheduler=scheduler, progress=progress,
                            chunk_size=chunk_size)
     tests = spec.tests

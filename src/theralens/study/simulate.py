@@ -55,6 +55,13 @@ also when each moderator is fitted alone: moderators are independent) and
 (manifest) decomposition, so they are exact for that estimator; the latent-variable
 parameters differ by the unreliability of the means.
 
+``decomposition="latent"`` (patient design) generates the same outcome from the latent
+decomposition instead (models.md "Latent decomposition"): the between part is the therapist's
+process level a_j (the latent caseload mean, not Xbar_j - Xbar) and the within part X_ij -
+kappa - a_j (kappa a constant: the sample mean of X_ij - a_j), so that ``truth`` holds the
+parameters of the latent model (:mod:`theralens.latent.ml` estimates them) and the manifest
+between-type estimates are attenuated by the reliability of Xbar_j.
+
 ``design="session"`` (models.md session-level design). Outcomes are generated in time
 order: for consecutive outcome assessments t -> t+1 of a patient,
 
@@ -151,6 +158,7 @@ class SimulationParameters:
     process_missing_rate: float = 0.03
     outcome_missing_rate: float = 0.05
     design: str = "patient"
+    decomposition: str = "manifest"
 
     p_cbt: float = 0.4
     other_orientations: tuple[str, ...] = ("psychodynamic", "integrative", "humanistic")
@@ -297,6 +305,10 @@ def _parameters(preset: str, overrides: Mapping[str, Any]) -> SimulationParamete
 def _check(p: SimulationParameters) -> None:
     if p.design not in ("patient", "session"):
         raise InputError(f'design must be "patient" or "session"; got {p.design!r}')
+    if p.decomposition not in ("manifest", "latent"):
+        raise InputError(f'decomposition must be "manifest" or "latent"; got {p.decomposition!r}')
+    if p.decomposition == "latent" and p.design != "patient":
+        raise InputError('decomposition = "latent" is simulated for the patient design only')
     if p.n_therapists < 1 or p.n_patients < p.n_therapists:
         raise InputError(
             f"need n_patients >= n_therapists >= 1 (every therapist has a patient); got "
@@ -423,7 +435,7 @@ def simulate(preset: str = "coyne2022", *, seed: int | None = None, **overrides:
     y0 = rng.normal(p.baseline_mean, p.baseline_sd, N)
 
     if p.design == "patient":
-        Y, truth_extra, slopes = _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age)
+        Y, truth_extra, slopes = _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age, a_j)
     else:
         Y, truth_extra, slopes = _session_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age)
 
@@ -515,7 +527,7 @@ def _marginal_sd(
     }
 
 
-def _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age):
+def _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age, a_j):
     N, S = is_occ.shape
     # outcome assessments after baseline may be missed
     observed = is_occ.copy()
@@ -533,10 +545,17 @@ def _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age):
     y_final = p.intercept + p.baseline_coef * y0 + main + u[tj, 0]
     slopes = {}
     for k, q in enumerate(PROCESSES):
-        xbar_j = _group_mean(xs[q], tj, J, analysed)
-        grand = float(np.nanmean(xbar_j))
-        between_j = xbar_j - grand
-        within = xs[q] - xbar_j[tj]
+        if p.decomposition == "latent":
+            # latent truth: the therapist's level a_j is the latent caseload mean and the patient's
+            # deviation from it (about a constant kappa, here its sample value) the latent within part
+            between_j = a_j[:, k]
+            kappa = float(np.nanmean(np.where(analysed, xs[q] - a_j[tj, k], np.nan)))
+            within = xs[q] - kappa - a_j[tj, k]
+        else:
+            xbar_j = _group_mean(xs[q], tj, J, analysed)
+            grand = float(np.nanmean(xbar_j))
+            between_j = xbar_j - grand
+            within = xs[q] - xbar_j[tj]
         b1, g01 = _therapist_coefficients(p.within[q], p.within_x_between[q], p.between[q], p.moderator_effects, Wc,
                                           q, between_j, u[:, k + 1])
         contrib = b1[tj] * within + g01[tj] * between_j[tj]
@@ -559,6 +578,7 @@ def _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age):
         effects.append({"process": q, "component": "between_therapist", "estimate": p.between[q]})
     extra = {
         "level": "patient",
+        "decomposition": p.decomposition,
         "response": "final outcome, adjusted for baseline (residualized change)",
         "effects": effects,
         "fixed": {
