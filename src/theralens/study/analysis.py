@@ -12,13 +12,22 @@ from pathlib import Path
 import pandas as pd
 
 from theralens.data.config import StudyConfig, load_config
-from theralens.data.decompose import patient_level, session_level
+from theralens.data.decompose import PatientTable, SessionTable, patient_level, session_level
 from theralens.data.read import read_table
 from theralens.data.scan import ScannedSessions, choose_engine, decompose_scan, scan_files
 from theralens.data.validate import validate_sessions, validate_therapists
 from theralens.errors import InputError
 from theralens.study.aims import DesignTerms, aim1, aim2, aim3, ancillary, design_terms
 from theralens.study.aims import _fit as fit_model
+from theralens.study.latent import (
+    ANCILLARY_NOTE,
+    LatentResults,
+    aim2_therapists,
+    latent_aims,
+    latent_session_aims,
+    low_reliability_advice,
+    merge_side_by_side,
+)
 from theralens.study.result import StudyResult
 
 #: Below this many therapists, the result warns that slope variances and cross-level
@@ -84,6 +93,13 @@ def analyze(
     a2 = aim2(main, terms, frame, labels, table.benefit_sign)
     a3 = aim3(terms, frame, moderators, labels, joint=config.therapist_moderators.joint)
     anc, anc_model = ancillary(terms, frame, labels)
+    latent = _latent(config, table, moderators, labels)
+    if latent is not None:
+        a1 = merge_side_by_side(a1, latent.aim1, ["process", "component"])
+        if len(a3.table) and len(latent.aim3):
+            a3.table = merge_side_by_side(a3.table, latent.aim3, ["process", "moderator", "target"])
+        if config.design.decomposition == "latent" and len(latent.therapists):
+            a2.therapists = aim2_therapists(latent, terms.within)
 
     warnings = list(table.warnings)
     n_ther = table.counts.get("therapists", 0)
@@ -130,15 +146,44 @@ def analyze(
     notes = list(data.notes)
     if moderators is not None:
         notes += [n for n in moderators.attrs.get("notes", []) if n not in notes]
-    notes.append("Process components use the observed (manifest) decomposition: caseload means are taken over "
-                 "patients (each weighing once) unless configured otherwise; a latent (multilevel SEM) "
-                 "decomposition is not used.")
+    decomposition = config.design.decomposition
+    if decomposition == "manifest":
+        notes.append("Process components use the observed (manifest) decomposition: caseload means are taken over "
+                     "patients (each weighing once) unless configured otherwise; a latent (multilevel SEM) "
+                     'decomposition is not used ([design] decomposition = "latent" or "both" adds it).')
+        advice = low_reliability_advice(table.reliability_summary.assign(
+            process_label=lambda d: d["process"].map(lambda p: labels.get(p, p))))
+        if advice:
+            warnings.append(advice)
+    else:
+        used = "latent" if decomposition == "latent" else "manifest and latent, side by side"
+        notes.append(f"Decomposition: {used}. The manifest estimates (observed caseload means) reproduce lmerTest; "
+                     "the latent ones treat each therapist's caseload mean as a latent variable (multilevel SEM, as "
+                     "Coyne et al. 2022) and are not attenuated by its unreliability (Luedtke et al. 2008).")
+        notes += latent.notes
+        warnings += latent.warnings
+        notes.append(ANCILLARY_NOTE)
+        if decomposition == "latent" and len(latent.therapists):
+            notes.append("Therapist slopes and profiles come from the latent model (each therapist's slope: its "
+                         "conditional mean and SD given the data); the slope-variance tests of aim 2 from the "
+                         "manifest REML model.")
     result = StudyResult(config=config, data=data, table=table, terms=terms, main=main, aim1=a1, aim2=a2, aim3=a3,
                        ancillary=anc, ancillary_model=anc_model, moderators=moderators, warnings=warnings,
-                       notes=notes, seconds=time.perf_counter() - t0)
+                       notes=notes, seconds=time.perf_counter() - t0, latent=latent)
     # phases: checks and decomposition (the statistics pass), then the model fits
     result.timings = {"statistics": t_statistics - t0, "fits": result.seconds - (t_statistics - t0)}
     return result
+
+
+def _latent(config: StudyConfig, table: PatientTable | SessionTable, moderators: pd.DataFrame | None,
+            labels: dict[str, str]) -> LatentResults | None:
+    """The aims under the latent decomposition when ``[design] decomposition`` asks for it:
+    ML for the patient design, Bayesian (``theralens[bayes]``) for the session design."""
+    if config.design.decomposition == "manifest":
+        return None
+    if isinstance(table, PatientTable):
+        return latent_aims(table, moderators, labels, joint=config.therapist_moderators.joint)
+    return latent_session_aims(table, moderators, labels)
 
 
 def _check_estimable(frame: pd.DataFrame, terms: DesignTerms, source: str, what: str, n_fixed: int) -> None:

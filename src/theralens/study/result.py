@@ -63,6 +63,7 @@ from theralens.data.decompose import PatientTable, SessionTable
 from theralens.data.validate import ValidatedData
 from theralens.study.aims import DesignTerms, ModelSpec, ModeratorResults, SlopeResults, coef_name
 from theralens.study.document import SCHEMA_VERSION, normal_qq, residual_summary, software_versions
+from theralens.study.latent import LatentResults
 
 
 def _clean(v: Any) -> Any:
@@ -125,6 +126,7 @@ class StudyResult:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    latent: LatentResults | None = None
 
     @property
     def design(self) -> str:
@@ -183,7 +185,7 @@ class StudyResult:
             "design": self.design,
             "higher_outcome_is": self.table.higher_outcome_is,
             "benefit_sign": self.benefit_sign,
-            "decomposition": "observed (manifest)",
+            "decomposition": self.config.design.decomposition,
             "options": self.config.to_dict(),
             "input": {"sessions": str(self.data.source), "therapists": self.therapists_source,
                       "counts": dict(self.data.counts)},
@@ -210,7 +212,31 @@ class StudyResult:
             "warnings": list(self.warnings),
             "notes": list(self.notes),
         }
+        if self.latent is not None:
+            doc["latent"] = self._latent_section()
         return _clean(doc)
+
+    def _latent_section(self) -> dict[str, Any]:
+        """The latent decomposition's own tables (aims 1 and 3, variances, reliability,
+        therapist slopes) and the estimator's record."""
+        lat = self.latent
+        fits = []
+        for role, f in lat.fits.items():
+            if lat.estimator == "ml":
+                fits.append({"role": role, "loglik": f.loglik, "converged": f.converged, "nodes": f.nodes,
+                             "quadrature_change": f.quadrature_change, "gradient_max": f.gradient_max,
+                             "evaluations": f.evaluations, "rounds": f.rounds, "messages": list(f.messages),
+                             "therapists": int(f.stats.J), "patients": int(f.stats.n_patients)})
+            else:
+                fits.append({"role": role, "converged": f.converged, "divergences": f.divergences,
+                             "max_r_hat": f.max_r_hat, "min_ess_bulk": f.min_ess_bulk, "min_ess_tail": f.min_ess_tail,
+                             "chains": f.chains, "draws": f.draws, "warmup": f.warmup, "seed": f.seed,
+                             "messages": list(f.messages), "priors": list(f.priors),
+                             "summary": _records(f.summary)})
+        return {"estimator": lat.estimator, "aim1": _records(lat.aim1), "aim3": _records(lat.aim3),
+                "variances": _records(lat.variances), "reliability": _records(lat.reliability),
+                "therapists": _records(lat.therapists), "fits": fits, "notes": list(lat.notes),
+                "warnings": list(lat.warnings)}
 
     @property
     def therapists_source(self) -> str | None:
