@@ -10,9 +10,9 @@ g_i the gradient of C_ii in varpar, both by central differences with numDeriv's 
 (h = 0.1 |x|, or 1e-4 at zero) and Richardson extrapolation over 4 halvings. The engine
 evaluates the profiled criterion at those ~300 theta points one after the other: two
 thirds of the time of a power replicate. Here the same points are evaluated at once
-(:func:`batched_profiles`: every point and every therapist in a few numpy calls, for
-designs with one grouping factor), and the differences and extrapolations are taken on
-arrays. :func:`prime_satterthwaite` stores the result where
+(:func:`batched_profiles`: the engine's elimination with an axis over the points, every point
+and every therapist in a few numpy calls, for designs with one grouping factor), and the
+differences and extrapolations are taken on arrays. :func:`prime_satterthwaite` stores the result where
 :class:`~theralens.model.fit.MixedResult` keeps its own, so ``fit.df``, ``fit.p_values``
 and ``fit.contrast`` use it; ``tests/planning/test_batched_satterthwaite.py`` holds it equal to the
 engine's numbers (df to 1e-6). Other designs fall back to the engine.
@@ -55,101 +55,31 @@ class Profiles:
 def batched_profiles(crit: NestedCriterion, thetas: np.ndarray) -> Profiles | None:
     """:meth:`NestedCriterion.profile` at every row of ``thetas``, as arrays.
 
-    With one grouping factor, C_g = [Z X y]_g'[Z X y]_g per group g and
-    A_g = Lambda' Mzz_g Lambda + I = U_g D_g U_g' (U_g unit lower triangular, D_g diagonal),
-    the Schur complement on [X y] is sum_g Mrr_g - sum_g Mrz_g K_g Mzr_g with
-    K_g = Lambda A_g^{-1} Lambda' = W_g' D_g^{-1} W_g, W_g = U_g^{-1} Lambda' (the
-    elimination of :class:`~theralens.model.criterion.NestedCriterion`, whose Cholesky factor
-    is U_g D_g^{1/2}), and log|L_theta|^2 = sum_g log |D_g|. The q(q+1)/2 distinct entries
-    of A_g for all points and groups are one matrix product; U_g, D_g, W_g and K_g are taken
-    entry by entry on contiguous (point, group) arrays (q is small; no square roots); the
-    last sum is one more matrix product, and one batched Cholesky factor of the Schur
-    complement gives RX, z and r2. Returns None for other designs, or when a point is not
-    positive definite (the engine then evaluates, and reports, it itself).
+    The engine's own elimination with a leading axis over the points
+    (:meth:`theralens.model.elimination.Elimination.batch`: every point and every group in a few
+    numpy calls), taken in chunks of at most ``BLOCK`` (point, group) blocks; one batched
+    Cholesky factor of the Schur complements left gives RX, z and r2. Returns None for designs
+    with more than one grouping factor, or when a point is not positive definite (the engine then
+    evaluates, and reports, it itself).
     """
-    design = crit.design
-    if crit.D != 1 or len(design.levels) != 1:
+    if crit.D != 1:
         return None
-    level = design.levels[0]
-    q, k = crit.q[0], crit.k
-    pos = level.lambda_matrix(np.arange(1.0, design.ntheta + 1.0))
-    rows, cols = np.nonzero(pos)
-    idx = pos[rows, cols].astype(int) - 1
-    C = crit.stats.inner  # (G, q, d): the rows Z_g' W of every group's C_g
-    G, r = C.shape[0], C.shape[2] - q
-    i0, i1 = np.triu_indices(r)
-    where = np.empty((r, r), dtype=np.int64)  # entry of the upper triangle holding (i, j)
-    where[i0, i1] = where[i1, i0] = np.arange(len(i0))
-    unpack = where.ravel()
-    combos = [(i, j) for i in range(q) for j in range(i, q)]
-    nc = len(combos)
-    at = {c: m for m, c in enumerate(combos)}
-    at.update({(j, i): m for (i, j), m in list(at.items())})
-    bb, cc = np.array(combos).T
-    Mzz = C[:, bb, cc]  # (G, nc): the distinct entries of the symmetric Mzz_g
-    Mzr = C[:, :q, q:]
-    mrr = crit.stats.total[q:, q:][i0, i1]
-    # O[(c, g), u]: products of rows i, j of Mzr_g (both orders off the diagonal), upper triangle u
-    O = np.stack([Mzr[:, i, i0] * Mzr[:, j, i1] + (Mzr[:, j, i0] * Mzr[:, i, i1] if i != j else 0.0)
-                  for i, j in combos])
-    off = (bb != cc)[None, :, None]
+    k = crit.k
+    G = crit.stats.levels[0].ngroups
     parts: list[tuple[np.ndarray, ...]] = []
     step = max(1, BLOCK // max(G, 1))
     for start in range(0, len(thetas), step):
-        th = thetas[start:start + step]
-        T = len(th)
-        lam = np.zeros((T, q, q))
-        lam[:, rows, cols] = th[:, idx]
-        # A[(a, d), t, g] = sum_(b <= c) Mzz[g, (b, c)] (lam[t, b, a] lam[t, c, d] + (b < c) lam[t, c, a] lam[t, b, d])
-        kron = lam[:, bb[:, None], bb[None, :]] * lam[:, cc[:, None], cc[None, :]]
-        kron = kron + off * lam[:, cc[:, None], bb[None, :]] * lam[:, bb[:, None], cc[None, :]]
-        A = (kron.transpose(2, 0, 1).reshape(nc * T, nc) @ Mzz.T).reshape(nc, T, G)
-        # A_g = U D U' (U unit lower triangular, entry by entry): K_g = W' D^-1 W, W = U^-1 Lambda'
-        U: list[list[np.ndarray]] = [[np.empty(0)] * q for _ in range(q)]
-        E: list[list[np.ndarray]] = [[np.empty(0)] * q for _ in range(q)]  # U[i][m] D[m]
-        inv: list[np.ndarray] = []
-        det = np.ones((T, G))
-        for j in range(q):
-            d = A[at[j, j]] + 1.0
-            for m in range(j):
-                d -= U[j][m] * E[j][m]
-            if not np.all(d > 0):
-                return None
-            det *= d
-            inv.append(1.0 / d)
-            for i in range(j + 1, q):
-                e = A[at[j, i]]
-                for m in range(j):
-                    e = e - U[i][m] * E[j][m]
-                E[i][j] = e
-                U[i][j] = e * inv[j]
-        logdet = np.log(det).sum(axis=1)
-        if not np.all(np.isfinite(logdet)):  # |A_g| beyond the floating-point range
-            return None
-        W: list[list[np.ndarray | None]] = [[None] * q for _ in range(q)]
-        for i in range(q):
-            for c in range(q):
-                v = lam[:, c, i][:, None] if pos[c, i] else None
-                for m in range(i):
-                    if W[m][c] is not None:
-                        v = -U[i][m] * W[m][c] if v is None else v - U[i][m] * W[m][c]
-                W[i][c] = v
-        K = np.zeros((nc, T, G))
-        for m, (i, j) in enumerate(combos):
-            for p in range(q):
-                wi, wj = W[p][i], W[p][j]
-                if wi is not None and wj is not None:
-                    K[m] += (wi * inv[p]) * wj
-        tri = np.matmul(K, O).sum(axis=0)
-        top = np.take(mrr - tri, unpack, axis=1).reshape(T, r, r)
         try:
+            out = crit.elimination.batch(thetas[start:start + step])
+            if out is None:
+                return None
+            logdet, top = out
             full = np.linalg.cholesky(top)
         except np.linalg.LinAlgError:
             return None
-        RX = np.ascontiguousarray(full[:, :k, :k])
-        z = full[:, k, :k].copy()
-        r2 = full[:, k, k] ** 2
-        parts.append((logdet, RX, z, r2))
+        if not np.all(np.isfinite(logdet)):  # |A_g| beyond the floating-point range
+            return None
+        parts.append((logdet, np.ascontiguousarray(full[:, :k, :k]), full[:, k, :k].copy(), full[:, k, k] ** 2))
     return Profiles(*(np.concatenate(a, axis=0) for a in zip(*parts)))
 
 
