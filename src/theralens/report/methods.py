@@ -36,6 +36,30 @@ REFERENCES = [
 ]
 
 
+def _latent_methods(doc: dict[str, Any]) -> str:
+    """The sentences on the decomposition used, and why (docs/latent.md)."""
+    decomposition = doc.get("decomposition", "manifest")
+    if decomposition == "manifest" or "latent" not in doc:
+        return ("No latent (multilevel SEM) correction was applied, so between-therapist and cross-level effects may "
+                "be biased toward zero when caseload means are unreliable (L\u00fcdtke et al., 2008); the reliability "
+                "of the therapist means is reported.")
+    lat = doc["latent"]
+    main = next((f for f in lat.get("fits", []) if f.get("role") == "main"), {})
+    if lat.get("estimator") == "ml":
+        how = ("by full-information maximum likelihood, integrating the latent caseload means and patient deviations "
+               "in closed form and the therapist random slopes by adaptive Gauss-Hermite quadrature "
+               f"({main.get('nodes', '?')} points per slope; Rockwood, 2020), with Wald confidence intervals")
+    else:
+        how = (f"by Bayesian estimation (NUTS, {main.get('chains', '?')} chains of {main.get('draws', '?')} draws; "
+               "latent patient and therapist means; Asparouhov & Muth\u00e9n, 2019), with 95% posterior intervals")
+    role = ("All between-type effects are reported from this latent model" if decomposition == "latent" else
+            "The between-type effects are reported under both decompositions, side by side")
+    return (f"Because observed caseload means of a few patients are unreliable and attenuate between-therapist and "
+            f"cross-level effects (L\u00fcdtke et al., 2008), each therapist's caseload mean of every process was also "
+            f"modelled as a latent variable (multilevel structural equation model, as Coyne et al., 2022), estimated "
+            f"{how}. {role}; the within \u00d7 between interaction was estimated with observed means only.")
+
+
 def _list(items: list[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
@@ -83,10 +107,8 @@ def methods_paragraphs(doc: dict[str, Any], processes: list[str], moderators: li
             f"{change}. Each patient's process score was {scoring}. Following the observed (manifest) decomposition, "
             "each process score was split into a within-therapist component (the patient's score minus the "
             "therapist's caseload mean) and a between-therapist component (the caseload mean minus the mean of all "
-            f"therapists' caseload means), with caseload means computed over patients, {weighting}. No latent "
-            "(multilevel SEM) correction was applied, so between-therapist and cross-level effects may be biased "
-            "toward zero when caseload means are unreliable (L\u00fcdtke et al., 2008); the reliability of the "
-            "therapist means is reported.")
+            f"therapists' caseload means), with caseload means computed over patients, {weighting}. "
+            + _latent_methods(doc))
         model = ("Aims 1 and 2 were estimated in one linear mixed model with the within- and between-therapist "
                  "components of every process as fixed effects, a random intercept for therapists and therapist-level "
                  "random slopes for the within-therapist component of every process (unstructured covariance).")
@@ -96,8 +118,8 @@ def methods_paragraphs(doc: dict[str, Any], processes: list[str], moderators: li
             "outcome at the previous assessment, time, and the process rated at the previous assessment, split "
             "(observed decomposition) into a within-patient component (rating minus the patient's mean), a "
             "between-patient, within-therapist component (patient mean minus the therapist's caseload mean) and a "
-            f"between-therapist component (caseload mean minus the mean of all caseload means), {weighting}. No "
-            "latent (multilevel SEM) correction was applied (L\u00fcdtke et al., 2008).")
+            f"between-therapist component (caseload mean minus the mean of all caseload means), {weighting}. "
+            + _latent_methods(doc))
         model = ("Aims 1 and 2 were estimated in one linear mixed model with all components of every process as "
                  "fixed effects, a random intercept for therapists, therapist-level random slopes for the "
                  "within-patient component of every process (unstructured covariance), and a random intercept for "

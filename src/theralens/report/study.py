@@ -303,12 +303,60 @@ def decomposition_section(ctx: ReportContext) -> str:
                      "random-effects ANOVA of patient process scores. Mean reliability below .70 biases observed "
                      "between-therapist and cross-level effects toward zero (L\u00fcdtke et al., 2008).",
                 numeric=[False] + [True] * 6, table_id="table-reliability")
-    return (f'<section id="decomposition"><h2>Decomposition and reliability of therapist means</h2>'
-            f"<p>Each process is split into parts that vary at different levels (observed decomposition):</p>"
+    return ('<section id="decomposition"><h2>Decomposition and reliability of therapist means</h2>'
+            "<p>Each process is split into parts that vary at different levels (observed decomposition):</p>"
             f'<p class="formula">{formula}</p>'
             f"<p>Caseload means X&#772;<sub>j</sub> are taken {weighting}; the grand mean X&#772; is the mean of the "
             f"therapist means. The between-therapist part is only as trustworthy as the caseload means are "
-            f"reliable:</p>{rel}</section>")
+            f"reliable:</p>{rel}{_latent_paragraph(ctx)}</section>")
+
+
+# ------------------------------------------------------------------- latent decomposition columns
+def _has_latent(ctx: ReportContext) -> bool:
+    return ctx.doc.get("decomposition", "manifest") != "manifest" and "latent" in ctx.doc
+
+
+def _latent_head(ctx: ReportContext, reliability: bool = True) -> tuple[list[str], str]:
+    """Extra column heads and table note when the latent decomposition ran (docs/latent.md)."""
+    if not _has_latent(ctx):
+        return [], ""
+    est = "ML, Wald" if ctx.doc["latent"].get("estimator") == "ml" else "Bayes, posterior mean and 95% interval"
+    head = ["Latent <em>b</em>", "Latent <em>SE</em>", "Latent 95% CI"] + (["\u03bb"] if reliability else [])
+    note = (f" Latent columns: the same effect with latent caseload means (multilevel SEM; {est}); "
+            "\u03bb is the mean reliability of the observed caseload means, whose unreliability attenuates the "
+            "manifest between-type estimates (L\u00fcdtke et al., 2008).")
+    return head, note
+
+
+def _latent_cells(ctx: ReportContext, r: dict[str, Any], pre: str, reliability: bool = True) -> list[str]:
+    if not _has_latent(ctx):
+        return []
+    cells = [num(r.get("latent_estimate"), key(pre, "latent_estimate")), num(r.get("latent_se"), key(pre, "latent_se")),
+             f"[{num(r.get('latent_ci_low'), key(pre, 'latent_ci_low'))}, "
+             f"{num(r.get('latent_ci_high'), key(pre, 'latent_ci_high'))}]"]
+    if reliability:
+        cells.append(num(r.get("reliability"), key(pre, "reliability")))
+    return cells
+
+
+def _latent_paragraph(ctx: ReportContext) -> str:
+    """What the latent decomposition adds, or the recommendation to use it (docs/latent.md)."""
+    doc = ctx.doc
+    if _has_latent(ctx):
+        which = ("used for every result" if doc["decomposition"] == "latent"
+                 else "shown beside the observed one in the aim 1 and aim 3 tables")
+        return (f"<p>The latent decomposition is {which}: each therapist's caseload mean is a latent variable "
+                "(multilevel SEM, as Coyne et al., 2022), so between-therapist effects are not attenuated by the "
+                "unreliability of observed caseload means. The within &times; between interaction stays "
+                "observed.</p>")
+    low = [r for r in doc["reliability"] if not is_missing(r.get("mean_reliability"))
+           and float(r["mean_reliability"]) < 0.7]
+    if low:
+        return ('<p class="warning">Caseload means are unreliable (mean &lambda; below .70): the observed '
+                "between-therapist effects below are attenuated toward the within effects. Run with "
+                "<code>[design] decomposition = \"latent\"</code> (or <code>\"both\"</code>) for estimates "
+                "without this bias.</p>")
+    return ""
 
 
 # -------------------------------------------------------------------------------------- aim 1
@@ -325,15 +373,18 @@ def aim1_section(ctx: ReportContext) -> str:
                 num(r["estimate"], key(pre, "estimate")), num(r["se"], key(pre, "se")),
                 num(r["df"], key(pre, "df"), kind="df"), num(t), num(r["p"], key(pre, "p"), kind="p"),
                 f"[{num(r['ci_low'], key(pre, 'ci_low'))}, {num(r['ci_high'], key(pre, 'ci_high'))}]",
+                *_latent_cells(ctx, r, pre),
             ])
     benefit = ("negative" if ctx.benefit_sign < 0 else "positive")
+    latent_head, latent_note = _latent_head(ctx)
     tab = table(["Process and component", "<em>b</em>", "<em>SE</em>", "<em>df</em>", "<em>t</em>", "<em>p</em>",
-                 "95% CI"], rows, caption=ctx.table_label(),
+                 "95% CI", *latent_head], rows, caption=ctx.table_label(),
                 title="Within- and between-therapist process-outcome associations (aim 1)",
                 note=f"Unstandardized fixed effects of one model with every process. Higher outcome is "
                      f"{esc(doc['higher_outcome_is'])}: a {benefit} <em>b</em> means more improvement. <em>df</em> by "
-                     "Satterthwaite's method.",
-                numeric=[False, True, True, True, True, True, True], table_id="table-aim1")
+                     "Satterthwaite's method." + latent_note,
+                numeric=[False, True, True, True, True, True, True] + [True] * len(latent_head),
+                table_id="table-aim1")
     fr = pd.DataFrame(doc["aim1"]).assign(process=lambda d: d["process"].map(ctx.label))
     fig = figures.effects_forest(fr, COMPONENT_LABELS, ctx.benefit_sign)
     sentences = "".join(f"<li>{_aim1_sentence(ctx, r)}</li>" for r in doc["aim1"])
@@ -472,15 +523,19 @@ def aim3_section(ctx: ReportContext) -> str:
                          f"[{num(r['ci_low'], key(pre, 'ci_low'))}, {num(r['ci_high'], key(pre, 'ci_high'))}]",
                          f"{num(r['therapists'], key(pre, 'therapists'), kind='int')}"
                          + (f" ({num(r['therapists_missing'], key(pre, 'therapists_missing'), kind='int')} missing)"
-                            if r.get("therapists_missing") else "")])
+                            if r.get("therapists_missing") else ""),
+                         *_latent_cells(ctx, r, pre, reliability=False)])
     joint = doc["options"].get("therapist_moderators", {}).get("joint", False)
+    latent_head, latent_note = _latent_head(ctx, reliability=False)
     tab = table(["Process", "Moderator", "Moderates the", "<em>b</em>", "<em>SE</em>", "<em>df</em>", "<em>p</em>",
-                 "95% CI", "Therapists"], rows, caption=ctx.table_label(), title="Therapist-level moderators (aim 3)",
+                 "95% CI", "Therapists", *latent_head], rows, caption=ctx.table_label(),
+                title="Therapist-level moderators (aim 3)",
                 note=("All moderators in one model" if joint else "One moderator per model") + "; moderators centred "
                      "at their mean over therapists. <em>b</em>: change in the slope (or association) per unit of the "
                      "moderator; the sign reads as in the aim 1 table. Uncorrected for multiple testing; with few "
-                     "therapists cross-level effects have low power (Mathieu et al., 2012).",
-                numeric=[False, False, False, True, True, True, True, True, True], table_id="table-aim3")
+                     "therapists cross-level effects have low power (Mathieu et al., 2012)." + latent_note,
+                numeric=[False, False, False, True, True, True, True, True, True] + [True] * len(latent_head),
+                table_id="table-aim3")
     sig = [r for r in doc["aim3"] if not is_missing(r.get("p")) and float(r["p"]) < 0.05]
     sentences = ("<ul>" + "".join(f"<li>{_aim3_sentence(ctx, r)}</li>" for r in sig) + "</ul>") if sig else \
         "<p>No moderator effect reached p &lt; .05.</p>"
