@@ -47,11 +47,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 from scipy.special import logsumexp
+
+from theralens.model.threads import one_blas_thread
 
 __all__ = ["LatentFit", "LatentStats", "fit_latent", "latent_stats", "stats_from_arrays"]
 
@@ -606,7 +609,16 @@ def _start(st: LatentStats, slopes: bool, layout: _Layout) -> np.ndarray:
     return theta
 
 
-def fit_latent(
+def fit_latent(st: LatentStats, **options: Any) -> LatentFit:
+    """Maximum-likelihood fit of the latent model (module docstring) from :class:`LatentStats`,
+    with one BLAS thread (its blocks are small: :func:`theralens.model.threads.one_blas_thread`).
+    Options: those of :func:`_fit_latent` (``random_slopes``, ``nodes``, ``tol``,
+    ``quadrature_tol``, ``max_rounds``, ``start``)."""
+    with one_blas_thread():
+        return _fit_latent(st, **options)
+
+
+def _fit_latent(
     st: LatentStats,
     *,
     random_slopes: bool = True,
