@@ -338,3 +338,22 @@ def test_cli_analyzes_a_folder_of_parquet_files(tmp_path, demo, capsys):
     assert any("Engine: DuckDB SQL (input" in n and "several files" in n for n in docs[0]["notes"])
     docs[0].pop("input", None), docs[1].pop("input", None)  # where the data came from differs
     numbers_equal(docs[1], docs[0])
+
+
+@pytest.mark.parametrize("legacy_byte", [False, True])
+def test_csv_that_is_not_utf8(tmp_path, demo, legacy_byte):
+    """A Windows-1252 export (or latin-1, when a byte 1252 leaves undefined occurs) is decoded as
+    read_table decodes it: the same ids, categories and note."""
+    s = demo.copy()
+    s["therapist"] = s["therapist"].str.replace("T0", "Ü")
+    s["site"] = np.where(s["patient"].str[-1].isin(list("0123")), "St John’s", "Queen’s Park")
+    if legacy_byte:
+        s.loc[s["patient"] == "P001", "site"] = "Queen’s Park\x81"
+    path = tmp_path / "export.csv"
+    path.write_bytes(s.to_csv(index=False).encode("latin-1" if legacy_byte else "cp1252", errors="replace"))
+    config = config_from_dict({"columns": {"covariates": ["site"]}})
+    pandas_table, duck_table = both(path, config)  # also: the same notes (the encoding's included)
+    assert_same_table(pandas_table, duck_table)
+    assert duck_table.table["therapist"].str.startswith("Ü").any()
+    with scan_files(path, config) as scanned:
+        assert f"export.csv was read as {'latin-1' if legacy_byte else 'cp1252'} text" in scanned.data.notes[0]

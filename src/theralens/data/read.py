@@ -48,6 +48,7 @@ __all__ = [
     "check_file",
     "check_shape",
     "check_text_head",
+    "encoding_note",
     "parquet_error",
     "read_table",
     "sniff_delimiter",
@@ -182,6 +183,11 @@ def _parse_error(exc: Exception, label: str, sep: str) -> InputError:
     )
 
 
+def encoding_note(name: str, encoding: str) -> str:
+    """The note that a text file was not UTF-8 and how it was decoded."""
+    return f"{name} was read as {encoding} text (it is not UTF-8)."
+
+
 def parquet_error(label: str, exc: Exception) -> InputError:
     """A damaged Parquet file, as :func:`read_table` words it."""
     return InputError(f"{label} is not a readable Parquet file ({type(exc).__name__}); export it again")
@@ -231,7 +237,7 @@ def _read_text(p: Path, label: str, ext: str, head: bytes) -> pd.DataFrame:
     df = df.loc[:, [not (str(c).startswith("Unnamed:") and df[c].isna().all()) for c in df.columns]]
     df = _drop_trailing_blank(df)
     if encoding != "utf-8-sig":
-        df.attrs["notes"] = [f"{p.name} was read as {encoding} text (it is not UTF-8)."]
+        df.attrs["notes"] = [encoding_note(p.name, encoding)]
     return df
 
 

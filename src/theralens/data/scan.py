@@ -53,6 +53,7 @@ from theralens.data.read import (
     check_file,
     check_shape,
     check_text_head,
+    encoding_note,
     parquet_error,
     sniff_delimiter,
     text_table_error,
@@ -334,7 +335,7 @@ def scan_files(
 scan_sessions = scan_files
 
 
-def _raw_relation(con: Any, files: list[Path], kind: str, where: str) -> int:
+def _raw_relation(con: Any, files: list[Path], kind: str, where: str, notes: list[str]) -> int:
     """Create view ``raw``: the user's columns plus ``__file`` and ``__row`` (the row number the user
     sees); returns the number of blank lines inside CSV files (rows to pandas, skipped by DuckDB)."""
     import duckdb
@@ -355,18 +356,21 @@ def _raw_relation(con: Any, files: list[Path], kind: str, where: str) -> int:
     with files[0].open("rb") as fh:
         head = fh.read(65536).decode("utf-8", errors="replace")
     sep = sniff_delimiter(head, files[0].suffix.lower())
+    read = ("CREATE TABLE raw0 AS SELECT * EXCLUDE (filename), filename AS __file FROM "
+            f"read_csv({names}, delim = {_lit(sep)}, header = true, all_varchar = true, filename = true, "
+            "union_by_name = true ENCODING)")
     try:
-        con.execute("CREATE TABLE raw0 AS SELECT * EXCLUDE (filename), filename AS __file FROM "
-                    f"read_csv({names}, delim = {_lit(sep)}, header = true, all_varchar = true, filename = true, "
-                    "union_by_name = true)")
+        con.execute(read.replace(" ENCODING", ""))
     except duckdb.Error as exc:
-        for f in files:
-            err = text_table_error(f, f"sessions file {f}", sep)
-            if err is not None:
-                raise err from exc
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{label} cannot be read as a table by DuckDB ({first}); export it again as UTF-8 CSV, "
-                         "or use --engine pandas") from exc
+        legacy = len(files) == 1 and "not utf-8" in str(exc).lower()
+        if not (legacy and _read_legacy(con, read, names, files[0], notes)):
+            for f in files:
+                err = text_table_error(f, f"sessions file {f}", sep)
+                if err is not None:
+                    raise err from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{label} cannot be read as a table by DuckDB ({first}); export it again as UTF-8 CSV, "
+                             "or use --engine pandas") from exc
     n_cols = len(con.execute("DESCRIBE raw0").fetchall()) - 1
     n_rows = con.execute("SELECT count(*) FROM raw0").fetchone()[0]
     check_shape(n_cols, n_rows, label)
@@ -390,6 +394,35 @@ def _raw_relation(con: Any, files: list[Path], kind: str, where: str) -> int:
     con.execute(f"""CREATE VIEW raw AS SELECT r.* EXCLUDE (__k, rowid), r.__k + 2 + coalesce(b.__bn, 0) AS __row
         FROM ({index}) r ASOF LEFT JOIN blanks b ON r.__file = b.__bfile AND r.__k >= b.__bc""")
     return len(blanks)
+
+
+def _read_legacy(con: Any, read: str, names: str, path: Path, notes: list[str]) -> bool:
+    """Read a text file that is not UTF-8 as :func:`theralens.data.read.read_table` decodes it
+    (Windows-1252, else latin-1): transcoded to UTF-8 in chunks into the scan's temporary folder,
+    rows unchanged. True if it worked."""
+    import codecs
+
+    import duckdb
+
+    temp = Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0]).parent
+    target = temp / f"utf8-{path.name}"
+    for encoding in ("cp1252", "latin-1"):
+        try:
+            with path.open("rb") as src, target.open("w", encoding="utf-8", newline="") as dst:
+                decoder = codecs.getincrementaldecoder(encoding)()
+                while block := src.read(1 << 24):
+                    dst.write(decoder.decode(block))
+                dst.write(decoder.decode(b"", final=True))
+        except UnicodeDecodeError:
+            continue
+        sql = read.replace(names, "[" + _lit(str(target)) + "]").replace(" ENCODING", "")
+        try:
+            con.execute(sql.replace("filename AS __file", f"{_lit(str(path))} AS __file"))
+        except duckdb.Error:
+            return False
+        notes.append(encoding_note(path.name, encoding))
+        return True
+    return False
 
 
 def _blank_lines(path: Path, chunk: int = 1 << 26) -> np.ndarray:
@@ -432,12 +465,12 @@ def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: st
           ) -> tuple[ValidatedData, list[str]]:
     """Every check of validate_sessions, in its order, as SQL (module docstring)."""
     cols = config.columns
-    blank_lines = _raw_relation(con, files, kind, where)
+    notes: list[str] = []
+    blank_lines = _raw_relation(con, files, kind, where, notes)
     described = [(r[0], r[1]) for r in con.execute("DESCRIBE raw").fetchall() if r[0] not in ("__file", "__row",
                                                                                               "rowid")]
     by_name = {str(n).strip(): (n, t) for n, t in described}
     check_columns_present(list(by_name), config, where)
-    notes: list[str] = []
 
     def column(name: str) -> _Column:
         raw, t = by_name[name]
