@@ -11,7 +11,7 @@ OUT ?= theralens-demo
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bayes]'
 	touch $(STAMP)
 
 demo: $(STAMP)
