@@ -232,9 +232,16 @@ def numbers_equal(a, b, path="") -> None:
         assert math.isclose(a, b, rel_tol=1e-8, abs_tol=1e-12), (path, a, b)
 
 
+@pytest.mark.parametrize("data", ["demo", "simulated"])
 @pytest.mark.parametrize("design", ["patient", "session"])
-def test_results_json_is_the_same_through_both_engines(tmp_path, design):
+def test_results_json_is_the_same_through_both_engines(tmp_path, design, data):
+    """The demo data and a study simulated as the recovery check simulates them (other seed)."""
     sessions, therapists = demo_paths()
+    if data == "simulated":
+        sim = simulate("coyne2022", seed=11, design=design)
+        sessions, therapists = tmp_path / "sim.parquet", tmp_path / "sim_therapists.csv"
+        sim.sessions.to_parquet(sessions, index=False)
+        sim.therapists.to_csv(therapists, index=False)
     config = config_from_dict({"design": {"level": design},
                                "therapist_moderators": {"columns": ["self_rated_alliance_skill", "cbt"]}})
     docs = {}
