@@ -10,7 +10,9 @@ display only. Table rows hold every column of the tables they come from.
 - ``schema_version``, ``software`` ({theralens, engine, versions: {library: version}}),
   ``design`` ("patient" or "session"), ``higher_outcome_is`` and ``benefit_sign`` (-1 when
   a higher outcome is worse: a negative estimate means more benefit), ``decomposition``
-  ("observed (manifest)"), ``options`` (the full configuration used).
+  ("manifest", "latent" or "both": ``[design] decomposition``; with latent or both, ``latent``
+  holds the aims under the latent decomposition, docs/latent.md), ``options`` (the full
+  configuration used).
 - ``input``: ``sessions`` and ``therapists`` (where the data came from) and ``counts``
   (rows read, used, excluded; ratings per process).
 - ``processes``: list of {name, label, within, between, components: {component: term}};
