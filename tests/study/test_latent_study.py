@@ -79,3 +79,50 @@ def test_latent_profiles_use_the_latent_therapist_slopes(sim) -> None:
     assert any("profiles come from the latent model" in n for n in r.notes)
     # the profile pages are drawn from these slopes
     assert len(r.therapists()) == r.table.counts["therapists"]
+
+
+def _fake_bayes(converged: bool):
+    """A stand-in for theralens.latent.bayes.fit_bayes with the fields the adapter reads."""
+    import types
+
+    import pandas as pd
+
+    def fit(table, moderators=None, *, seed=1, **sampler):
+        p = table.processes[0]
+        label = table.labels.get(p, p)
+        effects = pd.DataFrame([{"process": label, "component": c, "estimate": 0.1 * k, "se": 0.05,
+                                 "ci_low": 0.0, "ci_high": 0.2} for k, c in
+                                enumerate(("within_patient", "between_patient", "between_therapist"))])
+        contextual = pd.DataFrame([{"process": label, "component": "between_therapist", "versus": "within_patient",
+                                    "estimate": 0.2, "se": 0.06, "ci_low": 0.1, "ci_high": 0.3}])
+        ther = pd.DataFrame([{"process": label, "therapist": "T01", "slope": 0.1, "n_patients": 3}])
+        return types.SimpleNamespace(
+            effects=effects, contextual=contextual, moderators=pd.DataFrame(columns=["process", "moderator",
+                                                                                      "column", "target"]),
+            therapists=ther, slope_sd=pd.DataFrame([{"process": label, "estimate": 0.1}]), converged=converged,
+            messages=["converged" if converged else "did not converge: R-hat 1.3"], chains=2, draws=sampler.get(
+                "draws", 1000), warmup=1000, seed=seed, max_r_hat=1.0 if converged else 1.3, min_ess_bulk=800.0,
+            divergences=0, priors=["b ~ Normal(0, 2.5 sd_y / sd_x)"])
+    return fit
+
+
+@pytest.mark.parametrize("converged", [True, False])
+def test_session_design_latent_is_bayesian_and_an_unconverged_run_adds_nothing(monkeypatch, converged) -> None:
+    import theralens.latent.bayes as bayes
+    from theralens.data.decompose import session_level
+    from theralens.data.validate import validate_sessions
+    from theralens.study.latent import latent_session_aims
+
+    monkeypatch.setattr(bayes, "fit_bayes", _fake_bayes(converged))
+    sim = tl.simulate("coyne2022", seed=4, design="session", n_therapists=12, n_patients=48)
+    cfg = dataclasses.replace(sim.config(moderators=()), design=DesignConfig(level="session"))
+    table = session_level(validate_sessions(sim.sessions, cfg), cfg)
+    res = latent_session_aims(table, None, table.labels, seed=3, draws=50)
+    assert res.estimator == "bayes" and res.fits["main"].draws == 50
+    assert len(res.therapists) == 1 and bool(res.therapists["estimable"].iloc[0])
+    if converged:
+        assert set(res.aim1["component"]) == {"within_patient", "between_patient", "between_therapist"}
+        assert set(res.aim1["process"]) == {table.processes[0]}  # stable name, label beside it
+        assert not res.warnings
+    else:
+        assert res.aim1.empty and any("not added to the aim tables" in w for w in res.warnings)

@@ -168,16 +168,17 @@ def _therapist_slopes(fit: LatentFit, table: PatientTable, labels: dict[str, str
 
 
 def latent_session_aims(table: SessionTable, moderators: pd.DataFrame | None, labels: dict[str, str],
-                        *, seed: int = 1) -> LatentResults:
+                        *, seed: int = 1, **sampler: Any) -> LatentResults:
     """The session (lagged) design under the latent decomposition: Bayesian estimation
     (:func:`theralens.latent.bayes.fit_bayes`, the optional extra ``theralens[bayes]``).
 
     A run that has not converged keeps its tables in the result but adds nothing to the aim
-    tables, and says so in the warnings.
+    tables, and says so in the warnings. ``sampler``: ``chains``, ``warmup``, ``draws`` of
+    :func:`~theralens.latent.bayes.fit_bayes` (defaults there).
     """
     from theralens.latent.bayes import fit_bayes  # optional extra: imported only here
 
-    fit = fit_bayes(table, moderators, seed=seed)
+    fit = fit_bayes(table, moderators, seed=seed, **sampler)
     stable = {labels.get(p, p): p for p in table.processes}
 
     def keyed(df: pd.DataFrame) -> pd.DataFrame:
