@@ -112,8 +112,12 @@ def _init_worker() -> None:
 
 
 def _context() -> mp.context.BaseContext:
+    """fork where it is safe (Linux, one thread, no JAX: JAX runs native threads that Python's
+    ``threading`` does not count, and a fork of a process with them can deadlock), else
+    forkserver or spawn."""
     methods = mp.get_all_start_methods()
-    if sys.platform.startswith("linux") and "fork" in methods and threading.active_count() == 1:
+    if (sys.platform.startswith("linux") and "fork" in methods and threading.active_count() == 1
+            and "jax" not in sys.modules):
         return mp.get_context("fork")
     return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
 
