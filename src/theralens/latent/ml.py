@@ -612,8 +612,13 @@ def _start(st: LatentStats, slopes: bool, layout: _Layout) -> np.ndarray:
 def fit_latent(st: LatentStats, **options: Any) -> LatentFit:
     """Maximum-likelihood fit of the latent model (module docstring) from :class:`LatentStats`,
     with one BLAS thread (its blocks are small: :func:`theralens.model.threads.one_blas_thread`).
-    Options: those of :func:`_fit_latent` (``random_slopes``, ``nodes``, ``tol``,
-    ``quadrature_tol``, ``max_rounds``, ``start``)."""
+
+    Options: ``random_slopes`` (default True; False: a random-intercept model, exact without
+    quadrature), ``nodes`` (Gauss-Hermite points per slope to start with; default 11 for one
+    process, 9 for two, 5 for three, 3 beyond; grown by 4 while the log-likelihood moves by more
+    than ``quadrature_tol``, default 1e-6), ``tol`` (change of the log-likelihood between
+    quadrature rounds that ends them, default 1e-7), ``max_rounds`` (12), ``start`` (theta).
+    """
     with one_blas_thread():
         return _fit_latent(st, **options)
 
