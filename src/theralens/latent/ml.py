@@ -570,7 +570,6 @@ def _start(st: LatentStats, slopes: bool, layout: _Layout) -> np.ndarray:
     ev, V = np.linalg.eigh(T)
     T = (V * np.maximum(ev, 0.05 * np.diag(S).mean())) @ V.T
     # pooled regression of y on (A, x_within, xbar_j): from the sums
-    D = st.R1.shape[1]
     # totals of r r' and within parts
     tot = st.R2.sum(axis=0)
     between = np.einsum("jd,je->de", st.R1, st.R1 / n[:, None])
@@ -586,7 +585,6 @@ def _start(st: LatentStats, slopes: bool, layout: _Layout) -> np.ndarray:
     bb = coef[K:]
     resid_w = within[0, 0] - within[0, ix] @ g10
     sig2 = max(resid_w / max(N - J, 1.0), 1e-6)
-    del D
     theta = np.zeros(layout.size)
     s = layout.slices
     theta[s["gamma"]] = gamma
@@ -653,11 +651,14 @@ def _fit_latent(
     evals = 0
     rounds_total = 0
 
-    def optimise(theta: np.ndarray, Q: int, mean: np.ndarray, chol: np.ndarray
-                 ) -> tuple[np.ndarray, float, _Nodes, bool, np.ndarray, np.ndarray]:
+    def rule(Q: int) -> tuple[np.ndarray, np.ndarray]:
+        return _gh_grid(P, Q) if random_slopes else (np.zeros((1, P)), np.ones(1))
+
+    def optimise(theta: np.ndarray, Q: int, centre: _Nodes) -> tuple[np.ndarray, float, _Nodes, bool]:
+        """BFGS rounds with Q points per slope, placed first where ``centre``'s nodes were."""
         nonlocal evals, rounds_total
-        grid, weights = _gh_grid(P, Q) if random_slopes else (np.zeros((1, P)), np.ones(1))
-        nd = _adapt(mean, chol, grid, weights)
+        grid, weights = rule(Q)
+        nd = _adapt(centre.mean, centre.chol, grid, weights)
 
         def fun(th: np.ndarray) -> tuple[float, np.ndarray]:
             nonlocal evals
@@ -675,8 +676,7 @@ def _fit_latent(
         for k in range(max_rounds):
             rounds_total += 1
             if random_slopes:
-                mean, chol = _recentre(crit, theta, nd, grid, weights)
-                nd = _adapt(mean, chol, grid, weights)
+                nd = _recentre(crit, theta, nd, grid, weights)
             if k > 0:
                 # converged when re-centred nodes neither move the criterion nor the gradient
                 ll_new, g_new, _ = crit.evaluate(theta, nd)
@@ -698,16 +698,15 @@ def _fit_latent(
             messages.append(f"the adaptive quadrature did not settle in {max_rounds} rounds")
         if not ok:
             messages.append(f"optimizer: {res.message}")
-        return theta, ll, nd, ok, mean, chol
+        return theta, ll, nd, ok
 
-    mean = np.zeros((J, P))
-    chol = np.broadcast_to(np.eye(P), (J, P, P)).copy()
     if random_slopes:
         Q = nodes or {1: 11, 2: 9, 3: 5}.get(P, 3)
         max_q = Q + 12
     else:
         Q = max_q = 1
-    theta, ll, nd, converged, mean, chol = optimise(theta, Q, mean, chol)
+    prior = _adapt(np.zeros((J, P)), np.broadcast_to(np.eye(P), (J, P, P)).copy(), *rule(Q))
+    theta, ll, nd, converged = optimise(theta, Q, prior)
     if random_slopes:
         # The likelihood is even in each column of the slope Cholesky factor (u1 = L11 xi, xi
         # symmetric), so a zero slope SD is a stationary point and BFGS can stop near it, at a
@@ -723,15 +722,14 @@ def _fit_latent(
                 alt[i, i] = LG0[i, i]
             theta2 = theta.copy()
             theta2[lay.slices["LG"]] = alt[lay.tri_g]
-            cand = optimise(theta2, Q, mean, chol)
+            cand = optimise(theta2, Q, nd)
             if cand[1] > ll + 1e-7:
                 messages.append("a restart away from a small slope SD found a higher maximum (kept)")
-                theta, ll, nd, converged, mean, chol = cand
+                theta, ll, nd, converged = cand
     change = 0.0
     while random_slopes:
-        grid, weights = _gh_grid(P, Q + 4)
-        coarse = _adapt(mean, chol, grid, weights)
-        finer = _adapt(*_recentre(crit, theta, coarse, grid, weights), grid, weights)
+        grid, weights = rule(Q + 4)
+        finer = _recentre(crit, theta, _adapt(nd.mean, nd.chol, grid, weights), grid, weights)
         change = abs(crit.evaluate(theta, finer, grad=False)[0] - ll)
         if change <= quadrature_tol or max_q < Q + 4:
             if change > quadrature_tol:
@@ -739,7 +737,7 @@ def _fit_latent(
                                 "per slope; estimates are approximate at that level")
             break
         Q += 4
-        theta, ll, nd, converged, mean, chol = optimise(theta, Q, mean, chol)
+        theta, ll, nd, converged = optimise(theta, Q, nd)
     ll, g, ex = crit.evaluate(theta, nd)
     H = _hessian(lambda th: crit.evaluate(th, nd)[1], theta)
     vcov = _covariance(-0.5 * (H + H.T), theta, lay, messages)
@@ -763,8 +761,8 @@ def _positive_definite(H: np.ndarray) -> np.ndarray | None:
 
 
 def _recentre(crit: LatentCriterion, theta: np.ndarray, nd: _Nodes, grid: np.ndarray, weights: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Each therapist's posterior mean and Cholesky factor of the standardised slopes
+              ) -> _Nodes:
+    """Nodes at each therapist's posterior mean and Cholesky factor of the standardised slopes
     (adaptive quadrature: the nodes go where the integrand is).
 
     Iterated until stable (at most 8 times); each step may shrink the spread of the nodes by at
@@ -784,7 +782,7 @@ def _recentre(crit: LatentCriterion, theta: np.ndarray, nd: _Nodes, grid: np.nda
         nd = _adapt(mean, chol, grid, weights)
         if moved < 1e-3 and float(np.max(pi)) < 0.5:
             break
-    return mean, chol
+    return nd
 def _covariance(info: np.ndarray, theta: np.ndarray, lay: _Layout, messages: list[str]) -> np.ndarray:
     """Inverse observed information. A therapist slope SD at zero (a boundary fit) leaves
     its Cholesky column without curvature: as at lme4's boundary, that column is held fixed

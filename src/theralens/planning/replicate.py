@@ -191,6 +191,13 @@ def _mixture_sf(mixture: ChiBarSquare, x: float) -> float:
     return min(1.0, total)
 
 
+def _moderator_values(therapists: Any, moderator: str, ids: np.ndarray) -> np.ndarray:
+    """The simulated therapist table's ``moderator`` for each of ``ids`` (in that order)."""
+    tids = therapists["therapist"].to_numpy()
+    order = np.argsort(tids)
+    return therapists[moderator].to_numpy(dtype=float)[order][np.searchsorted(tids[order], ids)]
+
+
 def _fit(role: str, build: Any, formula: str, fits: dict[str, Any]) -> None:
     try:
         fits[role] = fit_design(build(), formula)
@@ -227,16 +234,11 @@ def run_replicate(spec: PowerSpec, cell: Cell, replicate: int,
                 _fit(role, lambda proc=proc: sm.reduced_design(arrays, proc, main_design), sm.reduced_formula(proc),
                      fits)
     if "moderator" in needed and spec.moderator is not None:
-        ids = sim.therapists["therapist"].to_numpy()
-        order = np.argsort(ids)
-        values = sim.therapists[spec.moderator].to_numpy(dtype=float)[order][
-            np.searchsorted(ids[order], arrays.all_therapist_ids)]
+        values = _moderator_values(sim.therapists, spec.moderator, arrays.all_therapist_ids)
         _fit("moderator", lambda: sm.moderator_design(arrays, values, main_design), sm.moderator_formula, fits)
     if spec.decomposition == "latent":
-        ids = sim.therapists["therapist"].to_numpy()
-        order = np.argsort(ids)
-        mod_values = None if spec.moderator is None else sim.therapists[spec.moderator].to_numpy(dtype=float)[
-            order][np.searchsorted(ids[order], arrays.therapist_ids)]
+        mod_values = None if spec.moderator is None else _moderator_values(sim.therapists, spec.moderator,
+                                                                           arrays.therapist_ids)
         try:
             fits["latent"] = latent_fit(arrays, PROCESSES, spec.covariates, mod_values, spec.moderator)
         except Exception as exc:  # counted and reported, never fatal
