@@ -62,7 +62,7 @@ from theralens.planning.replicate import PowerSpec, replicate_seed, run_replicat
 from theralens.planning.satterthwaite import t_tests  # noqa: E402
 from theralens.planning.settings import Cell  # noqa: E402
 from theralens.planning.table import patient_arrays  # noqa: E402
-from theralens.study.simulate import PROCESSES, simulate  # noqa: E402
+from theralens.simulation.generate import PROCESSES, simulate  # noqa: E402
 
 CELL = Cell(n_therapists=42, patients_per_therapist=212 / 42, n_patients=212)
 MODELS = StudyModels()

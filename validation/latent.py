@@ -2,7 +2,7 @@
 
 Cells: J = 42 and 150 therapists, n = 5 patients each, process ICC rho = .1, .2, .3; 500
 replicates per cell (1,000 at J = 150, rho = .2), seeds 1..reps. Each replicate simulates the
-latent model (:func:`theralens.study.simulate.simulate_latent`: within 0.3, between 0.6,
+latent model (:func:`theralens.simulation.generate.simulate_latent`: within 0.3, between 0.6,
 moderator on the within slope 0.1 and on the between association 0.2, therapist slope SD 0.15)
 and fits, with the moderator (``skill``, centred) in the model:
 
@@ -45,7 +45,7 @@ from scipy import stats
 
 from theralens import fit_mixed
 from theralens.latent.ml import fit_latent, latent_stats
-from theralens.study.simulate import simulate_latent
+from theralens.simulation.generate import simulate_latent
 
 TRUTH = {"within": 0.3, "between": 0.6, "g11": 0.1, "g03": 0.2}
 N_PATIENTS = 5

@@ -1,7 +1,7 @@
 """Bayesian and ML latent estimates of the patient design side by side (issue #10).
 
 Data: the demo data (both processes) and three sets simulated from the latent model
-(:func:`theralens.study.simulate.simulate_latent`: 150 therapists x 5 patients, ICC .2, one
+(:func:`theralens.simulation.generate.simulate_latent`: 150 therapists x 5 patients, ICC .2, one
 process, seeds 1-3). Each is fitted by :func:`theralens.latent.ml.fit_latent` (ML) and
 :func:`theralens.latent.bayes.fit_bayes` (NUTS, weakly informative priors). For b_within,
 b_between and the contextual effect it records the ML estimate and SE, the posterior mean and SD,
@@ -32,7 +32,7 @@ from theralens.data.read import read_table
 from theralens.data.validate import validate_sessions
 from theralens.latent.bayes import fit_bayes
 from theralens.latent.ml import fit_latent, latent_stats
-from theralens.study.simulate import simulate_latent
+from theralens.simulation.generate import simulate_latent
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "theralens" / "datasets"
 COMPONENTS = ("within_therapist", "between_therapist")

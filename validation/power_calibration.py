@@ -54,7 +54,7 @@ import pandas as pd
 
 from theralens.atomic import write_text
 from theralens.planning import power
-from theralens.study.simulate import MODERATORS, PROCESSES, TARGETS
+from theralens.simulation.generate import MODERATORS, PROCESSES, TARGETS
 
 NO_MODERATION = {(m, p, t): 0.0 for m in MODERATORS for p in PROCESSES for t in TARGETS}
 SCENARIOS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
@@ -148,7 +148,7 @@ def lmertest_check(k: int, seed: int) -> str:
     from theralens.planning.satterthwaite import t_tests
     from theralens.planning.settings import design_cells
     from theralens.planning.table import patient_arrays
-    from theralens.study.simulate import simulate
+    from theralens.simulation.generate import simulate
 
     if shutil.which("Rscript") is None:
         return "lmerTest check skipped: no Rscript on PATH"

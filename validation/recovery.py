@@ -35,8 +35,8 @@ from theralens import fit_mixed
 from theralens.data.config import config_from_dict
 from theralens.data.decompose import patient_level, session_level
 from theralens.data.validate import validate_sessions, validate_therapists
+from theralens.simulation.generate import simulate
 from theralens.study.aims import coef_name, design_terms
-from theralens.study.simulate import simulate
 
 MODERATOR = "self_rated_alliance_skill"
 

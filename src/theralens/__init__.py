@@ -30,7 +30,7 @@ _LAZY = {
     "analyze": "theralens.study.analysis",
     "analyze_files": "theralens.study.analysis",
     "StudyResult": "theralens.study.result",
-    "simulate": "theralens.study.simulate",
+    "simulate": "theralens.simulation.generate",
     "power": "theralens.planning",
 }
 
@@ -56,9 +56,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from theralens.model.lrt import LRTResult, lrt
     from theralens.model.stats import SufficientStats
     from theralens.planning import power
+    from theralens.simulation.generate import simulate
     from theralens.study.analysis import analyze, analyze_files
     from theralens.study.result import StudyResult
-    from theralens.study.simulate import simulate
 
 
 def __getattr__(name: str) -> Any:

@@ -221,7 +221,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from theralens.atomic import write_bytes
-    from theralens.study.simulate import simulate
+    from theralens.simulation.generate import simulate
 
     overrides = {"design": args.design} if args.design else {}
     sim = simulate(args.preset, seed=args.seed, **overrides)

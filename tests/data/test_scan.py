@@ -26,8 +26,8 @@ from theralens.data.scan import (
 from theralens.data.validate import validate_sessions
 from theralens.datasets import demo_paths
 from theralens.errors import InputError
+from theralens.simulation.generate import simulate
 from theralens.study.analysis import analyze_files
-from theralens.study.simulate import simulate
 
 
 @pytest.fixture(scope="module")

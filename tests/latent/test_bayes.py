@@ -19,7 +19,7 @@ from theralens.data.decompose import patient_level, session_level
 from theralens.data.validate import validate_sessions
 from theralens.errors import InputError
 from theralens.latent.bayes import fit_bayes
-from theralens.study.simulate import simulate
+from theralens.simulation.generate import simulate
 
 ONE_PROCESS = ColumnsConfig(process=("alliance",))
 

@@ -22,7 +22,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from theralens.latent.ml import LatentCriterion, LatentStats, fit_latent, latent_stats
-from theralens.study.simulate import simulate_latent
+from theralens.simulation.generate import simulate_latent
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "latent"
 NAMES = ["latent_demo", "latent_sim1", "latent_sim2"]

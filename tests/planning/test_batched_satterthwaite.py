@@ -10,7 +10,7 @@ from theralens.model.satterthwaite import satterthwaite
 from theralens.planning.designs import StudyModels
 from theralens.planning.satterthwaite import batched_profiles, prime_satterthwaite, t_tests
 from theralens.planning.table import patient_arrays
-from theralens.study.simulate import simulate
+from theralens.simulation.generate import simulate
 
 
 def _fits(seed: int):

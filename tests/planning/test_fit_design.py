@@ -13,8 +13,8 @@ from theralens.model.fit import fit_design
 from theralens.model.formula import parse_formula
 from theralens.planning.designs import StudyModels
 from theralens.planning.table import patient_arrays
+from theralens.simulation.generate import simulate
 from theralens.study.aims import design_terms
-from theralens.study.simulate import simulate
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from theralens.data.decompose import patient_level
 from theralens.data.validate import validate_sessions
 from theralens.errors import InputError
 from theralens.planning.table import patient_arrays
-from theralens.study.simulate import simulate
+from theralens.simulation.generate import simulate
 
 CASES = [
     ("coyne2022", 1, {}),

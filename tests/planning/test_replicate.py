@@ -7,8 +7,8 @@ import pytest
 
 from theralens.planning.replicate import OK, PowerSpec, replicate_seed, run_replicate
 from theralens.planning.settings import Cell
+from theralens.simulation.generate import simulate
 from theralens.study.analysis import analyze
-from theralens.study.simulate import simulate
 
 CELL = Cell(n_therapists=42, patients_per_therapist=212 / 42, n_patients=212)
 

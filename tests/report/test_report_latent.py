@@ -12,7 +12,7 @@ import pytest
 import theralens as tl
 from theralens.data.config import DesignConfig
 from theralens.report.html import write_report
-from theralens.study.simulate import simulate_latent
+from theralens.simulation.generate import simulate_latent
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import theralens as tl
 from theralens.data.config import DesignConfig, config_from_dict
 from theralens.errors import InputError
-from theralens.study.simulate import simulate_latent
+from theralens.simulation.generate import simulate_latent
 
 
 @pytest.fixture(scope="module")

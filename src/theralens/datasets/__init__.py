@@ -40,7 +40,7 @@ def demo_paths() -> tuple[str, str]:
 
 def demo_from_simulator() -> tuple[pd.DataFrame, pd.DataFrame]:
     """The demo tables as the simulator makes them (outcome rounded to 4 decimals)."""
-    from theralens.study.simulate import simulate
+    from theralens.simulation.generate import simulate
 
     study = simulate(DEMO_PRESET, seed=DEMO_SEED)
     sessions = study.sessions.copy()

@@ -9,7 +9,7 @@ patient-level ``table``, the study's ``designs``, ``fit`` them with the engine, 
 ``result`` (power with Monte Carlo SE, failures) -> ``plot``; ``cli`` is ``theralens power``.
 """
 
+from theralens.planning.estimate import power
 from theralens.planning.result import PowerResult
-from theralens.planning.simulation import power
 
 __all__ = ["PowerResult", "power"]

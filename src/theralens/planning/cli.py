@@ -16,8 +16,8 @@ from pathlib import Path
 
 from theralens.atomic import prepare_dir
 from theralens.errors import InputError
+from theralens.planning.estimate import power
 from theralens.planning.settings import parse_numbers, parse_settings
-from theralens.planning.simulation import power
 
 __all__ = ["run_power_command"]
 

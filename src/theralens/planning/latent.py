@@ -1,7 +1,7 @@
 """Power under the latent decomposition (issue #10; docs/latent.md).
 
 With ``decomposition="latent"`` a power study simulates the preset with the outcome generated
-from the latent caseload means (:func:`theralens.study.simulate.simulate`, ``decomposition=
+from the latent caseload means (:func:`theralens.simulation.generate.simulate`, ``decomposition=
 "latent"``) and tests the within effect (g10), the between effect (b_between) and the
 cross-level moderator (G11 on the within slope or G03 on the between association) with the
 latent ML fit (:func:`theralens.latent.ml.fit_latent`: Wald z tests), one fit per replicate

@@ -1,7 +1,7 @@
 """One replicate of a power study: simulate a study, analyse it as the study does, test.
 
 For design cell (J therapists, N patients) and replicate r, the data come from
-:func:`theralens.study.simulate.simulate` with the seed of (seed, J, N, r)
+:func:`theralens.simulation.generate.simulate` with the seed of (seed, J, N, r)
 (:func:`replicate_seed`), the patient-level table from :mod:`theralens.planning.table`, and the
 models of :mod:`theralens.study.aims` (:mod:`theralens.planning.designs`), fitted by REML with
 the engine (:func:`theralens.model.fit.fit_design`) from lme4's default start, as the study fits them
@@ -43,7 +43,7 @@ from theralens.planning.latent import LATENT_KINDS, latent_fit, latent_test
 from theralens.planning.satterthwaite import t_tests
 from theralens.planning.settings import Cell
 from theralens.planning.table import patient_arrays
-from theralens.study.simulate import MODERATORS, PROCESSES, TARGETS, simulate
+from theralens.simulation.generate import MODERATORS, PROCESSES, TARGETS, simulate
 
 __all__ = ["ERROR", "NONCONVERGED", "OK", "SINGULAR", "ChunkOutcome", "PowerSpec", "ReplicateOutcome", "TestSpec",
            "replicate_seed", "run_chunk", "run_replicate", "slope_lrt"]

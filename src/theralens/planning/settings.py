@@ -1,8 +1,8 @@
 """Effect sizes and design settings of a power study, and the design cells it covers.
 
-A power study simulates from a preset of :mod:`theralens.study.simulate` with some of its
+A power study simulates from a preset of :mod:`theralens.simulation.generate` with some of its
 parameters replaced. Settings are written ``NAME=VALUE`` (``theralens power --set``) or
-given as a mapping; a NAME is either a :class:`~theralens.study.simulate.SimulationParameters`
+given as a mapping; a NAME is either a :class:`~theralens.simulation.generate.SimulationParameters`
 field (``residual_sd=0.5``; per-process fields take ``field.process``:
 ``within.alliance=-0.2``) or one of these shorthands:
 
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from theralens.errors import InputError, closest
-from theralens.study.simulate import MODERATORS, PRESETS, PROCESSES, TARGETS, SimulationParameters
+from theralens.simulation.generate import MODERATORS, PRESETS, PROCESSES, TARGETS, SimulationParameters
 
 __all__ = ["Cell", "design_cells", "parse_numbers", "parse_settings", "resolve_overrides"]
 
@@ -125,7 +125,7 @@ def resolve_overrides(
     settings: Mapping[str, Any],
     moderator: tuple[str, str, str],
 ) -> dict[str, Any]:
-    """Turn parsed settings into keyword overrides of :func:`theralens.study.simulate.simulate`.
+    """Turn parsed settings into keyword overrides of :func:`theralens.simulation.generate.simulate`.
 
     ICCs are converted to SDs with the other parameters as finally set (preset, then the
     remaining settings): ``therapist_intercept_sd = residual_sd sqrt(icc / (1 - icc))`` and

@@ -4,7 +4,7 @@ A power study analyses thousands of simulated data sets. The study pipeline's pa
 (:func:`theralens.data.validate.validate_sessions` then
 :func:`theralens.data.decompose.patient_level`) cost about 30 ms per data set, more than the
 model fits; this module builds the same table in well under a millisecond for data from
-:func:`theralens.study.simulate.simulate` (ids are text, times are session numbers, no
+:func:`theralens.simulation.generate.simulate` (ids are text, times are session numbers, no
 value is malformed, so validation has nothing to drop that the table keeps).
 
 With the default study config (residualized change, process score = mean of all ratings,

@@ -21,7 +21,7 @@ from theralens.planning.latent import estimate_seconds
 from theralens.planning.replicate import PowerSpec, run_replicate
 from theralens.planning.result import PowerResult, summarise
 from theralens.planning.settings import CELL_FIELDS, design_cells, parse_settings, resolve_overrides
-from theralens.study.simulate import simulate
+from theralens.simulation.generate import simulate
 
 __all__ = ["power"]
 
@@ -50,7 +50,7 @@ def power(
     between effects, by simulation.
 
     Args:
-        preset: simulation preset (:func:`theralens.study.simulate.list_presets`).
+        preset: simulation preset (:func:`theralens.simulation.generate.list_presets`).
         therapists, patients_per_therapist: the design cells (every pair); None takes the
             preset's own number (coyne2022: 42 therapists, 212 patients = 5.05 each).
             Caseloads follow the preset's ``caseload_shape`` (coyne2022: very uneven);
@@ -76,7 +76,7 @@ def power(
         workers: local processes (default: all cores; 1 = this process). scheduler: a
             dask.distributed scheduler address or Client (then ``workers`` is ignored).
         progress: show a progress bar on stderr. chunk_size: replicates per task.
-        **overrides: any :func:`~theralens.study.simulate.simulate` parameter, applied after
+        **overrides: any :func:`~theralens.simulation.generate.simulate` parameter, applied after
             ``settings`` (e.g. ``slope_sd={"alliance": 0.2}``).
 
     Returns a :class:`~theralens.planning.result.PowerResult`.

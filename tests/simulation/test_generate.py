@@ -1,5 +1,5 @@
 """The simulator: reproducible, the published design, and truth that the decomposition
-recovers exactly when the noise is switched off (study/simulate.py)."""
+recovers exactly when the noise is switched off (simulation/generate.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from theralens.data.decompose import patient_level, session_level
 from theralens.data.validate import validate_sessions, validate_therapists
 from theralens.datasets import demo_from_simulator, load_demo
 from theralens.errors import InputError
-from theralens.study.simulate import list_presets, simulate
+from theralens.simulation.generate import list_presets, simulate
 
 
 def test_reproducible_with_seed():
