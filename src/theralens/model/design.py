@@ -70,7 +70,7 @@ class Level:
             rows, cols, idx = [], [], []
             off = 0
             for term, sl in zip(self.terms, self.theta_slices):
-                r, c = _colmajor_tril(term.q)
+                r, c = colmajor_tril(term.q)
                 rows.extend(r + off)
                 cols.extend(c + off)
                 idx.extend(range(sl.start, sl.stop))
@@ -82,7 +82,7 @@ class Level:
         return lam
 
 
-def _colmajor_tril(q: int) -> tuple[np.ndarray, np.ndarray]:
+def colmajor_tril(q: int) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices of a q x q lower triangle in column-major order (lme4's theta)."""
     rows, cols = [], []
     for j in range(q):
@@ -107,7 +107,7 @@ class ThetaLayout:
     def theta_lower_bounds(self) -> np.ndarray:
         lower = []
         for t in self.terms:
-            rows, cols = _colmajor_tril(t.q)
+            rows, cols = colmajor_tril(t.q)
             lower.extend(0.0 if r == c else -np.inf for r, c in zip(rows, cols))
         return np.array(lower)
 
@@ -120,7 +120,7 @@ class ThetaLayout:
             scales = np.sqrt(np.maximum(np.asarray(sq, dtype=float) / n, 1e-300))
             off = 0
             for term, sl in zip(lv.terms, lv.theta_slices):
-                rows, _ = _colmajor_tril(term.q)
+                rows, _ = colmajor_tril(term.q)
                 out[sl] = scales[off + rows]
                 off += term.q
         return out
@@ -128,7 +128,7 @@ class ThetaLayout:
     def theta_names(self) -> list[str]:
         names = []
         for t in self.terms:
-            rows, cols = _colmajor_tril(t.q)
+            rows, cols = colmajor_tril(t.q)
             for r, c in zip(rows, cols):
                 g = t.spec.group  # lme4 names theta by the factor, without the ".1" suffix
                 if r == c:

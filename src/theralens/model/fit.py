@@ -19,7 +19,7 @@ from scipy import stats
 from theralens.display import Summary
 from theralens.errors import InputError
 from theralens.model.criterion import NestedCriterion, Solution, criterion_from_profile
-from theralens.model.design import Design, _colmajor_tril, build_design, group_labels, model_matrix_like
+from theralens.model.design import Design, build_design, colmajor_tril, group_labels, model_matrix_like
 from theralens.model.formula import ParsedFormula, parse_formula
 from theralens.model.optimize import OptimizerRecord, minimize_theta
 from theralens.model.satterthwaite import satterthwaite
@@ -600,7 +600,7 @@ def moment_start(crit: NestedCriterion, scale: np.ndarray) -> np.ndarray | None:
             sds = np.sqrt(np.maximum(var, 0.0) / sigma2)
             off = 0
             for term, sl in zip(lv.terms, lv.theta_slices):
-                rows_, cols = _colmajor_tril(term.q)
+                rows_, cols = colmajor_tril(term.q)
                 theta[sl] = np.where(rows_ == cols, sds[off + rows_], 0.0)
                 off += term.q
     except (np.linalg.LinAlgError, FloatingPointError, ValueError):
