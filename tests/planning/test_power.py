@@ -9,7 +9,7 @@ import pytest
 import theralens.planning.replicate as replicate_module
 from theralens.errors import InputError
 from theralens.planning import PowerResult, power
-from theralens.planning.result import mc_se
+from theralens.planning.result import mc_se, wilson_interval
 
 SMALL = {"therapists": [10, 16], "patients_per_therapist": [4], "nsim": 10, "seed": 5, "progress": False}
 
@@ -46,7 +46,30 @@ def test_table_columns_and_mc_se(one_worker: PowerResult) -> None:
     assert mc_se(0.2, 400) == pytest.approx(0.02)
     assert mc_se(0.0, 10) == 0.0
     assert np.isnan(mc_se(0.3, 0))
-    assert "power (MC SE)" in one_worker.summary()
+    low, high = wilson_interval(t.loc[ok, "rejections"].to_numpy(), t.loc[ok, "n_usable"].to_numpy())
+    np.testing.assert_allclose(t.loc[ok, "power_low"], low)
+    np.testing.assert_allclose(t.loc[ok, "power_high"], high)
+    assert ((t.loc[ok, "power_low"] <= t.loc[ok, "power"]) & (t.loc[ok, "power"] <= t.loc[ok, "power_high"])).all()
+    assert "power [95% Wilson interval]" in one_worker.summary()
+    first = t.iloc[0]
+    assert f"{first['power']:.2f} [{first['power_low']:.2f}, {first['power_high']:.2f}]" in one_worker.summary()
+
+
+def test_wilson_interval_at_zero_one_and_inside() -> None:
+    z = 1.959963984540054
+    # no rejection in 20: [0, z^2 / (n + z^2)], not the empty [0, 0] of power +- z MC SE
+    assert wilson_interval(0, 20) == (0.0, pytest.approx(z**2 / (20 + z**2), rel=1e-12))
+    # every replicate rejects: the mirror image
+    assert wilson_interval(20, 20) == (pytest.approx(20 / (20 + z**2), rel=1e-12), 1.0)
+    # interior: a textbook value (Newcombe 1998, Stat Med 17:857, table I: 81/263 -> 0.2553 to 0.3662)
+    low, high = wilson_interval(81, 263)
+    assert (round(low, 4), round(high, 4)) == (0.2553, 0.3662)
+    # arrays, and nothing usable
+    lo, hi = wilson_interval(np.array([0, 5, 10]), np.array([10, 10, 10]))
+    np.testing.assert_allclose(lo[[0]], [0.0])
+    np.testing.assert_allclose(hi[[2]], [1.0])
+    assert lo[1] < 0.5 < hi[1] and hi[1] - 0.5 == pytest.approx(0.5 - lo[1])
+    assert all(np.isnan(v) for v in wilson_interval(0, 0))
 
 
 def test_failed_replicates_leave_the_denominator(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,5 +149,5 @@ def test_notebook_views_of_a_power_result(one_worker: PowerResult) -> None:
     got = wide.loc[t["label"], :].to_numpy()[np.arange(len(t)), (t["n_therapists"] == 16).to_numpy().astype(int)]
     np.testing.assert_array_equal(got, t["power"].to_numpy())
     html = one_worker._repr_html_()
-    assert html.count("<table") == 3 and "Simulation-based power" in html
+    assert html.count("<table") == 3 and "Simulation-based power" in html and "95% Wilson interval" in html
     assert html.count("<tr>") == 3 * (1 + len(one_worker.tests))

@@ -2,7 +2,8 @@
 
 One line per caseload (patients per therapist) in the Okabe-Ito palette (distinguishable
 with the common colour-vision deficiencies; lines also differ in marker), a band of
-+- 1.96 Monte Carlo SE around each curve, a dashed line at 80% power and a dotted one at
+its 95% Wilson score interval around each curve
+(:func:`theralens.planning.result.wilson_interval`: inside [0, 1], not empty at power 0 or 1), a dashed line at 80% power and a dotted one at
 alpha. Cells with failed replicates show their usable share next to the point.
 """
 
@@ -66,5 +67,5 @@ def power_curves(result: PowerResult) -> Any:
                fontsize=8, title_fontsize=8, frameon=False)
     s = result.spec
     fig.suptitle(f"Power by simulation ({s.preset}, {result.nsim} replicates per cell, alpha {s.alpha:g}); "
-                 "bands: +-1.96 Monte Carlo SE", fontsize=9)
+                 "bands: 95% Wilson intervals", fontsize=9)
     return fig

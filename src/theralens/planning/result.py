@@ -6,8 +6,14 @@ failed: an error, non-convergence, or, with ``exclude_singular``, a singular fit
 
     power = rejections / n_usable,      MC SE = sqrt(power (1 - power) / n_usable),
 
-the binomial standard error of a proportion; the band power +- 1.96 MC SE is drawn in the
-figure. A failed replicate is left out of the denominator, never counted as a
+the binomial standard error of a proportion, and the 95% Wilson score interval (Wilson 1927,
+JASA 22:209; docs/power.md), with z = 1.96 and n = n_usable,
+
+    (power + z^2 / (2n) +- z sqrt(power (1 - power) / n + z^2 / (4 n^2))) / (1 + z^2 / n),
+
+which, unlike power +- z MC SE, stays inside [0, 1] and has width above zero when no
+replicate, or every replicate, rejects (at power 0 it is [0, z^2 / (n + z^2)]). The
+interval is drawn as the band in the figure and printed in the summary. A failed replicate is left out of the denominator, never counted as a
 non-rejection, and every failure is counted by reason (``n_errors``, ``n_nonconverged``,
 ``n_singular_excluded``) beside the share of usable replicates (``usable_share``).
 """
@@ -29,7 +35,7 @@ from theralens.atomic import prepare_dir, write_bytes, write_text
 from theralens.planning.replicate import ERROR, NONCONVERGED, OK, SINGULAR, ChunkOutcome, PowerSpec, TestSpec
 from theralens.planning.settings import Cell
 
-__all__ = ["PowerResult", "mc_se", "summarise"]
+__all__ = ["PowerResult", "mc_se", "summarise", "wilson_interval"]
 
 Z = 1.959963984540054
 TABLE_COLUMNS = [
@@ -46,6 +52,26 @@ def mc_se(power: float | np.ndarray, n_usable: int | np.ndarray) -> float | np.n
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(n > 0, np.sqrt(p * (1.0 - p) / np.where(n > 0, n, 1.0)), np.nan)
     return float(out) if out.ndim == 0 else out
+
+
+def wilson_interval(rejections: int | np.ndarray, n_usable: int | np.ndarray,
+                    z: float = Z) -> tuple[float | np.ndarray, float | np.ndarray]:
+    """Wilson score interval (low, high) of the rejection rate ``rejections / n_usable``
+    (module docstring; 95% with the default z; NaN for n = 0). At 0 rejections the low end is
+    exactly 0, at ``n_usable`` rejections the high end exactly 1."""
+    k = np.asarray(rejections, dtype=float)
+    n = np.asarray(n_usable, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(n > 0, n, np.nan)
+        p, z2 = k / m, z * z
+        centre = (p + z2 / (2 * m)) / (1 + z2 / m)
+        half = z / (1 + z2 / m) * np.sqrt(p * (1 - p) / m + z2 / (4 * m * m))
+    low = np.where(k == 0, 0.0, np.clip(centre - half, 0.0, 1.0))
+    high = np.where(k == n, 1.0, np.clip(centre + half, 0.0, 1.0))
+    low, high = np.where(n > 0, low, np.nan), np.where(n > 0, high, np.nan)
+    if low.ndim == 0:
+        return float(low), float(high)
+    return low, high
 
 
 def _true_value(t: TestSpec, truth: dict[str, Any], spec: PowerSpec) -> float:
@@ -88,6 +114,7 @@ def summarise(chunks: list[ChunkOutcome], cells: list[Cell], tests: tuple[TestSp
             rej = int((pv[usable] < spec.alpha).sum())
             pw = rej / n_ok if n_ok else float("nan")
             se = mc_se(pw, n_ok)
+            low, high = wilson_interval(rej, n_ok)
             rows.append({
                 "n_therapists": c.n_therapists, "patients_per_therapist": c.patients_per_therapist,
                 "n_patients": c.n_patients, "test": t.kind, "process": t.process, "term": t.term, "label": t.label,
@@ -96,8 +123,7 @@ def summarise(chunks: list[ChunkOutcome], cells: list[Cell], tests: tuple[TestSp
                 "n_errors": int((s == ERROR).sum()), "n_nonconverged": int((s == NONCONVERGED).sum()),
                 "n_singular_excluded": int((s == SINGULAR).sum()), "n_singular": int(sing[ci, :, ti].sum()),
                 "rejections": rej, "power": pw, "mc_se": se,
-                "power_low": max(0.0, pw - Z * se) if n_ok else float("nan"),
-                "power_high": min(1.0, pw + Z * se) if n_ok else float("nan"),
+                "power_low": low, "power_high": high,
                 "mean_estimate": float(np.mean(est[ci, usable, ti])) if n_ok else float("nan"),
             })
             reps.append(pd.DataFrame({
@@ -136,8 +162,8 @@ class PowerResult:
             slopes the main model sees), ``alpha``, ``nsim``, ``n_usable``,
             ``usable_share``, ``n_failed`` (= ``n_errors`` + ``n_nonconverged`` +
             ``n_singular_excluded``), ``n_singular`` (usable or not), ``rejections``,
-            ``power``, ``mc_se``, ``power_low``/``power_high`` (power +- 1.96 MC SE, within
-            [0, 1]) and ``mean_estimate`` (mean over usable replicates; slope SD for slope
+            ``power``, ``mc_se``, ``power_low``/``power_high`` (the 95% Wilson score
+            interval, :func:`wilson_interval`) and ``mean_estimate`` (mean over usable replicates; slope SD for slope
             variances).
         replicates: one row per replicate and test: p, estimate, se (fixed effects),
             status (ok, nonconverged, error, singular), singular.
@@ -181,7 +207,8 @@ class PowerResult:
         return json.dumps(doc, indent=2, allow_nan=False)
 
     def summary(self) -> str:
-        """Power per test (rows) and design cell (columns): power +- MC SE, usable share."""
+        """Power per test (rows) and design cell (columns): power with its 95% Wilson interval,
+        usable share."""
         s = self.spec
         lines = [
             f"Simulation-based power: preset {s.preset}, {self.nsim} replicates per design cell, alpha = {s.alpha:g}, "
@@ -189,8 +216,8 @@ class PowerResult:
         ]
         if s.overrides:
             lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in _plain(s.overrides).items()))
-        lines.append("Cells: therapists x patients per therapist; each entry: power (MC SE) [usable share "
-                     "when below 100%]")
+        lines.append("Cells: therapists x patients per therapist; each entry: power [95% Wilson interval] "
+                     "{usable share when below 100%}")
         t = self.table
         cell_names = [f"{c.n_therapists}x{c.patients_per_therapist:.3g}" for c in self.cells]
         width = max(12, *(len(n) for n in cell_names))
@@ -202,9 +229,9 @@ class PowerResult:
                 if row["n_usable"] == 0:
                     txt = "no usable"
                 else:
-                    txt = f"{row['power']:.2f} ({row['mc_se']:.2f})"
+                    txt = f"{row['power']:.2f} [{row['power_low']:.2f}, {row['power_high']:.2f}]"
                     if row["usable_share"] < 1:
-                        txt += f" [{row['usable_share']:.0%}]"
+                        txt += f" {{{row['usable_share']:.0%}}}"
                 entries.append(txt)
             rows.append((f"{x.label} ({sub['true_value'].iloc[0]:g})", entries))
         width = max(width, *(len(e) for _, es in rows for e in es))
@@ -260,8 +287,12 @@ class PowerResult:
 
         first, *rest = self._status_lines()
         head = [first.removeprefix("<PowerResult: ").removesuffix(">"), *rest]
+        low, high = self._wide("power_low"), self._wide("power_high")
+        interval = pd.DataFrame([[f"[{x:.2f}, {y:.2f}]" if x == x else "" for x, y in zip(a, b)]
+                                 for a, b in zip(low.to_numpy(), high.to_numpy())],
+                                index=low.index, columns=low.columns)
         return html_view("Simulation-based power", head, {"power": self._wide("power"),
-                                                          "Monte Carlo SE": self._wide("mc_se"),
+                                                          "95% Wilson interval": interval,
                                                           "usable share": self._wide("usable_share")})
 
     def plot(self) -> Any:
