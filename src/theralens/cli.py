@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=int, default=1)
     w.add_argument("--workers", type=int, default=None, help="local processes (default: all cores)")
     w.add_argument("--scheduler", help="address of a dask.distributed scheduler")
+    w.add_argument("--design", choices=["patient", "session"], default=None,
+                   help="patient (the published analysis; default) or session (lagged) level")
     w.add_argument("--decomposition", choices=["manifest", "latent"], default="manifest",
                    help="latent: data from the latent model, within/between/moderator tests by the latent ML fit")
     w.add_argument("--out", default="theralens-power")

@@ -36,6 +36,19 @@ def test_formulas_are_the_studys(data) -> None:
     assert sm.reduced_formula("alliance") == terms.formula(slopes=["expectancy_within"])
 
 
+def test_session_terms_are_the_studys() -> None:
+    from theralens.data.decompose import session_level
+    from theralens.planning.designs import study_terms
+
+    for covs in ((), ("age",)):
+        sim = simulate("coyne2022", seed=4, design="session", patient_covariates=bool(covs))
+        cfg = sim.config(moderators=())
+        ref = design_terms(session_level(validate_sessions(sim.sessions, cfg), cfg))
+        mine = study_terms("session", ("alliance", "expectancy"), covs)
+        assert mine == ref
+        assert StudyModels(level="session", covariates=covs).main_formula == ref.formula()
+
+
 def test_designs_equal_build_design(data) -> None:
     _, a, frame, w = data
     sm = StudyModels()

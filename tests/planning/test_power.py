@@ -125,13 +125,29 @@ def test_settings_reach_the_simulation() -> None:
     assert r.spec.overrides["therapist_intercept_sd"] == pytest.approx(0.45 * np.sqrt(0.1 / 0.9))
 
 
+def test_session_design_power() -> None:
+    r = power(therapists=[12], patients_per_therapist=[4], nsim=3, seed=2, workers=1, progress=False,
+              design="session", settings=["within.alliance=-0.2", "between_patient.expectancy=0.1",
+                                          "slope_sd.alliance=0", "therapist_icc=0.2"])
+    assert r.spec.level == "session" and r.meta()["design"] == "session"
+    t = r.table.set_index(["test", "process"])
+    assert t.loc[("within", "alliance"), "label"] == "within-patient effect of alliance"
+    assert t.loc[("within", "alliance"), "true_value"] == -0.2
+    assert t.loc[("between_patient", "expectancy"), "true_value"] == 0.1
+    assert t.loc[("slope_variance", "alliance"), "true_value"] == pytest.approx(0.03 * 0.8, rel=1e-12)
+    assert r.spec.overrides["session_within_patient"] == {"alliance": -0.2}
+    assert r.spec.overrides["therapist_intercept_sd"] == pytest.approx(0.30 * 0.5)
+    assert len(t) == 2 + 3 * 2 + 1 and (t["n_usable"] > 0).all()
+    assert "Design: session level" in r.summary()
+
+
 def test_bad_input() -> None:
     with pytest.raises(InputError, match="nsim"):
         power(nsim=0, progress=False)
     with pytest.raises(InputError, match="alpha"):
         power(nsim=1, alpha=1.5, progress=False)
-    with pytest.raises(InputError, match="session-level"):
-        power(nsim=1, design="session", progress=False)
+    with pytest.raises(InputError, match="patient.*session"):
+        power(nsim=1, design="sessions", progress=False)
     with pytest.raises(InputError, match="3 or more"):
         power(nsim=1, therapists=[2], progress=False)
 

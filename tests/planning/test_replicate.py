@@ -13,20 +13,26 @@ from theralens.study.analysis import analyze
 CELL = Cell(n_therapists=42, patients_per_therapist=212 / 42, n_patients=212)
 
 
-@pytest.mark.parametrize("replicate", [0, 5])
-def test_same_numbers_as_analyze(replicate: int) -> None:
-    spec = PowerSpec(seed=11)
+KIND = {"within_therapist": "within", "between_therapist": "between", "within_patient": "within",
+        "between_patient": "between_patient"}
+
+
+@pytest.mark.parametrize(("design", "replicate"), [("patient", 0), ("patient", 5), ("session", 0), ("session", 3)])
+def test_same_numbers_as_analyze(design: str, replicate: int) -> None:
+    spec = PowerSpec(seed=11, overrides={"design": design})
     rep = run_replicate(spec, CELL, replicate)
     p, est, status = rep.p, rep.estimate, rep.status
-    sim = simulate("coyne2022", seed=replicate_seed(11, CELL, replicate))
+    sim = simulate("coyne2022", seed=replicate_seed(11, CELL, replicate), design=design)
     res = analyze(sim.sessions, sim.therapists, sim.config(moderators=("self_rated_alliance_skill",)))
+    assert res.terms.level == design
     want = {}
     for _, row in res.aim2.variance.iterrows():
         want[("slope_variance", row["process"])] = (row["p"], row["slope_sd"], np.nan)
     for _, row in res.aim1.iterrows():
-        want[(row["component"].split("_")[0], row["process"])] = (row["p"], row["estimate"], row["se"])
+        want[(KIND[row["component"]], row["process"])] = (row["p"], row["estimate"], row["se"])
     row = res.aim3.table.query("process == 'alliance' and target == 'within_slope'").iloc[0]
     want[("moderator", "alliance")] = (row["p"], row["estimate"], row["se"])
+    assert {(t.kind, t.process) for t in spec.tests} == set(want)
     for i, t in enumerate(spec.tests):
         if status[i] != OK:
             continue
@@ -35,6 +41,22 @@ def test_same_numbers_as_analyze(replicate: int) -> None:
         assert est[i] == pytest.approx(we, rel=1e-6, abs=1e-9), t.label
         assert rep.se[i] == pytest.approx(wse, rel=1e-6, nan_ok=True), t.label
     assert (status == OK).sum() >= len(spec.tests) - 2
+
+
+def test_session_slope_lrt_is_theralens_lrt() -> None:
+    """The session design's main model has a patient intercept besides the therapist block:
+    the mixture is that of the therapist block (q = 3), as theralens.lrt finds it."""
+    from theralens import fit_mixed, lrt
+    from theralens.planning.analysis_table import analysis_table
+    from theralens.planning.replicate import slope_lrt
+
+    spec = PowerSpec(overrides={"design": "session"})
+    at = analysis_table(simulate("coyne2022", seed=2, design="session").sessions, spec.analysis_config)
+    main = fit_mixed(at.terms.formula(), at.frame)
+    reduced = fit_mixed(at.terms.formula(slopes=["expectancy_within_patient"]), at.frame)
+    ref = lrt(reduced, main)
+    assert "0.5 chi2(2) + 0.5 chi2(3)" in ref.reference
+    assert slope_lrt(reduced, main) == pytest.approx(ref.p_value, rel=1e-12, abs=1e-300)
 
 
 def test_slope_lrt_is_theralens_lrt() -> None:

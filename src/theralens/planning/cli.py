@@ -1,8 +1,8 @@
 """``theralens power``: the command-line face of :func:`theralens.planning.power`.
 
     theralens power --preset coyne2022 --therapists 42,80,120,200 --patients-per-therapist 5,10 \\
-        --nsim 500 [--alpha 0.05] [--seed N] [--workers N] [--scheduler ADDRESS] [--out DIR] \\
-        [--set NAME=VALUE ...]
+        --nsim 500 [--design patient|session] [--alpha 0.05] [--seed N] [--workers N] \\
+        [--scheduler ADDRESS] [--out DIR] [--set NAME=VALUE ...]
 
 Writes ``power.csv``, ``power.json``, ``power.png`` and ``power.svg`` into ``--out`` and
 prints the summary. Bad input raises :class:`~theralens.errors.InputError` (one line, exit
@@ -37,7 +37,7 @@ def run_power_command(args: argparse.Namespace) -> int:
     prepare_dir(out)
     result = power(args.preset, therapists=therapists, patients_per_therapist=per, nsim=args.nsim, alpha=args.alpha,
                    seed=args.seed, settings=settings, workers=args.workers, scheduler=args.scheduler,
-                   decomposition=getattr(args, "decomposition", "manifest"))
+                   decomposition=getattr(args, "decomposition", "manifest"), design=getattr(args, "design", None))
     written = result.write(out)
     print(result.summary())
     print(f"\nwrote {len(written)} files to {out} ({result.seconds:.1f} s)")

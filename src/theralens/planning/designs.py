@@ -1,14 +1,20 @@
-"""The study's patient-level models as engine designs, built from arrays (no formulaic).
+"""The study's models of a power replicate: formulas for both designs, and the patient-level
+designs built from arrays (no formulaic).
 
-The models are those of :mod:`theralens.study.aims` (models.md, patient-level design),
-with formulas written by :class:`theralens.study.aims.DesignTerms`:
+The models are those of :mod:`theralens.study.aims` (models.md), with formulas written by
+:class:`theralens.study.aims.DesignTerms`:
 
 - ``main``: final ~ sum_p (p_within + p_between) + baseline [+ covariates]
-  + (1 + sum_p p_within | therapist)  (aims 1 and 2);
-- ``without_slope:p``: as main without the therapist random slope of p_within (the
-  reduced model of the slope-variance test, Self & Liang 1987; Stram & Lee 1994);
-- ``moderator:W``: main + W_c + sum_p (p_within:W_c + p_between:W_c), W centred at its
+  + (1 + sum_p p_within | therapist)  (aims 1 and 2; session-level design: outcome_next ~
+  sum_p (p_within_patient + p_between_patient + p_between_therapist) + outcome + time
+  [+ covariates] + (1 + sum_p p_within_patient | therapist) + (1 | therapist:patient));
+- ``without_slope:p``: as main without the therapist random slope of p's within component
+  (the reduced model of the slope-variance test, Self & Liang 1987; Stram & Lee 1994);
+- ``moderator:W``: main + W_c + sum_p (within_p:W_c + between_p:W_c), W centred at its
   mean over the therapists of the data (aim 3, one moderator at a time).
+
+The session-level models are fitted on the pipeline's own lagged table
+(:mod:`theralens.planning.analysis_table`); only the patient-level ones are built here from arrays.
 
 Each :class:`~theralens.model.design.Design` holds y, X (columns in the order and with the
 lme4 names that ``build_design`` gives the same formula) and one therapist level; the
@@ -29,16 +35,29 @@ from theralens.model.formula import ParsedFormula, parse_formula
 from theralens.planning.table import PatientArrays
 from theralens.study.aims import DesignTerms
 
-__all__ = ["StudyModels"]
+__all__ = ["StudyModels", "parsed_formula", "study_terms"]
 
 
 @lru_cache(maxsize=64)
-def _parsed(formula: str) -> ParsedFormula:
+def parsed_formula(formula: str) -> ParsedFormula:
+    """:func:`theralens.model.formula.parse_formula`, cached (a power study parses a few
+    formulas thousands of times)."""
     return parse_formula(formula)
 
 
-def _terms(processes: tuple[str, ...], covariates: tuple[str, ...]) -> DesignTerms:
-    """What :func:`theralens.study.aims.design_terms` returns for a patient-level table."""
+def study_terms(level: str, processes: tuple[str, ...], covariates: tuple[str, ...] = ()) -> DesignTerms:
+    """What :func:`theralens.study.aims.design_terms` returns for a ``level`` ("patient" or
+    "session") table of ``processes`` with the default config (``tests/planning/test_fit_design.py``
+    holds them equal)."""
+    if level == "session":
+        comps = {p: {"within_patient": f"{p}_within_patient", "between_patient": f"{p}_between_patient",
+                     "between_therapist": f"{p}_between_therapist"} for p in processes}
+        return DesignTerms(
+            level="session", response="outcome_next", adjust=["outcome", "time", *covariates], processes=processes,
+            within={p: comps[p]["within_patient"] for p in processes},
+            between={p: comps[p]["between_therapist"] for p in processes},
+            components=comps, patient_intercept=True,
+        )
     return DesignTerms(
         level="patient", response="final", adjust=["baseline", *covariates], processes=processes,
         within={p: f"{p}_within" for p in processes}, between={p: f"{p}_between" for p in processes},
@@ -50,8 +69,9 @@ def _terms(processes: tuple[str, ...], covariates: tuple[str, ...]) -> DesignTer
 
 @dataclass(frozen=True)
 class StudyModels:
-    """Formulas of the study's models for ``processes`` (and ``covariates``), and the
-    designs of one data set (:meth:`main_design`, :meth:`reduced_design`, :meth:`moderator_design`).
+    """Formulas of the study's models for ``processes`` (and ``covariates``) at ``level``
+    ("patient" or "session"), and the patient-level designs of one data set
+    (:meth:`main_design`, :meth:`reduced_design`, :meth:`moderator_design`).
 
     ``moderator``: the therapist characteristic of the moderator model (None: no such model).
     """
@@ -59,10 +79,11 @@ class StudyModels:
     processes: tuple[str, ...] = ("alliance", "expectancy")
     covariates: tuple[str, ...] = ()
     moderator: str | None = "self_rated_alliance_skill"
+    level: str = "patient"
     terms: DesignTerms = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "terms", _terms(self.processes, self.covariates))
+        object.__setattr__(self, "terms", study_terms(self.level, self.processes, self.covariates))
 
     # -- formulas (as the study writes them) -----------------------------------------------
     @property
@@ -102,7 +123,7 @@ class StudyModels:
 
     def _design(self, formula: str, a: PatientArrays, X: np.ndarray, names: list[str],
                 slopes: list[str]) -> Design:
-        parsed = _parsed(formula)
+        parsed = parsed_formula(formula)
         cols = [np.ones(a.n)] + [a.within[p] for p in self.processes if f"{p}_within" in slopes]
         term = Term(spec=parsed.random[0], columns=["(Intercept)", *slopes], Z=np.column_stack(cols),
                     name="therapist")

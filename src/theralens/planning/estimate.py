@@ -21,7 +21,7 @@ from theralens.planning.latent import estimate_seconds
 from theralens.planning.replicate import PowerSpec, run_replicate
 from theralens.planning.result import PowerResult, summarise
 from theralens.planning.settings import CELL_FIELDS, design_cells, parse_settings, resolve_overrides
-from theralens.simulation.generate import simulate
+from theralens.simulation.generate import PRESETS, simulate
 
 __all__ = ["power"]
 
@@ -40,6 +40,7 @@ def power(
     moderator_target: str = "within_slope",
     exclude_singular: bool = False,
     decomposition: str = "manifest",
+    design: str | None = None,
     workers: int | None = None,
     scheduler: Any = None,
     progress: bool = True,
@@ -73,6 +74,9 @@ def power(
             latent caseload means and test the within, between and moderator effects with the
             latent ML fit (:mod:`theralens.planning.latent`); its run time is estimated from one
             timed replicate before the run starts and printed with the progress bar.
+        design: ``"patient"`` (the published analysis) or ``"session"`` (the lagged design:
+            data simulated and analysed as :func:`theralens.analyze` does with ``[design]
+            level = "session"``, :mod:`theralens.planning.analysis_table`); None: the preset's.
         workers: local processes (default: all cores; 1 = this process). scheduler: a
             dask.distributed scheduler address or Client (then ``workers`` is ignored).
         progress: show a progress bar on stderr. chunk_size: replicates per task.
@@ -85,15 +89,16 @@ def power(
     if isinstance(nsim, bool) or not isinstance(nsim, int) or nsim < 1:
         raise InputError(f"--nsim {nsim}: give a whole number of replicates, 1 or more (500 or more for a plan)")
     mod_key = (moderator or "self_rated_alliance_skill", moderator_process, moderator_target)
-    resolved = resolve_overrides(preset, parse_settings(settings), mod_key)
+    if design is not None:
+        overrides = {**overrides, "design": design}
+    level = str(overrides.get("design", PRESETS[preset][1].get("design", "patient")) if preset in PRESETS
+                else "patient")
+    resolved = resolve_overrides(preset, parse_settings(settings), mod_key, level)
     for key, value in overrides.items():
         if isinstance(value, Mapping) and isinstance(resolved.get(key), Mapping):
             resolved[key] = {**resolved[key], **value}
         else:
             resolved[key] = value
-    if resolved.get("design", "patient") != "patient":
-        raise InputError("power covers the patient-level design (the published analysis); the session-level "
-                         "design is not supported yet")
     cells = design_cells(preset, therapists, patients_per_therapist, resolved)
     spec = PowerSpec(preset=preset, overrides={k: v for k, v in resolved.items() if k not in CELL_FIELDS},
                      alpha=float(alpha), seed=int(seed), moderator=moderator, moderator_process=moderator_process,

@@ -2,8 +2,8 @@
 
 One line per caseload (patients per therapist) in the Okabe-Ito palette (distinguishable
 with the common colour-vision deficiencies; lines also differ in marker), a band of
-its 95% Wilson score interval around each curve
-(:func:`theralens.planning.result.wilson_interval`: inside [0, 1], not empty at power 0 or 1), a dashed line at 80% power and a dotted one at
+its 95% Wilson score interval around each curve (:func:`theralens.planning.result.wilson_interval`:
+inside [0, 1], not empty at power 0 or 1), a dashed line at 80% power and a dotted one at
 alpha. Cells with failed replicates show their usable share next to the point.
 """
 

@@ -2,19 +2,23 @@
 
 For design cell (J therapists, N patients) and replicate r, the data come from
 :func:`theralens.simulation.generate.simulate` with the seed of (seed, J, N, r)
-(:func:`replicate_seed`), the patient-level table from :mod:`theralens.planning.table`, and the
-models of :mod:`theralens.study.aims` (:mod:`theralens.planning.designs`), fitted by REML with
-the engine (:func:`theralens.model.fit.fit_design`) from lme4's default start, as the study fits them
-(starting the other models from the main model's estimates saves a fifth of the evaluations
-but can end at a worse boundary optimum: seen in testing). Tests at level alpha, as the
-study reports them:
+(:func:`replicate_seed`). The analysis table is the one :func:`theralens.analyze` would build:
+for the patient-level design with the default options from arrays
+(:mod:`theralens.planning.table`, held equal to the pipeline's), for the session-level (lagged)
+design and for other options by the pipeline itself (:mod:`theralens.planning.analysis_table`).
+The models are those of :mod:`theralens.study.aims` (:mod:`theralens.planning.designs`), fitted
+by REML with the engine (:func:`theralens.model.fit.fit_design`) from its default start, as the
+study fits them (starting the other models from the main model's estimates saves a fifth of
+the evaluations but can end at a worse boundary optimum: seen in testing). Tests at level
+alpha, as the study reports them:
 
 - ``slope_variance`` of process p: REML likelihood ratio of ``main`` against the model
   without the slope of p, referred to the chi-bar-square mixture 0.5 chi2(q-1) + 0.5 chi2(q)
   (Self & Liang 1987; Stram & Lee 1994), as :func:`theralens.lrt` computes it
-  (:func:`slope_lrt`), q = 3 random effects here;
-- ``within`` and ``between`` effect of p (g10, g01): t tests with Satterthwaite df in
-  ``main`` (aim 1);
+  (:func:`slope_lrt`), q = the therapist random effects of ``main`` (1 + the processes);
+- ``within`` and ``between`` effect of p (g10, g01; session design: the within-patient and
+  between-therapist components), and in the session design ``between_patient``: t tests with
+  Satterthwaite df in ``main`` (aim 1);
 - ``moderator``: the cross-level interaction of the configured moderator W with the
   configured component (default g11: W x alliance within, the within slope), t test with
   Satterthwaite df in the moderator model (aim 3).
@@ -27,6 +31,7 @@ test is never a non-rejection: it leaves the denominator (:mod:`theralens.planni
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,16 +39,19 @@ from typing import Any
 import numpy as np
 from scipy import special
 
+from theralens.data.config import ColumnsConfig, DesignConfig, StudyConfig
 from theralens.errors import InputError
 from theralens.latent.ml import LatentFit
 from theralens.model.chibar import ChiBarSquare, slope_mixture
+from theralens.model.design import build_design
 from theralens.model.fit import MixedResult, fit_design
-from theralens.planning.designs import StudyModels
+from theralens.planning.analysis_table import analysis_table
+from theralens.planning.designs import StudyModels, parsed_formula
 from theralens.planning.latent import LATENT_KINDS, latent_fit, latent_test
 from theralens.planning.satterthwaite import t_tests
 from theralens.planning.settings import Cell
 from theralens.planning.table import patient_arrays
-from theralens.simulation.generate import MODERATORS, PROCESSES, TARGETS, simulate
+from theralens.simulation.generate import MODERATORS, PRESETS, PROCESSES, TARGETS, simulate
 
 __all__ = ["ERROR", "NONCONVERGED", "OK", "SINGULAR", "ChunkOutcome", "PowerSpec", "ReplicateOutcome", "TestSpec",
            "replicate_seed", "run_chunk", "run_replicate", "slope_lrt"]
@@ -73,7 +81,9 @@ class PowerSpec:
     ``seed``, ``moderator`` (a therapist characteristic or None), ``moderator_process`` and
     ``moderator_target`` (``within_slope`` or ``between_association``), ``exclude_singular``,
     ``decomposition`` (``"latent"``: data from the latent model, within, between and moderator
-    tests from the latent ML fit; :mod:`theralens.planning.latent`).
+    tests from the latent ML fit; :mod:`theralens.planning.latent`), ``config`` (the analysis
+    options of a fitted study, :class:`~theralens.data.config.StudyConfig`; None: the defaults).
+    The design level is the simulation's (``design`` in ``overrides`` or the preset).
     """
 
     preset: str = "coyne2022"
@@ -85,6 +95,7 @@ class PowerSpec:
     moderator_target: str = "within_slope"
     exclude_singular: bool = False
     decomposition: str = "manifest"
+    config: StudyConfig | None = None
 
     def __post_init__(self) -> None:
         if self.decomposition not in ("manifest", "latent"):
@@ -99,22 +110,52 @@ class PowerSpec:
             raise InputError(f"moderator target {self.moderator_target!r}: one of {', '.join(TARGETS)}")
 
     @property
+    def level(self) -> str:
+        """The design: "patient" or "session" (the simulation's ``design``)."""
+        return str({**PRESETS[self.preset][1], **self.overrides}.get("design", "patient"))
+
+    @property
+    def processes(self) -> tuple[str, ...]:
+        return PROCESSES
+
+    @property
     def covariates(self) -> tuple[str, ...]:
         return ("age",) if self.overrides.get("patient_covariates") else ()
 
     @property
+    def analysis_config(self) -> StudyConfig:
+        """The config a replicate is analysed with: ``config`` (or the defaults) with the
+        simulated columns and the simulated design level."""
+        base = self.config or StudyConfig()
+        columns = dataclasses.replace(ColumnsConfig(), process=self.processes, covariates=self.covariates,
+                                      higher_outcome_is=base.columns.higher_outcome_is)
+        design = dataclasses.replace(base.design, level=self.level, decomposition="manifest")
+        return dataclasses.replace(base, columns=columns, design=design)
+
+    @property
+    def from_arrays(self) -> bool:
+        """True when the patient-level table can be built from arrays (default options)."""
+        return self.level == "patient" and self.analysis_config.design == DesignConfig(level="patient")
+
+    @property
     def models(self) -> StudyModels:
-        return StudyModels(processes=PROCESSES, covariates=self.covariates, moderator=self.moderator)
+        return StudyModels(processes=self.processes, covariates=self.covariates, moderator=self.moderator,
+                           level=self.level)
 
     @property
     def tests(self) -> tuple[TestSpec, ...]:
         sm = self.models
+        session = self.level == "session"
         out = []
-        for p in PROCESSES:
+        for p in self.processes:
             out.append(TestSpec("slope_variance", p, sm.terms.within[p], f"therapist slope variance of {p}",
                                 ("main", f"without_slope:{p}")))
-        for p in PROCESSES:
-            out.append(TestSpec("within", p, sm.terms.within[p], f"within-therapist effect of {p}", ("main",)))
+        inside = "within-patient" if session else "within-therapist"
+        for p in self.processes:
+            out.append(TestSpec("within", p, sm.terms.within[p], f"{inside} effect of {p}", ("main",)))
+            if session:
+                out.append(TestSpec("between_patient", p, sm.terms.components[p]["between_patient"],
+                                    f"between-patient effect of {p}", ("main",)))
             out.append(TestSpec("between", p, sm.terms.between[p], f"between-therapist effect of {p}", ("main",)))
         if self.moderator is not None:
             comp = sm.terms.within if self.moderator_target == "within_slope" else sm.terms.between
@@ -164,8 +205,12 @@ class ChunkOutcome:
     cpu_seconds: float = 0.0
 
 
+def _therapist_level(fit: MixedResult) -> Any:
+    return next(lv for lv in fit.design.levels if lv.group == "therapist")
+
+
 def _slope_sd(fit: MixedResult, column: str) -> float:
-    lv = fit.design.levels[0]
+    lv = _therapist_level(fit)
     lam = lv.lambda_matrix(fit.solution.theta)
     cols = [c for t in lv.terms for c in t.columns]
     i = cols.index(column)
@@ -174,11 +219,11 @@ def _slope_sd(fit: MixedResult, column: str) -> float:
 
 def slope_lrt(reduced: MixedResult, main: MixedResult) -> float:
     """p-value of the REML likelihood ratio of ``main`` against ``reduced`` (``main`` without
-    one slope of its correlated block of q random effects): what :func:`theralens.lrt`
+    one slope of its correlated block of q therapist random effects): what :func:`theralens.lrt`
     returns for this pair, the chi-bar-square mixture 0.5 chi2(q - 1) + 0.5 chi2(q)
     (Self & Liang 1987; Stram & Lee 1994), without building its report table."""
     stat = max(float(reduced.reml_criterion) - float(main.reml_criterion), 0.0)
-    return _mixture_sf(slope_mixture(main.design.terms[0].q), stat)
+    return _mixture_sf(slope_mixture(_therapist_level(main).q), stat)
 
 
 def _mixture_sf(mixture: ChiBarSquare, x: float) -> float:
@@ -205,6 +250,31 @@ def _fit(role: str, build: Any, formula: str, fits: dict[str, Any]) -> None:
         fits[role] = exc
 
 
+def _pipeline_fits(spec: PowerSpec, sim: Any, needed: set[str], fits: dict[str, Any]) -> None:
+    """The models of ``spec.tests`` on the pipeline's analysis table of ``sim``
+    (:mod:`theralens.planning.analysis_table`): the session design, or non-default options."""
+    at = analysis_table(sim.sessions, spec.analysis_config)
+    terms = at.terms
+    _fit("main", lambda: build_design(parsed_formula(terms.formula()), at.frame), terms.formula(), fits)
+    if isinstance(fits["main"], MixedResult):
+        for proc in terms.processes:
+            role = f"without_slope:{proc}"
+            if role in needed:
+                formula = terms.formula(slopes=[terms.within[o] for o in terms.processes if o != proc])
+                _fit(role, lambda f=formula: build_design(parsed_formula(f), at.frame), formula, fits)
+    if "moderator" in needed and spec.moderator is not None:
+        try:
+            frame, column = at.with_moderator(sim.therapists, spec.moderator)
+        except Exception as exc:  # counted and reported, never fatal
+            fits["moderator"] = exc
+            return
+        extra = [column]
+        for p in terms.processes:
+            extra += [f"{terms.within[p]}:{column}", f"{terms.between[p]}:{column}"]
+        formula = terms.formula(extra=extra)
+        _fit("moderator", lambda: build_design(parsed_formula(formula), frame), formula, fits)
+
+
 def run_replicate(spec: PowerSpec, cell: Cell, replicate: int,
                   tests: Sequence[TestSpec] | None = None) -> ReplicateOutcome:
     """Replicate ``replicate`` of ``cell``: every test of ``spec.tests`` (or ``tests``)."""
@@ -216,19 +286,32 @@ def run_replicate(spec: PowerSpec, cell: Cell, replicate: int,
     out = ReplicateOutcome(p, est, se, status, singular, messages)
     sm = spec.models
     fits: dict[str, Any] = {}
+    needed = {m for t in tests for m in t.models}
     try:
         sim = simulate(spec.preset, seed=replicate_seed(spec.seed, cell, replicate), n_therapists=cell.n_therapists,
                        n_patients=cell.n_patients, decomposition=spec.decomposition, **spec.overrides)
-        arrays = patient_arrays(sim.sessions, PROCESSES, spec.covariates)
-        main_design = sm.main_design(arrays)
+        if spec.from_arrays:
+            arrays = patient_arrays(sim.sessions, spec.processes, spec.covariates)
+            main_design = sm.main_design(arrays)
+        else:
+            _pipeline_fits(spec, sim, needed, fits)
     except Exception as exc:  # data the study would refuse: every test of the replicate failed
         status[:] = ERROR
         messages.append(("data", f"{type(exc).__name__}: {exc}"))
         return out
-    needed = {m for t in tests for m in t.models}
+    if spec.from_arrays:
+        _array_fits(spec, sim, arrays, main_design, needed, fits)
+    _collect(spec, tests, fits, out)
+    return out
+
+
+def _array_fits(spec: PowerSpec, sim: Any, arrays: Any, main_design: Any, needed: set[str],
+                fits: dict[str, Any]) -> None:
+    """The models of ``spec.tests`` on the patient-level designs built from arrays."""
+    sm = spec.models
     _fit("main", lambda: main_design, sm.main_formula, fits)
     if isinstance(fits["main"], MixedResult):
-        for proc in PROCESSES:
+        for proc in spec.processes:
             role = f"without_slope:{proc}"
             if role in needed:
                 _fit(role, lambda proc=proc: sm.reduced_design(arrays, proc, main_design), sm.reduced_formula(proc),
@@ -240,9 +323,14 @@ def run_replicate(spec: PowerSpec, cell: Cell, replicate: int,
         mod_values = None if spec.moderator is None else _moderator_values(sim.therapists, spec.moderator,
                                                                            arrays.therapist_ids)
         try:
-            fits["latent"] = latent_fit(arrays, PROCESSES, spec.covariates, mod_values, spec.moderator)
+            fits["latent"] = latent_fit(arrays, spec.processes, spec.covariates, mod_values, spec.moderator)
         except Exception as exc:  # counted and reported, never fatal
             fits["latent"] = exc
+
+
+def _collect(spec: PowerSpec, tests: Sequence[TestSpec], fits: dict[str, Any], out: ReplicateOutcome) -> None:
+    """Each test's p-value, estimate and SE from the fits (or why it has none), into ``out``."""
+    p, est, se, status, singular, messages = out.p, out.estimate, out.se, out.status, out.singular, out.messages
     for role, f in fits.items():
         if not isinstance(f, (MixedResult, LatentFit)):
             messages.append((role, f"{type(f).__name__}: {f}"))
@@ -289,7 +377,6 @@ def run_replicate(spec: PowerSpec, cell: Cell, replicate: int,
         if status[i] == OK and not np.isfinite(p[i]):
             status[i] = ERROR
             messages.append((t.kind, "the test gave no p-value (not finite)"))
-    return out
 
 
 def run_chunk(spec: PowerSpec, cells: Sequence[Cell], cell: int, start: int, stop: int) -> ChunkOutcome:

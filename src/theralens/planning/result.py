@@ -13,9 +13,10 @@ JASA 22:209; docs/power.md), with z = 1.96 and n = n_usable,
 
 which, unlike power +- z MC SE, stays inside [0, 1] and has width above zero when no
 replicate, or every replicate, rejects (at power 0 it is [0, z^2 / (n + z^2)]). The
-interval is drawn as the band in the figure and printed in the summary. A failed replicate is left out of the denominator, never counted as a
-non-rejection, and every failure is counted by reason (``n_errors``, ``n_nonconverged``,
-``n_singular_excluded``) beside the share of usable replicates (``usable_share``).
+interval is drawn as the band in the figure and printed in the summary. A failed replicate
+is left out of the denominator, never counted as a non-rejection, and every failure is
+counted by reason (``n_errors``, ``n_nonconverged``, ``n_singular_excluded``) beside the
+share of usable replicates (``usable_share``).
 """
 
 from __future__ import annotations
@@ -74,11 +75,17 @@ def wilson_interval(rejections: int | np.ndarray, n_usable: int | np.ndarray,
     return low, high
 
 
+#: The truth's component of each fixed-effect test, per design level.
+COMPONENTS = {"patient": {"within": "within_therapist", "between": "between_therapist"},
+              "session": {"within": "within_patient", "between_patient": "between_patient",
+                          "between": "between_therapist"}}
+
+
 def _true_value(t: TestSpec, truth: dict[str, Any], spec: PowerSpec) -> float:
     if t.kind == "slope_variance":  # the main model has no moderator: the marginal slope SD
         return float(truth["slope_sd_marginal"][t.process])
-    if t.kind in ("within", "between"):
-        comp = "within_therapist" if t.kind == "within" else "between_therapist"
+    if t.kind != "moderator":
+        comp = COMPONENTS[spec.level][t.kind]
         return float(next(e["estimate"] for e in truth["effects"] if e["process"] == t.process
                           and e["component"] == comp))
     return float(next(m["estimate"] for m in truth["moderators"] if m["moderator"] == spec.moderator
@@ -196,8 +203,10 @@ class PowerResult:
             "cells": [{"n_therapists": c.n_therapists, "patients_per_therapist": c.patients_per_therapist,
                        "n_patients": c.n_patients} for c in self.cells],
             "seconds": round(self.seconds, 3), "execution": self.execution,
-            "design": "patient level (residualized change), manifest decomposition, REML; slope variances by "
-                      "chi-bar-square LRT, fixed effects by t tests with Satterthwaite df",
+            "design": s.level,
+            "analysis": ("patient level (residualized change)" if s.level == "patient" else
+                         "session level (lagged outcome)") + ", manifest decomposition, REML; slope variances by "
+                        "chi-bar-square LRT, fixed effects by t tests with Satterthwaite df",
         })
 
     def to_json(self) -> str:
@@ -216,6 +225,9 @@ class PowerResult:
         ]
         if s.overrides:
             lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in _plain(s.overrides).items()))
+        lines.append(f"Design: {s.level} level" + (" (lagged: the outcome at the next assessment, adjusted for the "
+                                                    "current one)" if s.level == "session" else
+                                                    " (residualized change)"))
         lines.append("Cells: therapists x patients per therapist; each entry: power [95% Wilson interval] "
                      "{usable share when below 100%}")
         t = self.table

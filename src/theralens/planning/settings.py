@@ -17,6 +17,7 @@ field (``residual_sd=0.5``; per-process fields take ``field.process``:
 ``moderator_effects.W.P.TARGET``                any cross-level effect (TARGET within_slope
                                                 or between_association)
 ``therapist_intercept_sd``                      SD of the therapist intercepts u0j
+``between_patient.P``                           between-patient effect of P (session design)
 ``therapist_icc``                               ICC of the adjusted outcome,
                                                 Var(u0j) / (Var(u0j) + residual_sd^2)
 ``process_icc.P``                               ICC of patients' P scores,
@@ -24,6 +25,13 @@ field (``residual_sd=0.5``; per-process fields take ``field.process``:
 ``sessions``                                    most sessions per patient (max_sessions)
 ``dropout``                                     dropout hazard per session (dropout_hazard)
 ==============================================  =============================================
+
+With the session-level (lagged) design (``design="session"``, ``--design session``) the
+shorthands name that design's parameters: ``within.P`` the within-patient effect
+(``session_within_patient``), ``between.P`` the between-therapist one
+(``session_between_therapist``), ``between_patient.P``, ``slope_sd.P``, ``residual_sd``,
+``within_x_between.P`` and ``moderator_effect(s)`` likewise (``session_*``), and
+``therapist_icc`` is taken against ``session_residual_sd``.
 
 VALUE is a number, ``none`` (e.g. ``caseload_shape=none``: equal caseloads) or
 ``true``/``false``. The numbers of therapists and patients are not settings: they are the
@@ -47,12 +55,19 @@ SHORTHANDS = {
     "sessions": "max_sessions",
     "dropout": "dropout_hazard",
 }
+#: The session design's parameter behind each shorthand (module docstring).
+SESSION_FIELDS = {
+    "within": "session_within_patient", "between": "session_between_therapist",
+    "between_patient": "session_between_patient", "slope_sd": "session_slope_sd",
+    "within_x_between": "session_within_x_between", "residual_sd": "session_residual_sd",
+    "moderator_effects": "session_moderator_effects", "intercept": "session_intercept",
+}
 #: Set by the design cells, never by a setting.
 CELL_FIELDS = ("n_therapists", "n_patients")
 _FIELDS = {f.name: f for f in dataclasses.fields(SimulationParameters)}
 _PER_PROCESS = {name for name, value in dataclasses.asdict(SimulationParameters()).items()
                 if isinstance(value, dict) and set(value) == set(PROCESSES)}
-_KNOWN = sorted(set(_FIELDS) - set(CELL_FIELDS)) + sorted(SHORTHANDS) + [
+_KNOWN = sorted(set(_FIELDS) - set(CELL_FIELDS)) + sorted(SHORTHANDS) + ["between_patient.alliance",
     "moderator_effect", "therapist_icc", "process_icc.alliance", "process_icc.expectancy",
     *[f"{f}.{p}" for f in sorted(_PER_PROCESS) for p in PROCESSES],
 ]
@@ -124,6 +139,7 @@ def resolve_overrides(
     preset: str,
     settings: Mapping[str, Any],
     moderator: tuple[str, str, str],
+    design: str = "patient",
 ) -> dict[str, Any]:
     """Turn parsed settings into keyword overrides of :func:`theralens.simulation.generate.simulate`.
 
@@ -135,25 +151,31 @@ def resolve_overrides(
         match = closest(preset, list(PRESETS))
         hint = f' (did you mean "{match}"?)' if match else ""
         raise InputError(f"unknown preset {preset!r}{hint}; available: {', '.join(PRESETS)}")
+    if design not in ("patient", "session"):
+        raise InputError(f'--design {design}: use "patient" or "session"')
+    session = design == "session"
     out: dict[str, Any] = {}
     deferred: list[tuple[str, Any]] = []
     for name, value in settings.items():
         field, _, rest = name.partition(".")
         field = SHORTHANDS.get(field, field)
+        if session:
+            field = SESSION_FIELDS.get(field, field)
         if field in CELL_FIELDS:
             raise InputError(f"--set {name}: the numbers of therapists and patients are the design cells; "
                              "use --therapists and --patients-per-therapist")
         if field in ("therapist_icc", "process_icc"):
             deferred.append((name, value))
         elif field == "moderator_effect" and not rest:
-            out.setdefault("moderator_effects", {})[moderator] = _number(name, value)
-        elif field == "moderator_effects" and rest:
+            key = "session_moderator_effects" if session else "moderator_effects"
+            out.setdefault(key, {})[moderator] = _number(name, value)
+        elif field in ("moderator_effects", "session_moderator_effects") and rest:
             parts = tuple(rest.split("."))
             if len(parts) != 3 or parts[0] not in MODERATORS or parts[1] not in PROCESSES or parts[2] not in TARGETS:
                 raise InputError(f"--set {name}: write moderator_effects.MODERATOR.PROCESS.TARGET with MODERATOR in "
                                  f"{', '.join(MODERATORS)}, PROCESS in {', '.join(PROCESSES)}, TARGET in "
                                  f"{', '.join(TARGETS)}")
-            out.setdefault("moderator_effects", {})[parts] = _number(name, value)
+            out.setdefault(field, {})[parts] = _number(name, value)
         elif field in _PER_PROCESS:
             if rest not in PROCESSES:
                 raise InputError(f"--set {name}: {field} is set per process: {field}.alliance or {field}.expectancy")
@@ -176,16 +198,14 @@ def resolve_overrides(
             icc = _number(name, value, 0.0, 0.99)
             ratio = math.sqrt(icc / (1.0 - icc))
             if name == "therapist_icc":
-                out["therapist_intercept_sd"] = ratio * float(out.get("residual_sd", base.residual_sd))
+                resid = "session_residual_sd" if session else "residual_sd"
+                out["therapist_intercept_sd"] = ratio * float(out.get(resid, getattr(base, resid)))
             else:
                 proc = name.partition(".")[2]
                 if proc not in PROCESSES:
                     raise InputError(f"--set {name}: write process_icc.alliance or process_icc.expectancy")
                 sd_patient = {**base.process_sd_patient, **out.get("process_sd_patient", {})}[proc]
                 out.setdefault("process_sd_therapist", {})[proc] = ratio * float(sd_patient)
-    if out.get("design", "patient") != "patient":
-        raise InputError("power covers the patient-level design (the published analysis); the session-level "
-                         "design is not supported yet")
     return out
 
 
