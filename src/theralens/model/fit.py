@@ -4,12 +4,14 @@
     fit.summary()
 
 Estimation: REML by default (Bates et al. 2015, JSS 67(1)); fixed-effect tests use
-Satterthwaite degrees of freedom as lmerTest does (Kuznetsova et al. 2017, JSS 82(13)).
+Satterthwaite degrees of freedom as lmerTest does (Kuznetsova et al. 2017, JSS 82(13)), or
+another ``ddf`` (:mod:`theralens.model.ddf`): ``"kenward-roger"`` (Kenward & Roger 1997, as
+pbkrtest; :mod:`theralens.model.kenward_roger`), ``"residual"`` or ``"asymptotic"``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -19,8 +21,10 @@ from scipy import stats
 from theralens.display import Summary
 from theralens.errors import InputError
 from theralens.model.criterion import NestedCriterion, Solution, criterion_from_profile
+from theralens.model.ddf import check_ddf, ddf_label, ddf_method_line
 from theralens.model.design import Design, build_design, colmajor_tril, group_labels, model_matrix_like
 from theralens.model.formula import ParsedFormula, parse_formula
+from theralens.model.kenward_roger import KenwardRoger, kenward_roger
 from theralens.model.optimize import OptimizerRecord, minimize_theta
 from theralens.model.satterthwaite import satterthwaite
 from theralens.model.stats import SufficientStats
@@ -38,11 +42,17 @@ class MixedResult:
     - ``formula``, ``reml`` (bool), ``nobs``, ``ngroups`` (dict: grouping factor -> count),
       ``n_dropped`` (rows dropped for missing values), ``dropped_columns`` (aliased
       fixed-effect columns dropped, as lme4 does), ``notes``.
-    - ``fixed_effects``, ``std_errors``, ``df`` (Satterthwaite), ``t_values``, ``p_values``
-      (pandas Series indexed by lme4 coefficient names; statsmodels' names ``params``,
-      ``bse``, ``tvalues``, ``pvalues`` are the same Series) and ``conf_int(level)`` (Wald
-      intervals with the Satterthwaite t quantile, columns ``2.5 %`` / ``97.5 %`` as lme4's
-      ``confint``); ``vcov`` (DataFrame).
+    - ``ddf``: the degrees-of-freedom method of the tests (:mod:`theralens.model.ddf`:
+      ``"satterthwaite"``, ``"kenward-roger"``, ``"residual"``, ``"asymptotic"``);
+      ``with_ddf(method)`` is the same fit with another method, without refitting.
+    - ``fixed_effects``, ``std_errors``, ``df``, ``t_values``, ``p_values`` (pandas Series
+      indexed by lme4 coefficient names, by the ``ddf`` method: with Kenward-Roger the SEs are
+      the adjusted ones, as lmerTest's ``summary(m, ddf = "Kenward-Roger")``; statsmodels'
+      names ``params``, ``bse``, ``tvalues``, ``pvalues`` are the same Series) and
+      ``conf_int(level)`` (Wald intervals with the t quantile of ``df``, columns ``2.5 %`` /
+      ``97.5 %`` as lme4's ``confint``); ``vcov`` (DataFrame: lme4's unadjusted ``vcov(m)``
+      whatever ``ddf``), ``vcov_adjusted`` (Kenward-Roger's, pbkrtest's ``vcovAdj(m)``) and
+      ``kenward_roger`` (:class:`~theralens.model.kenward_roger.KenwardRoger`, its pieces).
     - ``varcorr``: DataFrame in the layout of ``as.data.frame(VarCorr(m))`` (grp, var1, var2,
       vcov, sdcor); ``sigma``; ``theta`` (Series with lme4's names).
     - ``reml_criterion`` (lme4's REMLcrit; REML fits), ``deviance`` (ML deviance at the
@@ -63,6 +73,12 @@ class MixedResult:
     optimizer: OptimizerRecord
     notes: list[str] = field(default_factory=list)
     data: pd.DataFrame | None = field(default=None, repr=False)
+    ddf: str = "satterthwaite"
+
+    def __post_init__(self) -> None:
+        self.ddf = check_ddf(self.ddf)
+        if self.ddf == "kenward-roger" and not self.reml:
+            raise InputError(_KR_NEEDS_REML)
 
     # -- sizes ------------------------------------------------------------------------------
     @property
@@ -98,9 +114,37 @@ class MixedResult:
         inv = solve_triangular(RX, np.eye(RX.shape[0]), lower=True)
         return pd.DataFrame(self.sigma**2 * inv.T @ inv, index=self.fixed_names, columns=self.fixed_names)
 
+    @cached_property
+    def kenward_roger(self) -> KenwardRoger:
+        """The Kenward-Roger pieces of this REML fit (:mod:`theralens.model.kenward_roger`)."""
+        if not self.reml:
+            raise InputError(_KR_NEEDS_REML)
+        with one_blas_thread():
+            return kenward_roger(self.criterion.stats, self.solution.theta, self.solution.sigma2,
+                                 self.vcov.to_numpy())
+
+    @property
+    def vcov_adjusted(self) -> pd.DataFrame:
+        """Kenward & Roger's (1997) adjusted covariance of the fixed effects (pbkrtest's ``vcovAdj``)."""
+        return pd.DataFrame(self.kenward_roger.vcov_adjusted, index=self.fixed_names, columns=self.fixed_names)
+
+    def _test_vcov(self) -> np.ndarray:
+        """The covariance the tests use: Kenward-Roger's adjusted one with that method, else vcov."""
+        return self.kenward_roger.vcov_adjusted if self.ddf == "kenward-roger" else self.vcov.to_numpy()
+
+    def with_ddf(self, ddf: str) -> MixedResult:
+        """This fit with tests by another degrees-of-freedom method (no refit; what has been
+        computed for the other methods is shared)."""
+        method = check_ddf(ddf)
+        other = replace(self, ddf=method, notes=list(self.notes))
+        for cached in ("vcov", "_satterthwaite", "kenward_roger"):
+            if cached in self.__dict__:
+                other.__dict__[cached] = self.__dict__[cached]
+        return other
+
     @property
     def std_errors(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self.fixed_names, name="std_error")
+        return pd.Series(np.sqrt(np.diag(self._test_vcov())), index=self.fixed_names, name="std_error")
 
     @cached_property
     def _satterthwaite(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,7 +161,17 @@ class MixedResult:
 
     @property
     def df(self) -> pd.Series:
-        return pd.Series(self._satterthwaite[0], index=self.fixed_names, name="df")
+        """Denominator df of each coefficient's t-test, by the ``ddf`` method."""
+        k = len(self.fixed_names)
+        if self.ddf == "satterthwaite":
+            values = self._satterthwaite[0]
+        elif self.ddf == "kenward-roger":
+            values = self.kenward_roger.coefficient_df()
+        elif self.ddf == "residual":
+            values = np.full(k, float(self.nobs - k))
+        else:
+            values = np.full(k, np.inf)
+        return pd.Series(values, index=self.fixed_names, name="df")
 
     @property
     def t_values(self) -> pd.Series:
@@ -129,7 +183,8 @@ class MixedResult:
         return pd.Series(2 * stats.t.sf(np.abs(t), self.df.to_numpy()), index=self.fixed_names, name="p_value")
 
     def conf_int(self, level: float = 0.95) -> pd.DataFrame:
-        """Wald intervals estimate +- t_{df}(1 - (1 - level)/2) * SE with Satterthwaite df.
+        """Wald intervals estimate +- t_{df}(1 - (1 - level)/2) * SE with the ``ddf`` method's
+        df and SE (normal quantiles for ``"asymptotic"``).
 
         Columns are named as lme4's ``confint`` names them: ``2.5 %`` and ``97.5 %`` at level
         0.95, ``5 %`` and ``95 %`` at 0.90. ``level`` is the coverage, not statsmodels' alpha.
@@ -160,7 +215,8 @@ class MixedResult:
         return self.p_values
 
     def contrast(self, L: np.ndarray | dict[str, float]) -> dict[str, float]:
-        """Estimate, SE, Satterthwaite df, t and p of the 1-df contrast L' beta."""
+        """Estimate, SE, df, t and p of the 1-df contrast L' beta by the ``ddf`` method (with
+        Kenward-Roger: the adjusted SE and pbkrtest's ``Lb_ddf``)."""
         from theralens.model.satterthwaite import contrast_df
 
         if isinstance(L, dict):
@@ -169,11 +225,17 @@ class MixedResult:
                 vec[self.fixed_names.index(name)] = w
             L = vec
         L = np.asarray(L, dtype=float)
-        C = self.vcov.to_numpy()
         est = float(L @ self.solution.beta)
-        se = float(np.sqrt(L @ C @ L))
-        _, A, jac = self._satterthwaite
-        df = contrast_df(L, C, A, jac)
+        se = float(np.sqrt(L @ self._test_vcov() @ L))
+        if self.ddf == "satterthwaite":
+            _, A, jac = self._satterthwaite
+            df = contrast_df(L, self.vcov.to_numpy(), A, jac)
+        elif self.ddf == "kenward-roger":
+            df = self.kenward_roger.contrast_df(L)
+        elif self.ddf == "residual":
+            df = float(self.nobs - len(self.fixed_names))
+        else:
+            df = float("inf")
         t = est / se
         return {"estimate": est, "se": se, "df": df, "t": t, "p": float(2 * stats.t.sf(abs(t), df))}
 
@@ -215,6 +277,77 @@ class MixedResult:
                     rows.append({"grp": name, "var1": cols[j], "var2": cols[i], "vcov": cov[i, j], "sdcor": corr})
         rows.append({"grp": "Residual", "var1": None, "var2": None, "vcov": self.sigma**2, "sdcor": self.sigma})
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+
+    def conf_int_varcorr(
+        self,
+        level: float = 0.95,
+        method: str = "profile",
+        *,
+        rows: list[tuple[str, str | None, str | None]] | None = None,
+        nsim: int = 1000,
+        seed: int | None = None,
+        progress: bool = True,
+    ) -> pd.DataFrame:
+        """Intervals for every random-effect SD and correlation and the residual SD, in the
+        layout of :attr:`varcorr` (``grp``, ``var1``, ``var2``, ``sdcor`` = the estimate, then
+        the bounds named as lme4's ``confint`` names them: ``2.5 %``, ``97.5 %`` at 0.95).
+
+        - ``method="profile"``: profile-likelihood intervals as lme4's ``confint(m, method =
+          "profile")`` (:mod:`theralens.model.profile`). As lme4 does, the likelihood profiled is
+          the ML one, also for a REML fit (lme4 refits by ML first), so the bounds are those of
+          lme4 while ``sdcor`` stays this fit's estimate. A bound not reached inside the parameter
+          space is its edge (0 for an SD, -1 or 1 for a correlation).
+        - ``method="bootstrap"``: parametric-bootstrap percentile intervals (lme4's ``method =
+          "boot"``, :mod:`theralens.model.bootstrap`): ``nsim`` responses drawn from this fit, each
+          refitted as this fit was (REML or ML), with a progress bar (``progress``) and ``seed``;
+          refits that do not converge are left out and counted in ``attrs["failed"]``.
+
+        ``rows`` restricts the result to some (grp, var1, var2) rows (e.g. ``[("therapist",
+        "alliance", None)]`` for one slope SD): a profile is then computed for those alone.
+        """
+        from theralens.model.profile import profile_intervals, varcorr_parameters
+
+        if not 0 < level < 1:
+            raise InputError(f"conf_int_varcorr: level must lie between 0 and 1 (got {level}); e.g. 0.95")
+        methods = ("profile", "bootstrap")
+        if method not in methods:
+            raise InputError(f"conf_int_varcorr: method must be one of {', '.join(methods)} (got {method!r})")
+        every = varcorr_parameters(self.design)  # the rows of varcorr, in its order
+        params = every
+        if rows is not None:
+            keys = {(p.grp, p.var1, p.var2): p for p in every}
+            missing = [r for r in rows if tuple(r) not in keys]
+            if missing:
+                known = "; ".join(str((p.grp, p.var1, p.var2)) for p in every)
+                raise InputError(f"conf_int_varcorr: no variance component {missing[0]} in this model; it has {known}")
+            params = [keys[tuple(r)] for r in rows]  # type: ignore[index]
+        idx = [every.index(p) for p in params]
+        low, high = (f"{np.format_float_positional(100 * a, precision=10, trim='-')} %"
+                     for a in ((1 - level) / 2, (1 + level) / 2))
+        frame = pd.DataFrame({"grp": [p.grp for p in params], "var1": pd.Series([p.var1 for p in params], dtype=object),
+                              "var2": pd.Series([p.var2 for p in params], dtype=object),
+                              "sdcor": self.varcorr["sdcor"].to_numpy()[idx]})
+        with one_blas_thread():
+            if method == "profile":
+                ml = self if not self.reml else _fit_criterion(self.criterion, self.formula, False,
+                                                               self.solution.theta, self.design)
+                prof = profile_intervals(ml.criterion, ml.solution.theta, ml.sigma, False, level, params)
+                frame[low], frame[high] = prof[low].to_numpy(), prof[high].to_numpy()
+                frame.attrs.update(method="profile", level=level, likelihood="ML")
+                return frame
+            from theralens.model.bootstrap import bootstrap_statistics, percentile_bounds
+
+            def statistic(d: Design) -> np.ndarray | None:
+                refit = fit_design(d, self.formula, reml=self.reml, start=self.solution.theta)
+                return refit.varcorr["sdcor"].to_numpy()[idx] if refit.converged else None
+
+            samples, failed = bootstrap_statistics(self._rows(), self.solution.beta, self.solution.theta,
+                                                   self.sigma, statistic, nsim, seed, progress)
+            lo, hi = percentile_bounds(samples, level)
+            frame[low] = lo if len(lo) else np.nan
+            frame[high] = hi if len(hi) else np.nan
+            frame.attrs.update(method="bootstrap", level=level, nsim=nsim, failed=failed, seed=seed)
+            return frame
 
     # -- criteria ---------------------------------------------------------------------------
     @property
@@ -371,7 +504,7 @@ class MixedResult:
         ``fixed_effects`` (the coefficient table) as DataFrames, ``as_html()`` the notebook view."""
         method = "REML" if self.reml else "maximum likelihood"
         lines = [
-            f"Linear mixed model fit by {method}. t-tests use Satterthwaite's method [theralens]",
+            f"Linear mixed model fit by {method}. {ddf_method_line(self.ddf)} [theralens]",
             f"Formula: {self.formula}",
             "",
         ]
@@ -406,7 +539,7 @@ class MixedResult:
         tables = {"fit": self._fit_table(), "groups": pd.DataFrame({"groups": self.ngroups}),
                   "random_effects": self.varcorr, "fixed_effects": self.coef_table()}
         head = [*self._status_lines()[1:], *self.optimizer.messages, *self.notes]
-        return Summary(f"Linear mixed model fit by {method} (t-tests: Satterthwaite)", "\n".join(lines), tables,
+        return Summary(f"Linear mixed model fit by {method} (t-tests: {ddf_label(self.ddf)})", "\n".join(lines), tables,
                        head, index={"fit": False, "random_effects": False})
 
     def _fit_table(self) -> pd.DataFrame:
@@ -446,19 +579,23 @@ def fit_mixed(
     data: pd.DataFrame,
     reml: bool = True,
     start: np.ndarray | None = None,
+    ddf: str = "satterthwaite",
 ) -> MixedResult:
     """Fit a linear mixed model with nested random effects, written in lme4 syntax.
 
     Supported random parts: ``(1 | g)``, ``(1 + x | g)``, ``(0 + x | g)``, ``(x || g)``,
     ``(1 | a/b)`` and ``(1 | a:b)``, nested up to any depth. Crossed grouping factors raise
     :class:`~theralens.errors.ModelSpecError`. Rows with missing values in used columns are
-    dropped and counted (``n_dropped``). REML by default; ``reml=False`` for ML. Runs with one
-    BLAS thread (:mod:`theralens.model.threads`: faster for the engine's small blocks).
+    dropped and counted (``n_dropped``). REML by default; ``reml=False`` for ML. ``ddf``: the
+    df method of the fixed-effect tests (:mod:`theralens.model.ddf`: ``"satterthwaite"``,
+    ``"kenward-roger"`` (REML only, as lmerTest), ``"residual"``, ``"asymptotic"``). Runs with
+    one BLAS thread (:mod:`theralens.model.threads`: faster for the engine's small blocks).
     """
+    _check_ddf_for(ddf, reml)
     parsed = parse_formula(formula)
     with one_blas_thread():
         design = build_design(parsed, data)
-        fit = fit_design(design, formula, reml=reml, start=start)
+        fit = fit_design(design, formula, reml=reml, start=start, ddf=ddf)
     fit.data = data
     if design.n_dropped:
         fit.notes.append(f"{design.n_dropped} rows with missing values were dropped")
@@ -467,27 +604,33 @@ def fit_mixed(
     return fit
 
 
-def fit_design(design: Design, formula: str, reml: bool = True, start: np.ndarray | None = None) -> MixedResult:
+def fit_design(design: Design, formula: str, reml: bool = True, start: np.ndarray | None = None,
+               ddf: str = "satterthwaite") -> MixedResult:
     """Fit a ready :class:`~theralens.model.design.Design` (lme4's ``mkLmerDevfun`` ->
     ``optimizeLmer`` -> ``mkMerMod`` after ``lFormula``): criterion from the sufficient
     statistics, BFGS on the analytic gradient (BOBYQA as fallback) from ``start``, by default
     from moment estimates (:func:`moment_start`) or else lme4's start, then the solution.
 
     :func:`fit_mixed` is ``build_design`` followed by this step; designs built from arrays
-    (the power simulations) call it directly. ``formula`` is kept in the result.
+    (the power simulations) call it directly. ``formula`` is kept in the result; ``ddf`` as in
+    :func:`fit_mixed`.
     """
+    _check_ddf_for(ddf, reml)
     with one_blas_thread():
-        return _fit_criterion(NestedCriterion(design), formula, reml, start, design)
+        return _fit_criterion(NestedCriterion(design), formula, reml, start, design, ddf=ddf)
 
 
-def fit_stats(stats: SufficientStats, reml: bool = True, start: np.ndarray | None = None) -> MixedResult:
+def fit_stats(stats: SufficientStats, reml: bool = True, start: np.ndarray | None = None,
+              ddf: str = "satterthwaite") -> MixedResult:
     """Fit from sufficient statistics alone (:class:`~theralens.model.stats.SufficientStats`:
     from a frame, from arrays, or summed over parts of the data), with the same criterion,
-    optimizer, Satterthwaite df and likelihood-ratio tests as :func:`fit_mixed` (which is
-    statistics from the rows followed by this fit). Aliased fixed-effect columns of the whole
-    data are dropped first, as lme4 drops them. The result has no rows: ``fitted()`` and
-    ``residuals()`` raise :class:`~theralens.errors.InputError`.
+    optimizer, df methods (``ddf``; Kenward-Roger too: it needs only the statistics) and
+    likelihood-ratio tests as :func:`fit_mixed` (which is statistics from the rows followed by
+    this fit). Aliased fixed-effect columns of the whole data are dropped first, as lme4 drops
+    them. The result has no rows: ``fitted()`` and ``residuals()`` raise
+    :class:`~theralens.errors.InputError`.
     """
+    _check_ddf_for(ddf, reml)
     whole = stats.without_aliased()
     if whole.n <= whole.k:
         raise InputError(f"only {whole.n} rows in the statistics for {whole.k} fixed effects "
@@ -495,7 +638,7 @@ def fit_stats(stats: SufficientStats, reml: bool = True, start: np.ndarray | Non
                          "add data or drop predictors")
     formula = whole.formula.text if whole.formula is not None else ""
     with one_blas_thread():
-        fit = _fit_criterion(NestedCriterion(whole), formula, reml, start, whole)
+        fit = _fit_criterion(NestedCriterion(whole), formula, reml, start, whole, ddf=ddf)
     if whole.n_dropped:
         fit.notes.append(f"{whole.n_dropped} rows with missing values were dropped")
     if whole.dropped_columns:
@@ -503,8 +646,18 @@ def fit_stats(stats: SufficientStats, reml: bool = True, start: np.ndarray | Non
     return fit
 
 
+_KR_NEEDS_REML = ("Kenward-Roger degrees of freedom are defined for REML fits only (as in lmerTest): fit with "
+                  "reml=True, or choose ddf='satterthwaite' for an ML fit")
+
+
+def _check_ddf_for(ddf: str, reml: bool) -> None:
+    """Refuse an unknown ``ddf`` or Kenward-Roger with ML before any fitting."""
+    if check_ddf(ddf) == "kenward-roger" and not reml:
+        raise InputError(_KR_NEEDS_REML)
+
+
 def _fit_criterion(crit: NestedCriterion, formula: str, reml: bool, start: np.ndarray | None,
-                   rows: Design | SufficientStats) -> MixedResult:
+                   rows: Design | SufficientStats, ddf: str = "satterthwaite") -> MixedResult:
     """Optimise the criterion and build the result (the step every fit entry shares); ``rows``
     is what the result keeps as its ``design``."""
     design = crit.design
@@ -519,7 +672,7 @@ def _fit_criterion(crit: NestedCriterion, formula: str, reml: bool, start: np.nd
                          fg=lambda th: crit.value_and_gradient(th, reml))
     sol = crit.solve(rec.final, reml)
     return MixedResult(formula=formula, reml=reml, design=rows, criterion=crit, solution=sol,
-                       optimizer=rec, notes=[], data=None)
+                       optimizer=rec, notes=[], data=None, ddf=ddf)
 
 
 START_RANGE = (0.3, 3.0)  # moment-based starting diagonals of Lambda, on the scaled parameters

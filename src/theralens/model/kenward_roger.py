@@ -1,0 +1,309 @@
+"""Kenward-Roger small-sample inference for the fixed effects, as pbkrtest 0.5 computes it.
+
+Kenward & Roger (1997), Biometrics 53:983-997, in the form of Halekoh & Hojsgaard (2014),
+JSS 59(9), sec. 3 (pbkrtest's ``vcovAdj`` and ``Lb_ddf``). The marginal covariance of y is
+written linearly in the covariance parameters ggamma,
+
+    Sigma = sum_r ggamma_r G_r,
+
+with, per random-effect term (lme4 order), the lower triangle of its covariance matrix in
+column-major order (G_r = Z_i Z_j' + Z_j Z_i' for a covariance, Z_i Z_i' for a variance, summed
+over the term's groups) and last the residual variance (G = I). With Phi = Var(beta_hat) of the
+REML fit (lme4's ``vcov``):
+
+    P_r   = -X' Sigma^-1 G_r Sigma^-1 X
+    Q_rs  =  X' Sigma^-1 G_r Sigma^-1 G_s Sigma^-1 X
+    IE2_rs = tr(Sigma^-1 G_r Sigma^-1 G_s) - 2 tr(Phi Q_rs) + tr(Phi P_r Phi P_s)   (expected REML information)
+    W     = 2 IE2^-1   (Moore-Penrose inverse when min |eigenvalue| of IE2 <= 1e-10)
+    U     = sum_rs W_rs (Q_rs - P_r Phi P_s)
+    Phi_A = Phi + 2 Phi U Phi                                                    (eq. 3 of K&R 1997, R_ij = 0)
+
+and the denominator df of a contrast L (q rows) from A1, A2, B, g, c1..c3 and rho (K&R 1997,
+sec. 4; pbkrtest ``Lb_ddf``, which uses V0 = Phi): ddf = 4 + (q + 2) / (q rho - 1).
+
+Sigma is block diagonal over the outermost grouping factor (therapists, say), so nothing here
+is n x n: with the Woodbury identity Sigma_g^-1 = sigma^-2 (I - Z_g B Z_g'), B = Lambda (Lambda'
+Z_g'Z_g Lambda + I)^-1 Lambda', every term above is a function of the per-block cross-products
+Z_g'Z_g and Z_g'X, the total X'X and n, which the sufficient statistics hold
+(:class:`~theralens.model.stats.SufficientStats`; engine.md). A block's random-effect columns are
+laid out as a regular tree (a slot for every possible child, empty slots have zero cross-products
+and add nothing), so that all blocks share one layout and are computed as one batch. The cost
+grows with blocks x (random effects per block)^3, not with rows.
+
+Kenward-Roger is defined for REML fits: lmerTest refuses it for ML fits ("only available for
+REML model fits") and so does :func:`theralens.model.fit.fit_mixed`; pbkrtest would refit with
+REML instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from theralens.model.stats import SufficientStats
+
+__all__ = ["KenwardRoger", "kenward_roger", "lb_ddf", "parameter_names"]
+
+SINGULAR_INFORMATION = 1e-10  # pbkrtest: ginv(IE2) instead of solve(IE2) at or below this min |eigenvalue|
+_ZERO = 1e-14  # pbkrtest's .divZero tolerance (0/0 taken as 1)
+
+
+@dataclass
+class KenwardRoger:
+    """The Kenward-Roger pieces of one REML fit (module docstring for the formulas).
+
+    - ``vcov_adjusted`` (k, k): Phi_A, pbkrtest's ``vcovAdj``; ``vcov`` (k, k): Phi.
+    - ``P`` (R, k, k), ``W`` (R, R) = 2 IE2^-1, ``information`` (R, R) = IE2, over the R
+      covariance parameters named in ``parameter_names`` (``ggamma``: their values);
+      ``min_abs_eigenvalue`` of IE2 (pbkrtest's ``condi``).
+    """
+
+    vcov_adjusted: np.ndarray
+    vcov: np.ndarray
+    P: np.ndarray
+    W: np.ndarray
+    information: np.ndarray
+    min_abs_eigenvalue: float
+    parameter_names: list[str]
+    ggamma: np.ndarray
+
+    def contrast_df(self, L: np.ndarray) -> float:
+        """Kenward-Roger denominator df of the contrast L beta (L: k vector or q x k matrix)."""
+        return lb_ddf(L, self.vcov, self.P, self.W)
+
+    def coefficient_df(self) -> np.ndarray:
+        """The df of every fixed-effect coefficient (unit contrasts), as lmerTest's summary."""
+        k = self.vcov.shape[0]
+        return np.array([self.contrast_df(np.eye(k)[i]) for i in range(k)])
+
+
+def lb_ddf(L: np.ndarray, V0: np.ndarray, P: np.ndarray, W: np.ndarray) -> float:
+    """Kenward & Roger (1997, sec. 4) denominator df for testing L beta = 0, as pbkrtest's
+    ``Lb_ddf(L, V0, Vadj)``: Theta = L'(L V0 L')^-1 L, u_r = Theta V0 P_r V0,
+    A1 = sum_rs W_rs tr(u_r) tr(u_s), A2 = sum_rs W_rs tr(u_r u_s), B = (A1 + 6 A2) / (2q),
+    g = ((q+1) A1 - (q+4) A2) / ((q+2) A2), c1..c3, rho, ddf = 4 + (q+2) / (q rho - 1).
+    For q = 1 this is 2 / A2."""
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    q = L.shape[0]
+    Theta = L.T @ np.linalg.solve(L @ V0 @ L.T, L)
+    u = np.einsum("ij,rjk,kl->ril", Theta @ V0, P, V0)  # (R, k, k)
+    tr = np.einsum("rii->r", u)
+    A1 = float(tr @ W @ tr)
+    A2 = float(np.einsum("rs,rij,sji->", W, u, u))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        B = (A1 + 6.0 * A2) / (2.0 * q)
+        g = ((q + 1) * A1 - (q + 4) * A2) / ((q + 2) * A2)
+        den = 3.0 * q + 2.0 * (1.0 - g)
+        c1, c2, c3 = g / den, (q - g) / den, (q + 2 - g) / den
+        v0 = 1.0 + c1 * B
+        v1 = 1.0 - c2 * B
+        v2 = 1.0 - c3 * B
+        v0 = 0.0 if abs(v0) < 1e-10 else v0
+        x = 1.0 - A2 / q
+        ratio = 1.0 if (abs(x) < _ZERO and abs(v1) < _ZERO) else x / v1
+        rho = ratio**2 * v0 / v2 / q
+        return float(4.0 + (q + 2) / (q * rho - 1.0))
+
+
+def parameter_names(stats: SufficientStats) -> list[str]:
+    """pbkrtest's covariance parameters: per term ``grp|var(col)`` / ``grp|cov(row,col)`` over the
+    lower triangle (column-major), then ``residual|var``."""
+    names = []
+    for t in stats.terms:
+        for i, j in zip(*_tril(t.q)):
+            names.append(f"{t.name}|var({t.columns[i]})" if i == j else f"{t.name}|cov({t.columns[i]},{t.columns[j]})")
+    return names + ["residual|var"]
+
+
+def _tril(q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the lower triangle of a q x q matrix in column-major order."""
+    cols, rows = np.triu_indices(q)
+    return rows, cols
+
+
+@dataclass
+class _BlockLayout:
+    """Where every group's random-effect columns sit in its outermost block (a regular tree:
+    ``m`` columns per block, ``own[l]`` the column offset of each level-l group, ``slots[l]``
+    every possible level-l offset, ``top[l]`` the block of each level-l group)."""
+
+    m: int
+    top: list[np.ndarray]
+    own: list[np.ndarray]
+    slots: list[np.ndarray]
+
+
+def _layout(stats: SufficientStats) -> _BlockLayout:
+    D, q = stats.D, stats.q
+    ngroups = [lv.ngroups for lv in stats.levels]
+    # branching: the most children (level l-1 groups) of any level-l group
+    branch = [0] + [int(np.bincount(stats.parents[l - 1], minlength=ngroups[l]).max()) for l in range(1, D)]
+    size = [q[0]]
+    for l in range(1, D):
+        size.append(branch[l] * size[l - 1] + q[l])
+    base: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * D
+    base[D - 1] = np.zeros(ngroups[D - 1], dtype=np.int64)
+    top: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * D
+    top[D - 1] = np.arange(ngroups[D - 1])
+    slot_base = [np.empty(0, dtype=np.int64)] * D
+    slot_base[D - 1] = np.zeros(1, dtype=np.int64)
+    for l in range(D - 1, 0, -1):
+        par = stats.parents[l - 1]  # children of a parent are contiguous, parents in order
+        first = np.searchsorted(par, par, side="left")
+        rank = np.arange(len(par)) - first
+        base[l - 1] = base[l][par] + rank * size[l - 1]
+        top[l - 1] = top[l][par]
+        slot_base[l - 1] = (slot_base[l][:, None] + np.arange(branch[l])[None, :] * size[l - 1]).ravel()
+    own = [base[l] + (branch[l] * size[l - 1] if l else 0) for l in range(D)]
+    slots = [slot_base[l] + (branch[l] * size[l - 1] if l else 0) for l in range(D)]
+    return _BlockLayout(m=size[D - 1], top=top, own=own, slots=slots)
+
+
+def _block_products(stats: SufficientStats, lay: _BlockLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Z_g'Z_g (G, m, m) and Z_g'X (G, m, k) of every outermost block g."""
+    D, q, k = stats.D, stats.q, stats.k
+    offs = np.cumsum([0] + q)
+    xcols = np.arange(offs[-1], offs[-1] + k)
+    G = stats.levels[D - 1].ngroups
+    ZZ = np.zeros((G, lay.m, lay.m))
+    ZX = np.zeros((G, lay.m, k))
+    anc = [np.arange(stats.levels[0].ngroups)]
+    for l in range(D - 1):
+        anc.append(stats.parents[l][anc[-1]])
+    for l in range(D):
+        C = stats.inner if l == 0 else stats.group_sums(l)  # rows Z_l' W of each level-l group
+        rows = slice(0, q[0]) if l == 0 else slice(int(offs[l]), int(offs[l + 1]))
+        ri = np.arange(q[l])
+        T, O = lay.top[l], lay.own[l]
+        ZX[T[:, None, None], (O[:, None] + ri)[:, :, None], np.arange(k)[None, None, :]] = C[:, rows][:, :, xcols]
+        # the level's own block and its cross-products with every ancestor's columns
+        chain = np.arange(stats.levels[l].ngroups)
+        for a in range(l, D):
+            if a > l:
+                chain = stats.parents[a - 1][chain]
+            ci = np.arange(q[a])
+            block = C[:, rows][:, :, int(offs[a]) : int(offs[a + 1])]
+            Oa = lay.own[a][chain]
+            ii = (O[:, None] + ri)[:, :, None]
+            jj = (Oa[:, None] + ci)[:, None, :]
+            ZZ[T[:, None, None], ii, jj] = block
+            if a > l:
+                ZZ[T[:, None, None], jj.transpose(0, 2, 1), ii.transpose(0, 2, 1)] = block.transpose(0, 2, 1)
+    return ZZ, ZX
+
+
+def _selections(stats: SufficientStats, lay: _BlockLayout) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For every random-effect covariance parameter r, the index pairs (a, b) of the block's
+    D_r = sum e_a e_b' (G_r = Z D_r Z' within a block): both orders for a covariance."""
+    out = []
+    where = _term_places(stats)
+    for t in stats.terms:  # parameters follow the terms in lme4 order
+        l, off = where[id(t)]
+        s = lay.slots[l]
+        for i, j in zip(*_tril(t.q)):
+            a, b = s + off + i, s + off + j
+            if i == j:
+                out.append((a, b))
+            else:
+                out.append((np.r_[a, b], np.r_[b, a]))
+    return out
+
+
+def _term_places(stats: SufficientStats) -> dict[int, tuple[int, int]]:
+    """The level of every term and the offset of its columns within the level."""
+    where = {}
+    for l, lv in enumerate(stats.levels):
+        off = 0
+        for t in lv.terms:
+            where[id(t)] = (l, off)
+            off += t.q
+    return where
+
+
+def kenward_roger(stats: SufficientStats, theta: np.ndarray, sigma2: float, vcov: np.ndarray) -> KenwardRoger:
+    """The Kenward-Roger adjusted covariance and the pieces of its df (module docstring), for
+    a REML fit at ``theta`` with residual variance ``sigma2`` and Var(beta_hat) ``vcov`` (Phi),
+    from the sufficient statistics ``stats`` alone."""
+    theta = np.asarray(theta, dtype=float)
+    Phi = np.asarray(vcov, dtype=float)
+    k, n = stats.k, stats.n
+    lay = _layout(stats)
+    m = lay.m
+    ZZ, ZX = _block_products(stats, lay)
+    lam = np.zeros((m, m))
+    for l, lv in enumerate(stats.levels):
+        L_l = lv.lambda_matrix(theta)
+        for o in lay.slots[l]:
+            lam[o : o + lv.q, o : o + lv.q] = L_l
+    eye = np.eye(m)
+    A = lam.T @ ZZ @ lam + eye
+    B = lam @ np.linalg.solve(A, np.broadcast_to(lam.T, A.shape))  # Lambda (Lambda'Z'Z Lambda + I)^-1 Lambda'
+    B = 0.5 * (B + B.transpose(0, 2, 1))
+    H = eye - ZZ @ B  # Z' Sigma^-1 = sigma^-2 H Z'
+    M = H @ ZZ / sigma2  # Z' Sigma^-1 Z
+    M = 0.5 * (M + M.transpose(0, 2, 1))
+    N = H @ ZX / sigma2  # Z' Sigma^-1 X
+    M2 = H @ M / sigma2  # Z' Sigma^-2 Z
+    M2 = 0.5 * (M2 + M2.transpose(0, 2, 1))
+    N2 = H @ N / sigma2  # Z' Sigma^-2 X
+    q = sum(stats.q)
+    XX = stats.total[q : q + k, q : q + k]
+    BZX = B @ ZX
+    BZZ = B @ ZZ
+    # X' Sigma^-2 X = sigma^-4 (X'X - 2 X'Z B Z'X + X'Z B Z'Z B Z'X), summed over blocks
+    XS2X = (XX - 2.0 * np.einsum("gmi,gmj->ij", ZX, BZX) + np.einsum("gmi,gmj->ij", BZX, ZZ @ BZX)) / sigma2**2
+    XS2X = 0.5 * (XS2X + XS2X.T)
+    XS3X = (XS2X - np.einsum("gmi,gmj->ij", N, B @ N)) / sigma2  # X' Sigma^-3 X
+    XS3X = 0.5 * (XS3X + XS3X.T)
+    trS2 = (n - 2.0 * float(np.einsum("gab,gba->", B, ZZ)) + float(np.einsum("gab,gba->", BZZ, BZZ))) / sigma2**2
+
+    sel = _selections(stats, lay)
+    R = len(sel) + 1
+    MD, DN = [], []
+    for a, b in sel:
+        md = np.zeros_like(M)
+        md[:, :, b] = M[:, :, a]  # M D_r: column b of D_r is e_a
+        dn = np.zeros_like(N)
+        dn[:, a, :] = N[:, b, :]  # D_r N: row a of D_r is e_b'
+        MD.append(md)
+        DN.append(dn)
+    K = np.empty((R, R))
+    P = np.empty((R, k, k))
+    Q = np.empty((R, R, k, k))
+    MDN = [M @ dn for dn in DN]
+    for r in range(R - 1):
+        P[r] = -np.einsum("gmi,gmj->ij", N, DN[r])
+        for s in range(r, R - 1):
+            K[r, s] = K[s, r] = float(np.einsum("gab,gba->", MD[r], MD[s]))
+            Q[r, s] = np.einsum("gmi,gmj->ij", DN[r], MDN[s])
+            Q[s, r] = Q[r, s].T
+        a, b = sel[r]
+        K[r, R - 1] = K[R - 1, r] = float(M2[:, a, b].sum())  # tr(D_r Z'Sigma^-2 Z)
+        Q[r, R - 1] = np.einsum("gmi,gmj->ij", DN[r], N2)
+        Q[R - 1, r] = Q[r, R - 1].T
+    P[R - 1] = -XS2X
+    K[R - 1, R - 1] = trS2
+    Q[R - 1, R - 1] = XS3X
+    P = 0.5 * (P + P.transpose(0, 2, 1))
+
+    PhiP = np.einsum("ij,rjk->rik", Phi, P)
+    IE2 = K - 2.0 * np.einsum("ij,rsji->rs", Phi, Q) + np.einsum("rij,sji->rs", PhiP, PhiP)
+    IE2 = 0.5 * (IE2 + IE2.T)
+    condi = float(np.min(np.abs(np.linalg.eigvalsh(IE2))))
+    W = 2.0 * (np.linalg.inv(IE2) if condi > SINGULAR_INFORMATION else np.linalg.pinv(IE2))
+    W = 0.5 * (W + W.T)
+    PPhiP = np.einsum("rij,jk,skl->rsil", P, Phi, P)
+    U = np.einsum("rs,rsij->ij", W, Q - PPhiP)
+    PhiA = Phi + 2.0 * Phi @ U @ Phi
+    PhiA = 0.5 * (PhiA + PhiA.T)
+    ggamma = []
+    where = _term_places(stats)
+    for t in stats.terms:
+        l, off = where[id(t)]
+        lt = stats.levels[l].lambda_matrix(theta)[off : off + t.q, off : off + t.q]
+        cov = sigma2 * lt @ lt.T
+        ggamma.extend(cov[i, j] for i, j in zip(*_tril(t.q)))
+    ggamma.append(sigma2)
+    return KenwardRoger(vcov_adjusted=PhiA, vcov=Phi, P=P, W=W, information=IE2, min_abs_eigenvalue=condi,
+                        parameter_names=parameter_names(stats), ggamma=np.array(ggamma))
