@@ -1,0 +1,145 @@
+"""Profile-likelihood intervals of the variance components agree with lme4's
+``confint(m, method = "profile")`` (fixtures: tests/fixtures/profile, made by
+tests/fixtures/make_profile_fixtures.R with lme4 1.1-31); the parametric bootstrap is seeded."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from lme4ref import FIXTURES, load_fixture
+
+from theralens import fit_mixed
+from theralens.errors import InputError
+from theralens.model.profile import profile_zeta, varcorr_parameters
+
+NAMES = ["sleep_uncorr", "pastes", "singular", "factors", "therapy3"]
+PARITY = 1e-3  # relative agreement of the bounds with lme4 (issue #13)
+
+
+def _profile_fixture(name: str) -> dict:
+    return json.loads((FIXTURES / "profile" / f"{name}.json").read_text())
+
+
+def _interpolated(ref: dict, level: str) -> set[str]:
+    """lme4 rows whose bounds are a linear interpolation of its grid (it warns so)."""
+    return {w.split(" for ", 1)[1].split(":")[0] for w in ref["warnings"][level] if "linear interpolation" in w}
+
+
+@pytest.fixture(scope="module")
+def fits() -> dict:
+    out = {}
+    for name in NAMES:
+        _, data = load_fixture(name)
+        out[name] = fit_mixed(_profile_fixture(name)["formula"], data)
+    return out
+
+
+@pytest.fixture(scope="module")
+def intervals(fits: dict) -> dict:
+    """Our profile intervals per fixture and level (computed once: therapy3 takes seconds)."""
+    return {name: {level: fits[name].conf_int_varcorr(level=float(level))
+                   for level in _profile_fixture(name)["intervals"]} for name in NAMES}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_profile_bounds_match_lme4(fits: dict, intervals: dict, name: str) -> None:
+    ref = _profile_fixture(name)
+    fit = fits[name]
+    checked = 0
+    for level, block in ref["intervals"].items():
+        ours = intervals[name][level]
+        cols = block["columns"]
+        assert list(ours.columns) == ["grp", "var1", "var2", "sdcor", *cols]
+        skip = _interpolated(ref, level)
+        assert len(ours) == len(block["varcorr"])
+        np.testing.assert_array_equal(ours.sdcor.to_numpy(), fit.varcorr.sdcor.to_numpy())  # the fit's estimates
+        for row, (_, mine) in zip(block["varcorr"], ours.iterrows()):
+            assert (mine.grp, mine.var1, mine.var2) == (row["grp"], row["var1"], row["var2"])
+            if row["lme4_name"] in skip:
+                continue  # compared through the profile itself below
+            for c in cols:
+                want = row[c]
+                assert want is not None
+                assert mine[c] == pytest.approx(want, rel=PARITY, abs=1e-8), (name, level, row["lme4_name"], c)
+                checked += 1
+    assert checked >= 4
+
+
+def test_singular_fit_bounds_at_the_edges(intervals: dict) -> None:
+    """The singular fixture: the slope SD's lower bound is 0 and the correlation's interval is
+    [-1, 1], as lme4 reports them (neither is reached inside the parameter space)."""
+    ci = intervals["singular"]["0.95"]
+    slope = ci[(ci.var1 == "x") & ci.var2.isna()].iloc[0]
+    cor = ci[ci.var2.notna()].iloc[0]
+    assert slope["2.5 %"] == 0.0 and slope["97.5 %"] > slope.sdcor
+    assert (cor["2.5 %"], cor["97.5 %"]) == (-1.0, 1.0)
+
+
+def test_profile_matches_lme4_grid_where_lme4_interpolates(fits: dict, intervals: dict) -> None:
+    """Where lme4 falls back to linear interpolation (therapy3's correlations) its bounds are
+    not the roots of the profile; the profile itself is compared: zeta at lme4's grid points."""
+    ref = _profile_fixture("therapy3")
+    skip = _interpolated(ref, "0.95")
+    assert len(skip) == 3
+    fit = fits["therapy3"]
+    ml = fit_mixed(ref["formula"], load_fixture("therapy3")[1], reml=False)
+    names = {r["lme4_name"]: (r["grp"], r["var1"], r["var2"]) for r in ref["row_names"]}
+    params = {(p.grp, p.var1, p.var2): p for p in varcorr_parameters(fit.design)}
+    for lme4_name in sorted(skip):
+        grid = ref["profile_points"][lme4_name]
+        focal, zeta = np.array(grid["focal"]), np.array(grid["zeta"])
+        inside = np.abs(zeta) <= 2.2  # the stretch the 95% bounds come from
+        ours = profile_zeta(ml.criterion, ml.solution.theta, ml.sigma, False, params[names[lme4_name]], focal[inside])
+        np.testing.assert_allclose(ours, zeta[inside], atol=2e-4, err_msg=lme4_name)
+        # and our bound is where the profile crosses the quantile, between lme4's grid points
+        ci = intervals["therapy3"]["0.95"]
+        g, v1, v2 = names[lme4_name]
+        row = ci[(ci.grp == g) & (ci.var1 == v1) & (ci.var2 == v2)].iloc[0]
+        for bound, z in ((row["2.5 %"], -1.959964), (row["97.5 %"], 1.959964)):
+            at = profile_zeta(ml.criterion, ml.solution.theta, ml.sigma, False, params[names[lme4_name]],
+                              np.array([bound]))[0]
+            assert at == pytest.approx(z, abs=1e-5)
+
+
+def test_one_row_and_errors(fits: dict) -> None:
+    fit = fits["sleep_uncorr"]
+    one = fit.conf_int_varcorr(rows=[("Subject.1", "Days", None)])
+    full = fit.conf_int_varcorr()
+    assert len(one) == 1
+    assert one.iloc[0]["97.5 %"] == pytest.approx(full.iloc[1]["97.5 %"], rel=1e-7)
+    with pytest.raises(InputError, match="no variance component"):
+        fit.conf_int_varcorr(rows=[("Subject", "Days", None)])
+    with pytest.raises(InputError, match="method must be one of"):
+        fit.conf_int_varcorr(method="wald")
+    with pytest.raises(InputError, match="level"):
+        fit.conf_int_varcorr(level=95)
+
+
+def test_bootstrap_seeded_and_sensible(fits: dict) -> None:
+    fit = fits["sleep_uncorr"]
+    a = fit.conf_int_varcorr(method="bootstrap", nsim=60, seed=7, progress=False)
+    b = fit.conf_int_varcorr(method="bootstrap", nsim=60, seed=7, progress=False)
+    c = fit.conf_int_varcorr(method="bootstrap", nsim=60, seed=8, progress=False)
+    np.testing.assert_array_equal(a[["2.5 %", "97.5 %"]].to_numpy(), b[["2.5 %", "97.5 %"]].to_numpy())
+    assert not np.allclose(a["2.5 %"].to_numpy(), c["2.5 %"].to_numpy())
+    assert a.attrs["failed"] == 0 and a.attrs["nsim"] == 60
+    prof = fit.conf_int_varcorr()
+    # each bootstrap interval holds the estimate and overlaps the profile interval broadly
+    assert np.all(a["2.5 %"] < a.sdcor) and np.all(a.sdcor < a["97.5 %"])
+    for (_, x), (_, y) in zip(a.iterrows(), prof.iterrows()):
+        width = y["97.5 %"] - y["2.5 %"]
+        assert math.isclose(x["97.5 %"] - x["2.5 %"], width, rel_tol=0.6)
+
+
+def test_bootstrap_needs_rows() -> None:
+    from theralens import fit_stats
+    from theralens.model.stats import SufficientStats
+
+    _, data = load_fixture("sleep_uncorr")
+    fit = fit_stats(SufficientStats.from_frame("Reaction ~ Days + (Days || Subject)", data))
+    assert fit.conf_int_varcorr().shape[0] == 3  # the profile needs only the statistics
+    with pytest.raises(InputError, match="rows of the data"):
+        fit.conf_int_varcorr(method="bootstrap", nsim=5, progress=False)
