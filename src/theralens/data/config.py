@@ -24,9 +24,22 @@ is a valid configuration for data laid out like the demo data::
     caseload_weighting = "patient"   # therapist means over patients, or "session"
     decomposition = "manifest"       # or "latent" (latent caseload means, multilevel SEM), "both"
 
+    [inference]
+    ddf = "satterthwaite"            # df of the fixed-effect t-tests: "satterthwaite" (lmerTest's
+                                     # default), "kenward-roger" (pbkrtest; small samples),
+                                     # "residual" (n - rank X) or "asymptotic" (normal)
+
     [report]
     min_caseload = 5                 # below this, a profile says it is too uncertain
     show_patient_ids = false
+
+    [training]                       # theralens stability / training (docs/stability_training.md)
+    start = ""                       # sessions column with each patient's treatment start (a date or
+                                     # number, first value per patient); empty: first [columns] time
+    date = "trained_on"              # therapist-table column: the date of the therapist's training
+                                     # (empty: an untrained, comparison therapist)
+    target = "trained_process"       # therapist-table column: the process(es) trained, by their
+                                     # [columns] process names, several separated by ";"
 
 The choices follow models.md ("Decomposition of a process", "Patient-level design").
 Every problem (unknown key, wrong type, TOML syntax error) raises
@@ -51,9 +64,11 @@ __all__ = [
     "CHANGE_METHODS",
     "ColumnsConfig",
     "DesignConfig",
+    "InferenceConfig",
     "ModeratorsConfig",
     "ReportConfig",
     "StudyConfig",
+    "TrainingConfig",
     "config_from_dict",
     "load_config",
 ]
@@ -117,6 +132,15 @@ class DesignConfig:
 
 
 @dataclass(frozen=True)
+class InferenceConfig:
+    """Tests of the fixed effects (section ``[inference]``): ``ddf``, the degrees-of-freedom
+    method of every model the study fits (:mod:`theralens.model.ddf`: ``"satterthwaite"``,
+    ``"kenward-roger"``, ``"residual"``, ``"asymptotic"``)."""
+
+    ddf: str = "satterthwaite"
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     """Report options (section ``[report]``): ``min_caseload``, ``show_patient_ids``."""
 
@@ -125,18 +149,37 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class TrainingConfig:
+    """Columns of the training loop (section ``[training]``; docs/stability_training.md).
+
+    ``start``: column of the sessions table with each patient's treatment start (a date or a
+    number; the first value per patient), empty for the first ``[columns] time`` of each
+    patient; ``date``: column of the therapist table with the training date (empty for an
+    untrained therapist); ``target``: column of the therapist table naming the process(es)
+    trained (``[columns] process`` names, several separated by ``;``).
+    """
+
+    start: str = ""
+    date: str = "trained_on"
+    target: str = "trained_process"
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A complete, checked study configuration.
 
     Fields: ``columns`` (:class:`ColumnsConfig`), ``therapist_moderators``
-    (:class:`ModeratorsConfig`), ``design`` (:class:`DesignConfig`), ``report``
-    (:class:`ReportConfig`) and ``source`` (the file it came from, or ``None``).
+    (:class:`ModeratorsConfig`), ``design`` (:class:`DesignConfig`), ``inference``
+    (:class:`InferenceConfig`), ``report``
+    (:class:`ReportConfig`), ``training`` (:class:`TrainingConfig`) and ``source`` (the file it came from, or ``None``).
     """
 
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     therapist_moderators: ModeratorsConfig = field(default_factory=ModeratorsConfig)
     design: DesignConfig = field(default_factory=DesignConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,7 +197,9 @@ _SECTIONS: dict[str, type] = {
     "columns": ColumnsConfig,
     "therapist_moderators": ModeratorsConfig,
     "design": DesignConfig,
+    "inference": InferenceConfig,
     "report": ReportConfig,
+    "training": TrainingConfig,
 }
 
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -172,6 +217,8 @@ _LIST_KEYS = {
 }
 _BOOL_KEYS = {("therapist_moderators", "joint"), ("report", "show_patient_ids")}
 _INT_KEYS = {("design", "process_sessions"): 0, ("report", "min_caseload"): 1}
+#: Text keys that may be empty (meaning: not given).
+_EMPTY_OK = {("training", "start")}
 
 
 def _closest(name: str, options: list[str] | tuple[str, ...]) -> str:
@@ -188,6 +235,10 @@ def _where(source: str | None) -> str:
 
 def _check_value(section: str, key: str, value: Any, source: str | None) -> Any:
     where = f"{_where(source)}: [{section}] {key}"
+    if (section, key) == ("inference", "ddf"):  # the model's own check of its ddf names
+        from theralens.model.ddf import check_ddf
+
+        return check_ddf(value, where)
     if (section, key) in _LIST_KEYS:
         if isinstance(value, str):
             value = [value]
@@ -209,6 +260,8 @@ def _check_value(section: str, key: str, value: Any, source: str | None) -> Any:
             raise InputError(f"{where} must be a whole number >= {lowest}; got {value!r}")
         return value
     choices = _CHOICES.get((section, key))
+    if (section, key) in _EMPTY_OK and value == "":
+        return value
     if not isinstance(value, str) or not value:
         allowed = " or ".join(f'"{c}"' for c in choices) if choices else "a column name in quotes"
         raise InputError(f"{where} must be {allowed}; got {value!r}")

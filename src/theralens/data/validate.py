@@ -286,11 +286,13 @@ def _make_date(y: int, m: int, d: int) -> date | None:
         return None
 
 
-def parse_dates(text: pd.Series, column: str, rows: np.ndarray, where: str) -> pd.Series:
+def parse_dates(text: pd.Series, column: str, rows: np.ndarray, where: str, role: str = "time",
+                fix: str = "write session numbers or dates like 2021-03-15") -> pd.Series:
     """Parse dates written in several formats (ISO, day.month.year, d/m/y or m/d/y, names).
 
     Slash dates are read day-first or month-first as the column shows (a first part above
-    12 means day-first); a column where both or neither can be told is an error.
+    12 means day-first); a column where both or neither can be told is an error. ``role``
+    and ``fix`` word the message about values that are not dates.
     """
     from dateutil import parser as dateparser
 
@@ -338,9 +340,8 @@ def parse_dates(text: pd.Series, column: str, rows: np.ndarray, where: str) -> p
     if bad:
         pos = [text.index.get_loc(k) for k in bad]
         raise InputError(
-            f"{where}: column {column!r} (time) has values that are neither numbers nor dates in "
-            f"{_rows_text(rows[pos])}: {_show([str(text[k]) for k in bad])}; "
-            "write session numbers or dates like 2021-03-15"
+            f"{where}: column {column!r} ({role}) has values that are neither numbers nor dates in "
+            f"{_rows_text(rows[pos])}: {_show([str(text[k]) for k in bad])}; {fix}"
         )
     out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns]")
     for k, v in parsed.items():
@@ -873,7 +874,8 @@ def validate_therapists(
     wanted = list(config.therapist_moderators.columns)
     from_table = not wanted
     if from_table:
-        wanted = [c for c in available if c != id_col]
+        training = {config.training.date, config.training.target}  # read by theralens training, not moderators
+        wanted = [c for c in available if c != id_col and c not in training]
     for column in wanted:
         if column not in tdf.columns:
             raise InputError(
