@@ -6,7 +6,8 @@ the next study. The command-line interface lives in ``cli``.
 
 Main entry points: :func:`fit_mixed`, :func:`fit_stats` (from :class:`SufficientStats`) and
 :func:`lrt` (the engine), :func:`analyze` (the
-study on DataFrames), :func:`simulate` (studies with known truth) and :func:`power`.
+study on DataFrames), :func:`stability` and :func:`training` (the training loop),
+:func:`simulate` (studies with known truth) and :func:`power`.
 They are imported on first use, so that ``import theralens`` (and every CLI command that
 stops at a bad input) does not pay for SciPy, pandas and formulaic up front.
 """
@@ -32,6 +33,8 @@ _LAZY = {
     "StudyResult": "theralens.study.result",
     "simulate": "theralens.simulation.generate",
     "power": "theralens.planning",
+    "stability": "theralens.study.stability",
+    "training": "theralens.study.training",
 }
 
 __all__ = [
@@ -49,6 +52,8 @@ __all__ = [
     "lrt",
     "power",
     "simulate",
+    "stability",
+    "training",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,6 +64,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from theralens.simulation.generate import simulate
     from theralens.study.analysis import analyze, analyze_files
     from theralens.study.result import StudyResult
+    from theralens.study.stability import stability
+    from theralens.study.training import training
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,5 @@
-"""Command-line interface: ``theralens analyze | report | demo | validate | simulate | power``.
+"""Command-line interface: ``theralens analyze | stability | training | report | demo | validate |
+simulate | power``.
 
 Exit codes: 0 success, 2 bad input or usage (one line on stderr naming the file, column,
 row or therapist and the fix), 1 internal error (one line, plus ``--debug`` for the
@@ -43,6 +44,25 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--no-report", action="store_true", help="write results.json and tables only")
     _engine_options(a)
 
+    for name, what in (("stability", "how stable therapist profiles are from earlier to later patients"),
+                       ("training", "did training change the process-outcome slope it targeted")):
+        x = sub.add_parser(name, help=f"{what}: the study plus this section, in results.json and a report")
+        x.add_argument("sessions", help="sessions file: CSV, Parquet, Excel, SPSS (.sav) or Stata (.dta)")
+        x.add_argument("--therapists", required=name == "training",
+                       help=THERAPISTS_HELP + ("; with the training columns ([training] date and target)"
+                                               if name == "training" else ""))
+        x.add_argument("--config", help="study config (TOML), with [training] start, date and target")
+        x.add_argument("--sheet", help="worksheet of an Excel sessions file")
+        x.add_argument("--therapists-sheet", help="worksheet of an Excel therapist table")
+        x.add_argument("--out", default=f"theralens-{name}", help=f"output folder (default: theralens-{name})")
+        x.add_argument("--no-report", action="store_true", help="write results.json and tables only")
+        if name == "stability":
+            x.add_argument("--split", choices=["time", "random"], default="time",
+                           help="time: earlier vs later half of each caseload by treatment start; random: random "
+                                "halves, --repeats times")
+            x.add_argument("--repeats", type=int, default=20, help="random splits (with --split random)")
+            x.add_argument("--seed", type=int, default=1, help="seed of the random splits")
+
     r = sub.add_parser("report", help="rebuild report.html and the therapist pages from a results.json")
     r.add_argument("results", help="the results.json that theralens analyze wrote")
     r.add_argument("--out", help="output folder (default: the folder of the results file)")
@@ -85,17 +105,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_outputs(result, out: Path, report: bool) -> list[Path]:  # noqa: ANN001
+def _write_outputs(result, out: Path, report: bool, sections: Sequence = ()) -> list[Path]:  # noqa: ANN001
     """Write results, tables and the report into ``out``, all or nothing (atomic.write_staged).
     The report is drawn from the very document written to ``results.json`` (its text, read
-    back), so ``theralens report`` rebuilds it byte for byte."""
+    back), so ``theralens report`` rebuilds it byte for byte. ``sections``: (name, result)
+    pairs (the stability and training results) whose ``section()`` joins the document under
+    ``name`` and whose ``tables()`` join tables/."""
     import json
 
     from theralens.atomic import write_staged
 
     def write(folder: Path) -> list[Path]:
-        text = result.to_json()
+        if sections:
+            from theralens.study.periods import write_tables
+
+            doc = result.to_dict()
+            doc.update({name: part.section() for name, part in sections})
+            text = json.dumps(doc, indent=2, allow_nan=False)
+        else:
+            text = result.to_json()
         written = result.write(folder, document=text)
+        for _, part in sections:
+            written += write_tables(folder, part.tables())
         if report:
             from theralens.report.html import write_report
 
@@ -143,6 +174,32 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_loop(args: argparse.Namespace) -> int:
+    """``theralens stability`` and ``theralens training``: the study, then the section."""
+    from theralens.atomic import check_dir
+
+    out = Path(args.out)
+    _check_out_not_input(out, [args.sessions, args.therapists, args.config])
+    cfg, sessions, ther = _read_inputs(args)
+    check_dir(out)
+    t_source = str(args.therapists) if args.therapists else "therapist data"
+    if args.command == "stability":
+        from theralens.study.stability import stability
+
+        part = stability(sessions, ther, cfg, split=args.split, repeats=args.repeats, seed=args.seed,
+                         source=str(args.sessions), therapists_source=t_source)
+    else:
+        from theralens.study.training import training
+
+        part = training(sessions, ther, cfg, source=str(args.sessions), therapists_source=t_source)
+    written = _write_outputs(part.study, out, not args.no_report, [(args.command, part)])
+    print(part.study.summary())
+    print()
+    print(part.summary())
+    print(f"\nwrote {len(written)} files to {out}")
+    return 0
+
+
 def _check_out_not_input(out: Path, inputs: Sequence[str | None]) -> None:
     """The output folder is not an input file, and no output would replace an input."""
     o = out.resolve()
@@ -174,19 +231,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from theralens.atomic import check_dir
     from theralens.data.config import config_from_dict
-    from theralens.datasets import load_demo
+    from theralens.datasets import DEMO_TRAINING, load_demo, load_demo_training
     from theralens.study.analysis import analyze
+    from theralens.study.stability import stability
+    from theralens.study.training import training
 
     t0 = time.perf_counter()
     out = Path(args.out)
     check_dir(out)
     sessions, therapists = load_demo()
     cfg = config_from_dict({"therapist_moderators": {"columns": DEMO_MODERATORS},
-                            "design": {"level": args.design}})
+                            "design": {"level": args.design}, "training": DEMO_TRAINING})
     result = analyze(sessions, therapists, cfg, source="demo sessions (simulated, coyne2022 preset, seed 2022)",
                      therapists_source="demo therapists")
-    written = _write_outputs(result, out, True)
+    stab = stability(result, sessions=sessions)
+    train = training(result, load_demo_training(), sessions=sessions, therapists_source="demo training table")
+    written = _write_outputs(result, out, True, [("stability", stab), ("training", train)])
     print(result.summary())
+    print()
+    print(stab.summary())
+    print()
+    print(train.summary())
     print(f"\nwrote {len(written)} files to {out} in {time.perf_counter() - t0:.1f} s; open {out / 'report.html'}")
     return 0
 
@@ -251,8 +316,8 @@ def _cmd_power(args: argparse.Namespace) -> int:
     return run_power_command(args)
 
 
-COMMANDS = {"analyze": _cmd_analyze, "report": _cmd_report, "demo": _cmd_demo, "validate": _cmd_validate,
-            "simulate": _cmd_simulate, "power": _cmd_power}
+COMMANDS = {"analyze": _cmd_analyze, "stability": _cmd_loop, "training": _cmd_loop, "report": _cmd_report,
+            "demo": _cmd_demo, "validate": _cmd_validate, "simulate": _cmd_simulate, "power": _cmd_power}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
