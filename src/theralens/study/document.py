@@ -23,8 +23,8 @@ from scipy import stats
 
 from theralens.errors import InputError
 
-__all__ = ["MAX_POINTS", "SCHEMA_VERSION", "normal_qq", "read_document", "residual_summary", "schema",
-           "software_versions", "validate_document"]
+__all__ = ["MAX_POINTS", "SCHEMA_VERSION", "normal_qq", "read_document", "residual_summary", "sample_summary",
+           "schema", "software_versions", "validate_document"]
 
 #: Version of the document layout; a document of another version is refused, not guessed at.
 SCHEMA_VERSION = 2
@@ -94,6 +94,64 @@ def residual_summary(fitted: Any, residuals: Any, max_points: int = MAX_POINTS) 
         "running_mean": [None if not np.isfinite(x) else float(x) for x in smooth[keep]],
         "residual_qq": normal_qq(r, max_points),
     }
+
+
+def _moments(x: np.ndarray) -> dict[str, float | None]:
+    x = x[np.isfinite(x)]
+    return {"mean": float(x.mean()) if len(x) else None, "sd": float(x.std(ddof=1)) if len(x) > 1 else None,
+            "min": float(x.min()) if len(x) else None, "max": float(x.max()) if len(x) else None}
+
+
+def sample_summary(sessions: pd.DataFrame, processes: tuple[str, ...], covariates: tuple[str, ...],
+                   time_kind: str) -> dict[str, Any]:
+    """What the validated sessions look like, in the numbers a power study needs to simulate a
+    study like this one (``theralens power --from``; docs/power.md): no identifiers.
+
+    ``sessions_per_patient``: [[k, number of patients with k rows], ...]; ``outcome_assessments``
+    (mean per patient); ``outcome_gap``: median time between a patient's consecutive outcome
+    assessments (session numbers; null for dates); ``baseline``: moments of each patient's first
+    outcome; ``processes``: per process the moments of all ratings, ``within_patient_sd`` (SD of
+    ratings about their patient's mean, pooled: sqrt(sum (x - xbar_i)^2 / (n - P))) and
+    ``missing_share`` (rows without a rating); ``covariates``: per covariate its kind (binary
+    when every value is 0 or 1) and the moments of the patients' first values.
+    """
+    pat = sessions["patient"].astype(str).to_numpy()
+    codes, uniques = pd.factorize(pat)
+    P = len(uniques)
+    rows = np.bincount(codes, minlength=P)
+    k, n = np.unique(rows, return_counts=True)
+    y = sessions["outcome"].to_numpy(dtype=float)
+    has_y = np.isfinite(y)
+    first_y = pd.Series(y[has_y]).groupby(codes[has_y]).first().to_numpy()
+    gap = None
+    if time_kind == "number":
+        t = sessions["time"].to_numpy(dtype=float)[has_y]
+        same = codes[has_y][1:] == codes[has_y][:-1]
+        gaps = np.diff(t)[same]
+        gap = float(np.median(gaps)) if len(gaps) else None
+    out: dict[str, Any] = {
+        "sessions_per_patient": [[int(a), int(b)] for a, b in zip(k, n)],
+        "outcome_assessments": float(has_y.sum() / max(P, 1)),
+        "outcome_gap": gap,
+        "baseline": _moments(first_y),
+        "processes": {},
+        "covariates": {},
+    }
+    for p in processes:
+        x = sessions[p].to_numpy(dtype=float)
+        ok = np.isfinite(x)
+        c = codes[ok]
+        means = np.bincount(c, weights=x[ok], minlength=P) / np.maximum(np.bincount(c, minlength=P), 1)
+        dof = ok.sum() - len(np.unique(c))
+        ss = float(((x[ok] - means[c]) ** 2).sum())
+        out["processes"][p] = {**_moments(x), "within_patient_sd": float(np.sqrt(ss / dof)) if dof > 0 else None,
+                               "missing_share": float(1.0 - ok.mean()) if len(x) else None}
+    for cov in covariates:
+        v = pd.Series(sessions[cov].to_numpy(dtype=float)).groupby(codes).first().to_numpy()
+        fin = v[np.isfinite(v)]
+        binary = bool(len(fin)) and bool(np.isin(fin, (0.0, 1.0)).all())
+        out["covariates"][cov] = {"kind": "binary" if binary else "continuous", **_moments(v)}
+    return out
 
 
 def validate_document(doc: Any, source: str = "results document") -> dict[str, Any]:

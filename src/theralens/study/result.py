@@ -45,6 +45,9 @@ display only. Table rows hold every column of the tables they come from.
   coefficient, centre}: slope = intercept + coefficient * (x - centre).
 - ``diagnostics``: the main model's residuals (no identifiers): {model, n, fitted, residual,
   running_mean, residual_qq, intercept_qq} (:mod:`theralens.study.document`).
+- ``sample``: sessions per patient, outcome assessments and their spacing, baseline, process
+  and covariate distributions (:func:`theralens.study.document.sample_summary`): what
+  ``theralens power --from`` simulates a study like this one from.
 - ``warnings``, ``notes``: sentences.
 """
 
@@ -64,7 +67,7 @@ from theralens.data.config import StudyConfig
 from theralens.data.decompose import PatientTable, SessionTable
 from theralens.data.validate import ValidatedData
 from theralens.study.aims import DesignTerms, ModelSpec, ModeratorResults, SlopeResults, coef_name
-from theralens.study.document import SCHEMA_VERSION, normal_qq, residual_summary, software_versions
+from theralens.study.document import SCHEMA_VERSION, normal_qq, residual_summary, sample_summary, software_versions
 from theralens.study.latent import LatentResults
 
 
@@ -211,6 +214,8 @@ class StudyResult:
             "models": [self._model_entry(m) for m in self.models()],
             "fitted_lines": self._fitted_lines(),
             "diagnostics": self._diagnostics(),
+            "sample": sample_summary(self.data.sessions, tuple(self.terms.processes), tuple(self.table.covariates),
+                                     self.data.time_kind),
             "warnings": list(self.warnings),
             "notes": list(self.notes),
         }
