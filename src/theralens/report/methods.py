@@ -9,7 +9,7 @@ from typing import Any
 
 from theralens.report.formatting import esc
 
-__all__ = ["REFERENCES", "methods_paragraphs"]
+__all__ = ["REFERENCES", "methods_paragraphs", "tests_sentence"]
 
 REFERENCES = [
     "Bates, D., M\u00e4chler, M., Bolker, B., & Walker, S. (2015). Fitting linear mixed-effects models using lme4. "
@@ -17,6 +17,11 @@ REFERENCES = [
     "Coyne, A. E., Constantino, M. J., Boswell, J. F., & Kraus, D. R. (2022). Therapist-level moderation of within- "
     "and between-therapist process-outcome associations. <em>Journal of Consulting and Clinical Psychology, 90</em>"
     "(1), 75\u201389. doi:10.1037/ccp0000676",
+    "Halekoh, U., & H\u00f8jsgaard, S. (2014). A Kenward-Roger approximation and parametric bootstrap methods for "
+    "tests in linear mixed models \u2013 the R package pbkrtest. <em>Journal of Statistical Software, 59</em>(9), "
+    "1\u201332. doi:10.18637/jss.v059.i09",
+    "Kenward, M. G., & Roger, J. H. (1997). Small sample inference for fixed effects from restricted maximum "
+    "likelihood. <em>Biometrics, 53</em>(3), 983\u2013997. doi:10.2307/2533558",
     "Kuznetsova, A., Brockhoff, P. B., & Christensen, R. H. B. (2017). lmerTest package: Tests in linear mixed effects "
     "models. <em>Journal of Statistical Software, 82</em>(13), 1\u201326. doi:10.18637/jss.v082.i13",
     "L\u00fcdtke, O., Marsh, H. W., Robitzsch, A., Trautwein, U., Asparouhov, T., & Muth\u00e9n, B. (2008). "
@@ -34,6 +39,29 @@ REFERENCES = [
     "Stram, D. O., & Lee, J. W. (1994). Variance components testing in the longitudinal mixed effects model. "
     "<em>Biometrics, 50</em>(4), 1171\u20131177. doi:10.2307/2533455",
 ]
+
+
+#: how the fixed effects were tested, per ``[inference] ddf`` (results.json ``inference``)
+_TESTS = {
+    "satterthwaite": "fixed effects were tested with t-tests using Satterthwaite's (1946) degrees of freedom, as in "
+                     "lmerTest (Kuznetsova et al., 2017), with 95% confidence intervals from the same t distribution",
+    "kenward-roger": "fixed effects were tested with t-tests using the Kenward-Roger adjusted covariance of the fixed "
+                     "effects and its degrees of freedom (Kenward & Roger, 1997), as in pbkrtest (Halekoh & "
+                     "H\u00f8jsgaard, 2014) and lmerTest's ddf = \"Kenward-Roger\" (Kuznetsova et al., 2017), with "
+                     "95% confidence intervals from the same t distribution",
+    "residual": "fixed effects were tested with t-tests on the residual degrees of freedom (the number of "
+                "observations minus the number of fixed effects), with 95% confidence intervals from the same t "
+                "distribution",
+    "asymptotic": "fixed effects were tested with Wald z-tests (normal reference distribution, as lme4 without "
+                  "lmerTest), with 95% confidence intervals from the normal distribution",
+}
+
+
+def tests_sentence(doc: dict[str, Any]) -> str:
+    """How the fixed effects were tested, with the degrees of freedom named (a results.json from
+    before ``inference`` was recorded used Satterthwaite's)."""
+    inf = doc.get("inference") or {"ddf": "satterthwaite", "reference": "Satterthwaite (Kuznetsova et al., 2017)"}
+    return f"{_TESTS[inf['ddf']]}. Degrees of freedom: {esc(inf['reference'])}"
 
 
 def _latent_methods(doc: dict[str, Any]) -> str:
@@ -136,9 +164,8 @@ def methods_paragraphs(doc: dict[str, Any], processes: list[str], moderators: li
         mod_text = " No therapist characteristics were given, so aim 3 was not estimated."
     paras.append(
         f"{model} Models were fitted by restricted maximum likelihood (REML) with theralens' nested mixed-model "
-        "engine (the lme4 formulation; Bates et al., 2015); fixed effects were tested with t-tests using "
-        "Satterthwaite's (1946) degrees of freedom, as in lmerTest (Kuznetsova et al., 2017), with 95% confidence "
-        "intervals from the same t distribution. For aim 2, each therapist-level slope variance was tested by a REML "
+        f"engine (the lme4 formulation; Bates et al., 2015); {tests_sentence(doc)}. For aim 2, each "
+        "therapist-level slope variance was tested by a REML "
         "likelihood-ratio test against the model without that random slope (same fixed effects), referred to the "
         "chi-bar-square mixture of chi-square distributions that applies to a variance on the boundary of its "
         f"parameter space (Self & Liang, 1987; Stram & Lee, 1994).{mod_text} The ancillary analysis added the "

@@ -67,6 +67,13 @@ class ReportContext:
     def show_patient_ids(self) -> bool:
         return bool(self.doc["options"]["report"]["show_patient_ids"])
 
+    @property
+    def df_note(self) -> str:
+        """The sentence naming the degrees of freedom of a table's tests (results.json ``inference``;
+        a document from before it was recorded used Satterthwaite's)."""
+        inf = self.doc.get("inference") or {"reference": "Satterthwaite (Kuznetsova et al., 2017)"}
+        return f" Degrees of freedom (<em>df</em>): {esc(inf['reference'])}."
+
     def figure_label(self) -> str:
         """The next figure's label ("Figure 3")."""
         self.figures_made += 1
@@ -142,8 +149,16 @@ SECTIONS = [
 ]
 
 
-def toc() -> str:
-    items = "".join(f'<li><a href="#{k}">{esc(t)}</a></li>' for k, t in SECTIONS)
+#: Sections present when the document holds them (theralens stability / training), after the profiles.
+LOOP_SECTIONS = [("stability", "Profile stability"), ("training", "Training evaluation")]
+
+
+def toc(ctx: ReportContext | None = None) -> str:
+    sections = list(SECTIONS)
+    if ctx is not None:
+        at = [k for k, _ in sections].index("profiles") + 1
+        sections[at:at] = [(k, t) for k, t in LOOP_SECTIONS if k in ctx.doc]
+    items = "".join(f'<li><a href="#{k}">{esc(t)}</a></li>' for k, t in sections)
     return f'<nav class="toc" aria-label="Contents"><strong>Contents</strong><ol>{items}</ol></nav>'
 
 
@@ -176,11 +191,14 @@ def glance(ctx: ReportContext) -> str:
         sig = not is_missing(r.get("p")) and float(r["p"]) < 0.05
         verdict = ("Therapists differed in this slope." if sig else
                    f"No detectable differences between therapists; with {n_ther} therapists this test has low power, "
-                   "so this is inconclusive rather than evidence that therapists do not differ.")
+                   "so this is inconclusive rather than evidence that therapists do not differ: the slope SD could "
+                   f"be as large as {num(r['slope_sd_ci_high'], key(prefix, 'slope_sd_ci_high'))}.")
         items.append(
             f"<li>Therapist differences in the {esc(COMPONENT_LABELS[r['component']])} of "
             f"{esc(ctx.label(r['process']))}: "
-            f"slope SD {num(r['slope_sd'], key(prefix, 'slope_sd'))}, likelihood-ratio "
+            f"slope SD {num(r['slope_sd'], key(prefix, 'slope_sd'))} "
+            f"[95% CI {num(r['slope_sd_ci_low'], key(prefix, 'slope_sd_ci_low'))}, "
+            f"{num(r['slope_sd_ci_high'], key(prefix, 'slope_sd_ci_high'))}], likelihood-ratio "
             f"\u03c7\u0304\u00b2 = {num(r['lrt_statistic'], key(prefix, 'lrt_statistic'))}, "
             f"p {_p_rel(r['p'])}{num(r['p'], key(prefix, 'p'), kind='p')}. {verdict}</li>")
     sig3 = [r for r in doc["aim3"] if not is_missing(r.get("p")) and float(r["p"]) < 0.05]
@@ -381,8 +399,8 @@ def aim1_section(ctx: ReportContext) -> str:
                  "95% CI", *latent_head], rows, caption=ctx.table_label(),
                 title="Within- and between-therapist process-outcome associations (aim 1)",
                 note=f"Unstandardized fixed effects of one model with every process. Higher outcome is "
-                     f"{esc(doc['higher_outcome_is'])}: a {benefit} <em>b</em> means more improvement. <em>df</em> by "
-                     "Satterthwaite's method." + latent_note,
+                     f"{esc(doc['higher_outcome_is'])}: a {benefit} <em>b</em> means more improvement."
+                     + ctx.df_note + latent_note,
                 numeric=[False, True, True, True, True, True, True] + [True] * len(latent_head),
                 table_id="table-aim1")
     fr = pd.DataFrame(doc["aim1"]).assign(process=lambda d: d["process"].map(ctx.label))
@@ -403,13 +421,19 @@ def aim2_section(ctx: ReportContext) -> str:
         pre = key("aim2", r["process"])
         rows.append([esc(ctx.label(r["process"])), esc(COMPONENT_LABELS.get(r["component"], r["component"])),
                      num(r["slope_variance"], key(pre, "slope_variance")), num(r["slope_sd"], key(pre, "slope_sd")),
+                     f"[{num(r['slope_sd_ci_low'], key(pre, 'slope_sd_ci_low'))}, "
+                     f"{num(r['slope_sd_ci_high'], key(pre, 'slope_sd_ci_high'))}]",
                      num(r["lrt_statistic"], key(pre, "lrt_statistic")),
                      num(r["lrt_df"], key(pre, "lrt_df"), kind="df"), num(r["p"], key(pre, "p"), kind="p"),
                      esc(r["reference"]), num(r["mean_slope_reliability"], key(pre, "mean_slope_reliability"))])
-    tab = table(["Process", "Random slope of", "\u03c4\u00b2<sub>1</sub>", "SD", "\u03c7\u0304\u00b2", "<em>df</em>",
+    tab = table(["Process", "Random slope of", "\u03c4\u00b2<sub>1</sub>", "SD", "SD 95% CI", "\u03c7\u0304\u00b2",
+                 "<em>df</em>",
                  "<em>p</em>", "Reference distribution", "Mean slope reliability"], rows, caption=ctx.table_label(),
                 title="Therapist-level variance of the within slopes (aim 2)",
-                note="REML likelihood-ratio test of each random slope against the model without it (same fixed "
+                note="SD 95% CI: profile-likelihood interval of the slope SD (lme4's confint(method = "
+                     "&quot;profile&quot;), which profiles the ML likelihood; a lower bound of 0 means the interval "
+                     "reaches the boundary). "
+                     "REML likelihood-ratio test of each random slope against the model without it (same fixed "
                      "effects); the variance lies on the boundary of its parameter space, so the statistic is "
                      "referred to a chi-bar-square mixture (Self &amp; Liang, 1987; Stram &amp; Lee, 1994); "
                      "<em>df</em> = parameters removed (variance and covariances). Slope reliability = 1 &minus; "
@@ -533,7 +557,8 @@ def aim3_section(ctx: ReportContext) -> str:
                 note=("All moderators in one model" if joint else "One moderator per model") + "; moderators centred "
                      "at their mean over therapists. <em>b</em>: change in the slope (or association) per unit of the "
                      "moderator; the sign reads as in the aim 1 table. Uncorrected for multiple testing; with few "
-                     "therapists cross-level effects have low power (Mathieu et al., 2012)." + latent_note,
+                     "therapists cross-level effects have low power (Mathieu et al., 2012)." + ctx.df_note
+                     + latent_note,
                 numeric=[False, False, False, True, True, True, True, True, True] + [True] * len(latent_head),
                 table_id="table-aim3")
     sig = [r for r in doc["aim3"] if not is_missing(r.get("p")) and float(r["p"]) < 0.05]
@@ -589,7 +614,7 @@ def ancillary_section(ctx: ReportContext) -> str:
                 caption=ctx.table_label(),
                 title=f"{within.capitalize()} \u00d7 between-therapist interaction (ancillary)",
                 note=f"Coefficient of the product of the {within} and between-therapist components, added to the main "
-                     "model: the change in a therapist's within slope per unit of their caseload mean.",
+                     "model: the change in a therapist's within slope per unit of their caseload mean." + ctx.df_note,
                 numeric=[False, True, True, True, True, True], table_id="table-ancillary")
     parts = ['<section id="ancillary"><h2>Ancillary: does the within slope depend on the therapist\'s own average '
              "level of the process?</h2>", tab]
@@ -704,8 +729,13 @@ def _toml(config: dict[str, Any]) -> str:
 
 def report_body(ctx: ReportContext) -> str:
     """The body markup of ``report.html``."""
-    parts = [header(ctx), toc(), glance(ctx), data_section(ctx), decomposition_section(ctx), aim1_section(ctx),
-             aim2_section(ctx), aim3_section(ctx), ancillary_section(ctx), profiles_section(ctx),
+    from theralens.report.stability import stability_section
+    from theralens.report.training import training_section
+
+    loop = ([stability_section(ctx)] if "stability" in ctx.doc else []) + (
+        [training_section(ctx)] if "training" in ctx.doc else [])
+    parts = [header(ctx), toc(ctx), glance(ctx), data_section(ctx), decomposition_section(ctx), aim1_section(ctx),
+             aim2_section(ctx), aim3_section(ctx), ancillary_section(ctx), profiles_section(ctx), *loop,
              diagnostics_section(ctx), methods_section(ctx)]
     v = esc(ctx.doc["software"].get("theralens", ""))
     parts.append(f"<footer>Generated by theralens {v}. Every number marked in this report equals the one in "

@@ -23,7 +23,9 @@ Every table is keyed by stable, formula-safe names (``process``, ``moderator``, 
 ``process_label`` and ``moderator_label`` hold the user's names, for display only.
 
 Everything here calls :func:`theralens.fit_mixed`, so each number can be reproduced from the
-formula and the analysis table.
+formula and the analysis table; ``ddf`` (the study's ``[inference] ddf``) is the df method of
+every fit's tests (:mod:`theralens.model.ddf`), and the reduced models of aim 2 take the main
+model's.
 """
 
 from __future__ import annotations
@@ -126,9 +128,9 @@ def _row(fit: MixedResult, name: str) -> dict[str, float]:
             "p": float(2 * stats.t.sf(abs(est / se), df)), "ci_low": est - q * se, "ci_high": est + q * se}
 
 
-def _fit(role: str, formula: str, data: pd.DataFrame, note: str = "") -> ModelSpec:
+def _fit(role: str, formula: str, data: pd.DataFrame, note: str = "", ddf: str = "satterthwaite") -> ModelSpec:
     try:
-        return ModelSpec(role=role, formula=formula, fit=fit_mixed(formula, data), note=note)
+        return ModelSpec(role=role, formula=formula, fit=fit_mixed(formula, data, ddf=ddf), note=note)
     except np.linalg.LinAlgError as exc:
         raise ModelSpecError(f"the {role} model could not be fitted ({exc}); "
                              "check that every process varies within therapists") from None
@@ -146,8 +148,9 @@ def aim1(main: MixedResult, terms: DesignTerms, labels: dict[str, str]) -> pd.Da
 
 @dataclass
 class SlopeResults:
-    """Aim 2: ``variance`` (one row per process: slope_variance, slope_sd, lrt_statistic,
-    lrt_df, p, reference, mean and min slope reliability) and ``therapists`` (one row per
+    """Aim 2: ``variance`` (one row per process: slope_variance, slope_sd with its 95%
+    profile-likelihood interval slope_sd_ci_low / slope_sd_ci_high, lrt_statistic, lrt_df, p,
+    reference, mean and min slope reliability) and ``therapists`` (one row per
     therapist and process: slope, se, ci, the deviation from the average with its
     conditional SD, probability of being stronger than average, n_patients, reliability,
     and ``estimable`` = False for therapists with fewer than two patients)."""
@@ -165,9 +168,15 @@ def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame, labels: dict[s
     conditional variance of u1j (lme4's condVar), ignoring their covariance. "Stronger"
     means more benefit: a more negative slope when a higher outcome is worse
     (``benefit_sign`` = -1). P(stronger) = Phi(benefit_sign * u_hat / cond_sd).
+
+    The slope SD's interval is the profile-likelihood interval of lme4's ``confint(m, method =
+    "profile")`` (:meth:`~theralens.model.fit.MixedResult.conf_int_varcorr`): how large the
+    differences between therapists could be, which a non-significant test alone does not say.
     """
     fit = main.fit
     vc = fit.varcorr
+    sd_ci = fit.conf_int_varcorr(level=0.95, rows=[("therapist", terms.within[p], None) for p in terms.processes])
+    sd_ci.index = list(terms.processes)
     re = fit.random_effects("therapist")
     n_pat = data.groupby("therapist")["patient"].nunique()
     n_pat.index = n_pat.index.astype(str)
@@ -179,7 +188,7 @@ def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame, labels: dict[s
         slope_var = float(vc.loc[own, "vcov"].iloc[0])
         others = [terms.within[o] for o in terms.processes if o != p]
         red = _fit(f"without_slope:{p}", terms.formula(slopes=others), data,
-                   note=f"as main, without the therapist random slope of {col}")
+                   note=f"as main, without the therapist random slope of {col}", ddf=fit.ddf)
         reduced.append(red)
         test = lrt(red.fit, fit)
         mine = re[re["term"] == col].set_index("level")
@@ -198,6 +207,7 @@ def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame, labels: dict[s
             "process": p, "process_label": labels.get(p, p),
             "component": "within_therapist" if terms.level == "patient" else "within_patient",
             "term": col, "slope_variance": slope_var, "slope_sd": float(np.sqrt(max(slope_var, 0.0))),
+            "slope_sd_ci_low": float(sd_ci.loc[p, "2.5 %"]), "slope_sd_ci_high": float(sd_ci.loc[p, "97.5 %"]),
             "lrt_statistic": test.statistic, "lrt_df": test.df, "p": test.p_value, "reference": test.reference,
             "mean_slope_reliability": float(rel[estimable].mean()) if estimable.any() else float("nan"),
             "min_slope_reliability": float(rel[estimable].min()) if estimable.any() else float("nan"),
@@ -231,7 +241,7 @@ class ModeratorResults:
 
 
 def aim3(terms: DesignTerms, data: pd.DataFrame, moderators: pd.DataFrame | None,
-         labels: dict[str, str], joint: bool = False) -> ModeratorResults:
+         labels: dict[str, str], joint: bool = False, ddf: str = "satterthwaite") -> ModeratorResults:
     """Therapist moderators W of the within slope (W x within component) and of the
     between association (W x between component); centred W enters as a main effect too."""
     if moderators is None or moderators.shape[1] <= 1:
@@ -266,7 +276,7 @@ def aim3(terms: DesignTerms, data: pd.DataFrame, moderators: pd.DataFrame | None
                              "fill in the therapist table or drop the moderator")
         role = "joint_moderators" if joint else f"moderator:{wset[0]}"
         spec = _fit(role, terms.formula(extra=extra), d,
-                    note=f"{int(missing.sum())} therapist(s) without a value left out")
+                    note=f"{int(missing.sum())} therapist(s) without a value left out", ddf=ddf)
         models.append(spec)
         for w in wset:
             for p in terms.processes:
@@ -280,10 +290,11 @@ def aim3(terms: DesignTerms, data: pd.DataFrame, moderators: pd.DataFrame | None
     return ModeratorResults(table=pd.DataFrame(rows), models=models)
 
 
-def ancillary(terms: DesignTerms, data: pd.DataFrame, labels: dict[str, str]) -> tuple[pd.DataFrame, ModelSpec]:
+def ancillary(terms: DesignTerms, data: pd.DataFrame, labels: dict[str, str],
+              ddf: str = "satterthwaite") -> tuple[pd.DataFrame, ModelSpec]:
     """The within x between interaction of every process (g12), in one model."""
     extra = [f"{terms.within[p]}:{terms.between[p]}" for p in terms.processes]
-    spec = _fit("ancillary", terms.formula(extra=extra), data, note="as main, plus within x between")
+    spec = _fit("ancillary", terms.formula(extra=extra), data, note="as main, plus within x between", ddf=ddf)
     rows = []
     for p in terms.processes:
         name = coef_name(spec.fit, terms.within[p], terms.between[p])

@@ -88,11 +88,12 @@ def analyze(
             _check_estimable(frame[frame["therapist"].isin(set(have))], terms, therapists_source,
                              f"the model of moderator {names} (therapists with a value)",
                              1 + len(terms.fixed_main()) + len(wset) * (1 + 2 * n_processes))
-    main = fit_model("main", terms.formula(), frame, note="aims 1 and 2")
+    ddf = config.inference.ddf  # the df method of every fit's tests
+    main = fit_model("main", terms.formula(), frame, note="aims 1 and 2", ddf=ddf)
     a1 = aim1(main.fit, terms, labels)
     a2 = aim2(main, terms, frame, labels, table.benefit_sign)
-    a3 = aim3(terms, frame, moderators, labels, joint=config.therapist_moderators.joint)
-    anc, anc_model = ancillary(terms, frame, labels)
+    a3 = aim3(terms, frame, moderators, labels, joint=config.therapist_moderators.joint, ddf=ddf)
+    anc, anc_model = ancillary(terms, frame, labels, ddf=ddf)
     latent = _latent(config, table, moderators, labels)
     if latent is not None:
         a1 = merge_side_by_side(a1, latent.aim1, ["process", "component"])

@@ -11,8 +11,10 @@ display only. Table rows hold every column of the tables they come from.
   ``design`` ("patient" or "session"), ``higher_outcome_is`` and ``benefit_sign`` (-1 when
   a higher outcome is worse: a negative estimate means more benefit), ``decomposition``
   ("manifest", "latent" or "both": ``[design] decomposition``; with latent or both, ``latent``
-  holds the aims under the latent decomposition, docs/latent.md), ``options`` (the full
-  configuration used).
+  holds the aims under the latent decomposition, docs/latent.md), ``inference`` ({ddf (the
+  ``[inference] ddf`` method of every test of the aims: "satterthwaite", "kenward-roger",
+  "residual" or "asymptotic"), label (e.g. "Kenward-Roger"), reference (e.g. "Kenward-Roger
+  (Kenward & Roger, 1997)")}), ``options`` (the full configuration used).
 - ``input``: ``sessions`` and ``therapists`` (where the data came from) and ``counts``
   (rows read, used, excluded; ratings per process).
 - ``processes``: list of {name, label, within, between, components: {component: term}};
@@ -66,6 +68,8 @@ from theralens.atomic import prepare_dir, write_text
 from theralens.data.config import StudyConfig
 from theralens.data.decompose import PatientTable, SessionTable
 from theralens.data.validate import ValidatedData
+from theralens.display import Summary
+from theralens.model.ddf import ddf_label, ddf_reference
 from theralens.study.aims import DesignTerms, ModelSpec, ModeratorResults, SlopeResults, coef_name
 from theralens.study.document import SCHEMA_VERSION, normal_qq, residual_summary, sample_summary, software_versions
 from theralens.study.latent import LatentResults
@@ -191,6 +195,8 @@ class StudyResult:
             "higher_outcome_is": self.table.higher_outcome_is,
             "benefit_sign": self.benefit_sign,
             "decomposition": self.config.design.decomposition,
+            "inference": {"ddf": self.config.inference.ddf, "label": ddf_label(self.config.inference.ddf),
+                          "reference": ddf_reference(self.config.inference.ddf)},
             "options": self.config.to_dict(),
             "input": {"sessions": str(self.data.source), "therapists": self.therapists_source,
                       "counts": dict(self.data.counts)},
@@ -274,7 +280,8 @@ class StudyResult:
     def _model_entry(m: ModelSpec) -> dict[str, Any]:
         f = m.fit
         opt = f.optimizer
-        # estimates and SEs only: the tests of the aims (Satterthwaite df, p) are in the aim tables, and
+        # estimates and SEs (by the [inference] ddf method) only: the tests of the aims (df, p) are in the
+        # aim tables, and
         # the df of every coefficient of every model would cost more than the rest of the document
         fixed = pd.DataFrame({"term": f.fixed_names, "estimate": f.fixed_effects.to_numpy(),
                               "se": f.std_errors.to_numpy()})
@@ -359,8 +366,9 @@ class StudyResult:
         return written
 
     # -- text --------------------------------------------------------------------------------
-    def summary(self) -> str:
-        """Plain-text summary of all aims."""
+    def summary(self) -> Summary:
+        """The summary of all aims: ``print()`` gives the text, ``.tables`` the aims' tables as
+        DataFrames, ``as_html()`` the notebook view (:class:`~theralens.display.Summary`)."""
         sign = "a negative estimate means more benefit" if self.benefit_sign < 0 else \
             "a positive estimate means more benefit"
         c = self.table.counts
@@ -369,30 +377,32 @@ class StudyResult:
             f"{self.table.higher_outcome_is})",
             f"{c.get('therapists')} therapists, {c.get('patients')} patients, {c.get('assessments')} assessments",
             "",
-            "Aim 1 - process-outcome associations (Satterthwaite df):",
+            f"Aim 1 - process-outcome associations ({ddf_label(self.config.inference.ddf)} df):",
             _display(self.aim1)[["process", "component", "estimate", "se", "df", "p", "ci_low", "ci_high"]].to_string(
                 index=False, float_format=lambda v: f"{v:.4g}"),
             "",
             "Aim 2 - do within slopes differ between therapists?",
-            _display(self.aim2.variance)[["process", "slope_variance", "slope_sd", "lrt_statistic", "p",
-                                "mean_slope_reliability"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"),
+            _display(self.aim2.variance)[["process", "slope_variance", "slope_sd", "slope_sd_ci_low",
+                                          "slope_sd_ci_high", "lrt_statistic", "p", "mean_slope_reliability"]]
+            .to_string(index=False, float_format=lambda v: f"{v:.4g}"),
             "",
         ]
         if len(self.aim3.table):
             shown = _display(self.aim3.table)[["process", "moderator", "target", "estimate", "se", "df", "p"]]
-            lines += ["Aim 3 - therapist moderators:",
+            lines += [f"Aim 3 - therapist moderators ({ddf_label(self.config.inference.ddf)} df):",
                       shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"), ""]
         else:
             lines += ["Aim 3 - no therapist moderators given.", ""]
-        lines += ["Ancillary - within x between interaction:",
+        lines += [f"Ancillary - within x between interaction ({ddf_label(self.config.inference.ddf)} df):",
                   _display(self.ancillary)[["process", "estimate", "se", "df", "p"]].to_string(
                       index=False, float_format=lambda v: f"{v:.4g}")]
         if self.warnings:
             lines += ["", "Warnings:"] + [f"- {w}" for w in self.warnings]
-        return "\n".join(lines)
+        return Summary(self._status_lines()[0].strip("<>"), "\n".join(lines), self._view_tables(),
+                       self._status_lines()[1:], index={name: False for name in self._view_tables()})
 
     def __str__(self) -> str:
-        return self.summary()
+        return str(self.summary())
 
     # -- notebook views ---------------------------------------------------------------------
     def _status_lines(self) -> list[str]:
@@ -427,8 +437,8 @@ class StudyResult:
             "aim 1: process-outcome associations": named(
                 self.aim1, ["process", "component", "estimate", "se", "df", "p", "ci_low", "ci_high"]),
             "aim 2: therapist slope variances": named(
-                self.aim2.variance, ["process", "slope_variance", "slope_sd", "lrt_statistic", "p",
-                                     "mean_slope_reliability"]),
+                self.aim2.variance, ["process", "slope_variance", "slope_sd", "slope_sd_ci_low", "slope_sd_ci_high",
+                                     "lrt_statistic", "p", "mean_slope_reliability"]),
         }
         if len(self.aim3.table):
             tables["aim 3: therapist moderators"] = named(
