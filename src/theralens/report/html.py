@@ -1,5 +1,6 @@
 """Write the study report: ``OUT/report.html`` and one ``OUT/therapists/<file>.html`` per
-therapist, linked both ways, plus ``OUT/tables/therapist_profiles.csv``.
+therapist, linked both ways, plus ``OUT/tables/therapist_profiles.csv`` (and
+``OUT/tables/stability_labels.csv`` when the document has a ``stability`` section).
 
 The report is drawn from the results document alone (:func:`render_report`; ``results.json``
 as :meth:`StudyResult.write` saves it), so ``theralens report OUT/results.json`` rebuilds the
@@ -17,10 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from theralens.atomic import prepare_dir, write_text
 from theralens.profiles import Profiles, profiles_from_document
+from theralens.profiles.stability import half_labels
 from theralens.report.formatting import key
 from theralens.report.page import page
 from theralens.report.profile_page import peer_context, profile_filename, profile_page
+from theralens.report.stability import stability_cards
 from theralens.report.study import ReportContext, report_body
+from theralens.report.training import training_cards
 
 if TYPE_CHECKING:  # pragma: no cover
     from theralens.study.result import StudyResult
@@ -50,17 +54,21 @@ def render_report(doc: dict[str, Any], out: str | Path, profiles: Profiles | Non
     peers = peer_context(profiles, n_therapists=int(doc["n"]["therapists"] or 0),
                          n_patients=int(doc["n"]["patients"] or 0), higher_outcome_is=str(doc["higher_outcome_is"]),
                          average_slope_keys=avg_keys, version=str(doc["software"].get("theralens", "")))
+    stability, training = stability_cards(ctx), training_cards(ctx)
     folder = prepare_dir(out / "therapists")
     names = set()
     for t in profiles:
         name = profile_filename(t.therapist)
         names.add(name)
-        written.append(write_text(folder / name, profile_page(t, peers, profiles.min_caseload)))
+        extra = stability.get(t.therapist, "") + training.get(t.therapist, "")
+        written.append(write_text(folder / name, profile_page(t, peers, profiles.min_caseload, extra=extra)))
     for old in folder.glob("*.html"):
         if old.name not in names and _OUR_PAGE.match(old.name):
             old.unlink(missing_ok=True)
     frame = profiles.to_frame()
     written.append(write_text(out / "tables" / "therapist_profiles.csv", frame.to_csv(index=False)))
+    if "stability" in doc:
+        written.append(write_text(out / "tables" / "stability_labels.csv", half_labels(doc).to_csv(index=False)))
     return written
 
 

@@ -165,8 +165,9 @@ def _process_card(t: TherapistProfile, pp: ProcessProfile, ctx: PeerContext, ind
     )
 
 
-def profile_page(t: TherapistProfile, ctx: PeerContext, min_caseload: int) -> str:
-    """The complete HTML page of therapist ``t``."""
+def profile_page(t: TherapistProfile, ctx: PeerContext, min_caseload: int, extra: str = "") -> str:
+    """The complete HTML page of therapist ``t``; ``extra``: markup of further sections (the
+    stability and training cards), placed before "How to read this profile"."""
     tid = t.therapist
     o = t.outcome
     within = "within-therapist" if ctx.design == "patient" else "within-patient"
@@ -237,6 +238,8 @@ def profile_page(t: TherapistProfile, ctx: PeerContext, min_caseload: int) -> st
                      f"<tbody>{rows}</tbody></table></div>"
                      '<p class="table-note">Characteristics as given in the therapist table; the study report '
                      "(aim 3) says whether any of them predicts who uses a process to more benefit.</p></section>")
+    if extra:
+        parts.append(extra)
     parts.append(
         '<section id="how-to-read"><h2>How to read this profile</h2><ul>'
         "<li>Estimates come from a mixed model fitted to all therapists: each therapist's slope is pulled toward the "
