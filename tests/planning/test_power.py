@@ -141,6 +141,31 @@ def test_session_design_power() -> None:
     assert "Design: session level" in r.summary()
 
 
+@pytest.mark.parametrize("design", ["patient", "session"])
+def test_any_processes_and_moderators(design: str) -> None:
+    """Three freely named processes, a binary moderator and a covariate: the tests follow them,
+    settings name them, and the default moderator test is the simulated cross-level effect."""
+    from theralens.simulation.generate import Variable
+
+    effects = "session_moderator_effects" if design == "session" else "moderator_effects"
+    r = power(therapists=[12], patients_per_therapist=[5], nsim=2, seed=1, workers=1, progress=False, design=design,
+              processes=("empathy", "homework", "goals"), moderators={"female": Variable("binary", 0.5)},
+              covariates={"employed": Variable("binary", 0.6)}, covariate_effects={"employed": -0.1},
+              settings=["within.homework=-0.25", "moderator_effect=0.2"],
+              **{effects: {("female", "goals", "within_slope"): 0.15}})
+    assert r.spec.moderator == "female" and r.spec.moderator_process == "goals"
+    assert r.spec.covariates == ("employed",)
+    kinds = {(t.kind, t.process) for t in r.tests}
+    assert {("slope_variance", p) for p in ("empathy", "homework", "goals")} <= kinds
+    assert ("moderator", "goals") in kinds and not any(p == "alliance" for _, p in kinds)
+    t = r.table.set_index(["test", "process"])
+    assert t.loc[("within", "homework"), "true_value"] == -0.25
+    assert t.loc[("moderator", "goals"), "true_value"] == 0.15  # keyword overrides apply after the settings
+    assert (t["n_usable"] > 0).all()
+    with pytest.raises(InputError, match="within.empathy or within.homework or within.goals"):
+        power(nsim=1, progress=False, processes=("empathy", "homework", "goals"), settings=["within.alliance=1"])
+
+
 def test_bad_input() -> None:
     with pytest.raises(InputError, match="nsim"):
         power(nsim=0, progress=False)

@@ -173,3 +173,67 @@ def test_shipped_demo_equals_simulator():
     sessions, therapists = demo_from_simulator()
     pd.testing.assert_frame_equal(shipped_sessions, sessions, check_dtype=False, atol=1e-9)
     pd.testing.assert_frame_equal(shipped_therapists, therapists, check_dtype=False)
+
+
+def test_coyne2022_parameters_are_the_published_defaults():
+    from theralens.simulation.generate import MODERATORS, PROCESSES, Variable, resolve_parameters
+
+    p = resolve_parameters("coyne2022")
+    assert p.processes == PROCESSES and tuple(p.moderators) == MODERATORS
+    assert p.moderators["cbt"] == Variable("binary", 0.4)
+    assert p.covariates == {} and resolve_parameters(patient_covariates=True).covariates["age"].mean == 40.0
+
+
+@pytest.mark.parametrize("processes", [("homework",), ("alliance", "empathy"), tuple(f"p{k}" for k in range(1, 6))])
+@pytest.mark.parametrize("design", ["patient", "session"])
+def test_any_processes_moderators_and_covariates(processes, design):
+    """One, two or five processes (named freely), a binary and a continuous moderator with
+    effects, two patient covariates: the data have those columns and analyze fits them all."""
+    from theralens.simulation.generate import Variable
+    from theralens.study.analysis import analyze
+
+    first = processes[0]
+    within = "session_within_patient" if design == "session" else "within"
+    effects = "session_moderator_effects" if design == "session" else "moderator_effects"
+    s = simulate(
+        seed=3, design=design, processes=processes, n_therapists=30, n_patients=240, caseload_shape=None,
+        moderators={"female": Variable("binary", 0.5), "experience": Variable("continuous", 10.0, 5.0, 0.0, 40.0, 0)},
+        moderator_main={"experience": 0.01},
+        **{effects: {("experience", first, "within_slope"): 0.01, ("female", first, "between_association"): 0.1}},
+        **{within: {first: -0.3}},
+        covariates={"age": Variable("continuous", 40, 12, 18, 80, 0), "employed": Variable("binary", 0.6)},
+        covariate_effects={"employed": -0.2},
+    )
+    assert list(s.sessions.columns) == ["therapist", "patient", "session", "outcome", *processes, "age", "employed"]
+    assert list(s.therapists.columns) == ["therapist", "female", "experience"]
+    assert set(s.therapists["female"]) <= {0, 1} and s.therapists["experience"].between(0, 40).all()
+    assert set(s.parameters.within) == set(processes) and set(s.parameters.session_slope_sd) == set(processes)
+    assert getattr(s.parameters, within)[first] == -0.3
+    assert s.parameters.within.get("empathy", 0.0) == 0.0  # a process the preset does not name: GENERIC_PROCESS
+    t = s.truth
+    assert t["processes"] == list(processes) and t["moderator_centers"] == {"female": 0.5, "experience": 10.0}
+    assert {(m["moderator"], m["process"], m["target"]) for m in t["moderators"]} == {
+        (m, q, g) for m in ("female", "experience") for q in processes for g in ("within_slope", "between_association")}
+    # marginal slope SD: sqrt(sd^2 + g11^2 Var W), Var W = 5^2
+    assert t["slope_sd_marginal"][first] == pytest.approx(np.sqrt(t["slope_sd"][first] ** 2 + 0.01**2 * 25))
+    cfg = s.config()
+    assert cfg.columns.process == processes and cfg.columns.covariates == ("age", "employed")
+    assert cfg.therapist_moderators.columns == ("female", "experience")
+    res = analyze(s.sessions, s.therapists, cfg)
+    assert set(res.aim1["process"]) == set(processes) and len(res.aim2.variance) == len(processes)
+    assert set(res.aim3.table["moderator"]) == {"female", "experience"}
+
+
+def test_named_effects_must_be_simulated():
+    from theralens.simulation.generate import Variable
+
+    with pytest.raises(InputError, match="not simulated"):
+        simulate(moderators={"female": Variable("binary", 0.5)}, moderator_main={"cbt": 0.1})
+    # the preset's own effects on moderators not simulated are dropped
+    assert simulate(seed=1, moderators={"female": Variable("binary", 0.5)}).parameters.moderator_effects == {}
+    with pytest.raises(InputError, match="process in"):
+        simulate(processes=("homework",), moderator_effects={("cbt", "alliance", "within_slope"): 0.1})
+    with pytest.raises(InputError, match="reserved"):
+        simulate(processes=("outcome",))
+    with pytest.raises(InputError, match="3 x 3 matrix"):
+        simulate(random_corr=((1.0, 0.2), (0.2, 1.0)))

@@ -21,9 +21,28 @@ from theralens.planning.latent import estimate_seconds
 from theralens.planning.replicate import PowerSpec, run_replicate
 from theralens.planning.result import PowerResult, summarise
 from theralens.planning.settings import CELL_FIELDS, design_cells, parse_settings, resolve_overrides
-from theralens.simulation.generate import PRESETS, simulate
+from theralens.simulation.generate import TARGETS, SimulationParameters, resolve_parameters, simulate
 
 __all__ = ["power"]
+
+DEFAULT_MODERATOR = ("self_rated_alliance_skill", "alliance")
+
+
+def _default_moderator(params: SimulationParameters, moderator: str | None, process: str,
+                       target: str) -> tuple[str | None, str]:
+    """The moderator test: as asked; the defaults (self-rated alliance skill on the alliance
+    within slope) where simulated, else the largest simulated cross-level effect on ``target``,
+    else the first moderator on the first process, else none."""
+    if (moderator, process) != DEFAULT_MODERATOR or (moderator in params.moderators and process in params.processes):
+        return moderator, process
+    if not params.moderators:
+        return None, params.processes[0]
+    effects = params.session_moderator_effects if params.design == "session" else params.moderator_effects
+    on_target = {k: abs(v) for k, v in effects.items() if k[2] == target and target in TARGETS}
+    if on_target:
+        m, q, _ = max(on_target, key=lambda k: on_target[k])
+        return m, q
+    return next(iter(params.moderators)), params.processes[0]
 
 
 def power(
@@ -88,12 +107,12 @@ def power(
     t0 = time.perf_counter()
     if isinstance(nsim, bool) or not isinstance(nsim, int) or nsim < 1:
         raise InputError(f"--nsim {nsim}: give a whole number of replicates, 1 or more (500 or more for a plan)")
-    mod_key = (moderator or "self_rated_alliance_skill", moderator_process, moderator_target)
     if design is not None:
         overrides = {**overrides, "design": design}
-    level = str(overrides.get("design", PRESETS[preset][1].get("design", "patient")) if preset in PRESETS
-                else "patient")
-    resolved = resolve_overrides(preset, parse_settings(settings), mod_key, level)
+    base = resolve_parameters(preset, **{k: v for k, v in overrides.items() if k not in CELL_FIELDS})
+    moderator, moderator_process = _default_moderator(base, moderator, moderator_process, moderator_target)
+    mod_key = (moderator or "", moderator_process, moderator_target)
+    resolved = resolve_overrides(preset, parse_settings(settings), mod_key, base.design, base=overrides)
     for key, value in overrides.items():
         if isinstance(value, Mapping) and isinstance(resolved.get(key), Mapping):
             resolved[key] = {**resolved[key], **value}

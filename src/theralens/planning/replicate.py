@@ -51,7 +51,7 @@ from theralens.planning.latent import LATENT_KINDS, latent_fit, latent_test
 from theralens.planning.satterthwaite import t_tests
 from theralens.planning.settings import Cell
 from theralens.planning.table import patient_arrays
-from theralens.simulation.generate import MODERATORS, PRESETS, PROCESSES, TARGETS, simulate
+from theralens.simulation.generate import TARGETS, SimulationParameters, resolve_parameters, simulate
 
 __all__ = ["ERROR", "NONCONVERGED", "OK", "SINGULAR", "ChunkOutcome", "PowerSpec", "ReplicateOutcome", "TestSpec",
            "replicate_seed", "run_chunk", "run_replicate", "slope_lrt"]
@@ -102,25 +102,32 @@ class PowerSpec:
             raise InputError(f'--decomposition {self.decomposition}: use "manifest" or "latent"')
         if not 0.0 < self.alpha < 1.0:
             raise InputError(f"--alpha {self.alpha}: the level of the tests must lie strictly between 0 and 1")
-        if self.moderator is not None and self.moderator not in MODERATORS:
-            raise InputError(f"moderator {self.moderator!r}: the simulation has {', '.join(MODERATORS)}")
-        if self.moderator_process not in PROCESSES:
-            raise InputError(f"moderator process {self.moderator_process!r}: one of {', '.join(PROCESSES)}")
+        params = self.parameters
+        if self.moderator is not None and self.moderator not in params.moderators:
+            raise InputError(f"moderator {self.moderator!r}: the simulation has "
+                             f"{', '.join(params.moderators) or 'no moderator'}")
+        if self.moderator is not None and self.moderator_process not in params.processes:
+            raise InputError(f"moderator process {self.moderator_process!r}: one of {', '.join(params.processes)}")
         if self.moderator_target not in TARGETS:
             raise InputError(f"moderator target {self.moderator_target!r}: one of {', '.join(TARGETS)}")
 
     @property
+    def parameters(self) -> SimulationParameters:
+        """The simulation's parameters (cells aside): ``preset`` with ``overrides``."""
+        return resolve_parameters(self.preset, **self.overrides)
+
+    @property
     def level(self) -> str:
         """The design: "patient" or "session" (the simulation's ``design``)."""
-        return str({**PRESETS[self.preset][1], **self.overrides}.get("design", "patient"))
+        return self.parameters.design
 
     @property
     def processes(self) -> tuple[str, ...]:
-        return PROCESSES
+        return self.parameters.processes
 
     @property
     def covariates(self) -> tuple[str, ...]:
-        return ("age",) if self.overrides.get("patient_covariates") else ()
+        return tuple(self.parameters.covariates)
 
     @property
     def analysis_config(self) -> StudyConfig:

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from theralens.errors import InputError, closest
-from theralens.simulation.generate import MODERATORS, PRESETS, PROCESSES, TARGETS, SimulationParameters
+from theralens.simulation.generate import PER_PROCESS, PRESETS, TARGETS, SimulationParameters, resolve_parameters
 
 __all__ = ["Cell", "design_cells", "parse_numbers", "parse_settings", "resolve_overrides"]
 
@@ -65,12 +65,14 @@ SESSION_FIELDS = {
 #: Set by the design cells, never by a setting.
 CELL_FIELDS = ("n_therapists", "n_patients")
 _FIELDS = {f.name: f for f in dataclasses.fields(SimulationParameters)}
-_PER_PROCESS = {name for name, value in dataclasses.asdict(SimulationParameters()).items()
-                if isinstance(value, dict) and set(value) == set(PROCESSES)}
-_KNOWN = sorted(set(_FIELDS) - set(CELL_FIELDS)) + sorted(SHORTHANDS) + ["between_patient.alliance",
-    "moderator_effect", "therapist_icc", "process_icc.alliance", "process_icc.expectancy",
-    *[f"{f}.{p}" for f in sorted(_PER_PROCESS) for p in PROCESSES],
-]
+_PER_PROCESS = set(PER_PROCESS)
+
+
+def _known(processes: tuple[str, ...]) -> list[str]:
+    """Every setting name (for "did you mean")."""
+    return sorted(set(_FIELDS) - set(CELL_FIELDS)) + sorted(SHORTHANDS) + [
+        "moderator_effect", "therapist_icc", *[f"process_icc.{p}" for p in processes],
+        *[f"{f}.{p}" for f in sorted(_PER_PROCESS | {"between_patient"}) for p in processes]]
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,8 @@ class Cell:
     n_patients: int
 
 
-def _suggest(name: str) -> str:
-    match = closest(name, _KNOWN)
+def _suggest(name: str, processes: tuple[str, ...]) -> str:
+    match = closest(name, _known(processes))
     return f' (did you mean "{match}"?)' if match else ""
 
 
@@ -140,8 +142,11 @@ def resolve_overrides(
     settings: Mapping[str, Any],
     moderator: tuple[str, str, str],
     design: str = "patient",
+    base: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Turn parsed settings into keyword overrides of :func:`theralens.simulation.generate.simulate`.
+    """Turn parsed settings into keyword overrides of :func:`theralens.simulation.generate.simulate`
+    (``base``: overrides the settings apply on top of, e.g. the processes and moderators of a
+    fitted study).
 
     ICCs are converted to SDs with the other parameters as finally set (preset, then the
     remaining settings): ``therapist_intercept_sd = residual_sd sqrt(icc / (1 - icc))`` and
@@ -154,6 +159,8 @@ def resolve_overrides(
     if design not in ("patient", "session"):
         raise InputError(f'--design {design}: use "patient" or "session"')
     session = design == "session"
+    base_params = resolve_parameters(preset, **{k: v for k, v in (base or {}).items() if k not in CELL_FIELDS})
+    processes, moderators = base_params.processes, tuple(base_params.moderators)
     out: dict[str, Any] = {}
     deferred: list[tuple[str, Any]] = []
     for name, value in settings.items():
@@ -171,17 +178,18 @@ def resolve_overrides(
             out.setdefault(key, {})[moderator] = _number(name, value)
         elif field in ("moderator_effects", "session_moderator_effects") and rest:
             parts = tuple(rest.split("."))
-            if len(parts) != 3 or parts[0] not in MODERATORS or parts[1] not in PROCESSES or parts[2] not in TARGETS:
+            if len(parts) != 3 or parts[0] not in moderators or parts[1] not in processes or parts[2] not in TARGETS:
                 raise InputError(f"--set {name}: write moderator_effects.MODERATOR.PROCESS.TARGET with MODERATOR in "
-                                 f"{', '.join(MODERATORS)}, PROCESS in {', '.join(PROCESSES)}, TARGET in "
+                                 f"{', '.join(moderators)}, PROCESS in {', '.join(processes)}, TARGET in "
                                  f"{', '.join(TARGETS)}")
             out.setdefault(field, {})[parts] = _number(name, value)
         elif field in _PER_PROCESS:
-            if rest not in PROCESSES:
-                raise InputError(f"--set {name}: {field} is set per process: {field}.alliance or {field}.expectancy")
+            if rest not in processes:
+                raise InputError(f"--set {name}: {field} is set per process: "
+                                 + " or ".join(f"{field}.{p}" for p in processes))
             out.setdefault(field, {})[rest] = _number(name, value)
         elif field in _FIELDS and not rest:
-            current = getattr(SimulationParameters(), field)
+            current = getattr(base_params, field)
             if isinstance(current, dict | tuple):
                 raise InputError(f"--set {name}: {field} cannot be set from the command line; use the Python API")
             if field == "max_sessions" or isinstance(current, int) and not isinstance(current, bool):
@@ -190,21 +198,20 @@ def resolve_overrides(
                 value = int(value)
             out[field] = value
         else:
-            raise InputError(f"--set {name}: unknown setting{_suggest(name)}; see 'theralens power --help' or "
-                             "theralens.planning.settings")
+            raise InputError(f"--set {name}: unknown setting{_suggest(name, processes)}; see "
+                             "'theralens power --help' or theralens.planning.settings")
     if deferred:
-        base = dataclasses.replace(SimulationParameters(), **{**PRESETS[preset][1]})
         for name, value in deferred:
             icc = _number(name, value, 0.0, 0.99)
             ratio = math.sqrt(icc / (1.0 - icc))
             if name == "therapist_icc":
                 resid = "session_residual_sd" if session else "residual_sd"
-                out["therapist_intercept_sd"] = ratio * float(out.get(resid, getattr(base, resid)))
+                out["therapist_intercept_sd"] = ratio * float(out.get(resid, getattr(base_params, resid)))
             else:
                 proc = name.partition(".")[2]
-                if proc not in PROCESSES:
-                    raise InputError(f"--set {name}: write process_icc.alliance or process_icc.expectancy")
-                sd_patient = {**base.process_sd_patient, **out.get("process_sd_patient", {})}[proc]
+                if proc not in processes:
+                    raise InputError(f"--set {name}: write " + " or ".join(f"process_icc.{p}" for p in processes))
+                sd_patient = {**base_params.process_sd_patient, **out.get("process_sd_patient", {})}[proc]
                 out.setdefault("process_sd_therapist", {})[proc] = ratio * float(sd_patient)
     return out
 

@@ -102,18 +102,67 @@ from theralens.data.config import ColumnsConfig, DesignConfig, ModeratorsConfig,
 from theralens.errors import InputError, closest
 
 __all__ = [
+    "PER_PROCESS",
     "PRESETS",
     "LatentSimulation",
     "SimulatedStudy",
     "SimulationParameters",
+    "Variable",
     "list_presets",
+    "resolve_parameters",
     "simulate",
     "simulate_latent",
 ]
 
+#: The processes and therapist moderators of the coyne2022 preset (the defaults; any others
+#: can be simulated: ``processes`` and ``moderators`` of :class:`SimulationParameters`).
 PROCESSES = ("alliance", "expectancy")
 MODERATORS = ("cbt", "self_rated_alliance_skill", "self_rated_expectancy_skill")
 TARGETS = ("within_slope", "between_association")
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A simulated characteristic (therapist moderator or patient covariate).
+
+    ``kind`` "binary": 1 with probability ``mean``, else 0 (variance mean (1 - mean));
+    "continuous": Normal(``mean``, ``sd``^2) clipped to [``low``, ``high``] and rounded to
+    ``decimals`` (None: not rounded); variance sd^2 (before clipping). It enters the outcome
+    model centred at ``mean``.
+    """
+
+    kind: str = "continuous"
+    mean: float = 0.0
+    sd: float = 1.0
+    low: float = -math.inf
+    high: float = math.inf
+    decimals: int | None = None
+
+    @property
+    def variance(self) -> float:
+        return self.mean * (1.0 - self.mean) if self.kind == "binary" else self.sd**2
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        if self.kind == "binary":
+            return (rng.random(n) < self.mean).astype(int)
+        x = np.clip(rng.normal(self.mean, self.sd, n), self.low, self.high)
+        return x if self.decimals is None else np.round(x, self.decimals)
+
+
+SKILL = Variable("continuous", 5.0, 0.8, 1.0, 7.0, 2)
+#: The ``patient_covariates=True`` covariate: age in years, centred at 40.
+AGE = Variable("continuous", 40.0, 12.0, 18.0, 80.0, 0)
+#: Default of a per-process field for a process the preset does not name.
+GENERIC_PROCESS = {
+    "process_mean": 4.0, "process_range": (1.0, 7.0), "process_sd_therapist": 0.3, "process_sd_patient": 0.6,
+    "process_sd_session": 0.35, "process_trend": 0.0, "within": 0.0, "between": 0.0, "within_x_between": 0.0,
+    "slope_sd": 0.0, "session_within_patient": 0.0, "session_between_patient": 0.0,
+    "session_between_therapist": 0.0, "session_within_x_between": 0.0, "session_slope_sd": 0.0,
+}
+#: The fields of :class:`SimulationParameters` that hold one value per process.
+PER_PROCESS = tuple(GENERIC_PROCESS)
+#: Dict fields an override replaces instead of merging into.
+REPLACED = ("moderators", "covariates")
 
 
 def _pp(alliance: float, expectancy: float) -> dict[str, float]:
@@ -132,12 +181,19 @@ class SimulationParameters:
     equal caseloads), max_sessions, min_sessions, dropout_hazard (per session),
     outcome_every (sessions between outcome assessments), process_missing_rate,
     outcome_missing_rate (patient design), design ("patient" or "session").
-    Therapists: p_cbt, other_orientations, skill_mean, skill_sd (per process skill).
-    Processes: process_mean, process_range, process_sd_therapist, process_sd_patient,
-    process_sd_session, process_trend (per session), process_corr.
+    Processes: ``processes`` (names, any number), process_mean, process_range,
+    process_sd_therapist, process_sd_patient, process_sd_session, process_trend (per
+    session), process_corr (one correlation, or a matrix in ``processes`` order). A process
+    missing from a per-process field takes :data:`GENERIC_PROCESS`.
+    Therapists: ``moderators`` (name -> :class:`Variable`, binary or continuous; drawn binary
+    ones first, then the orientation label of a ``cbt`` moderator, then continuous ones, each
+    in order), other_orientations.
     Outcome, both designs: baseline_mean, baseline_sd, therapist_intercept_sd,
-    random_corr, moderator_main (g02 per moderator), patient_covariates (adds ``age``),
-    age_effect (per year, centred at 40).
+    random_corr (one correlation between every pair of therapist random effects, or a
+    matrix in the order intercept, slopes of ``processes``), moderator_main (g02 per
+    moderator), ``covariates`` (patient covariates: name -> :class:`Variable`) with
+    ``covariate_effects`` (per unit, centred at the variable's mean), patient_covariates
+    (True adds :data:`AGE` as ``age``) and age_effect (its effect, per year).
     Patient design: intercept (g00), baseline_coef (g), within (g10), between (g01),
     within_x_between (g12), slope_sd (SD u1j), residual_sd, moderator_effects
     ({(moderator, process, target): value}, target "within_slope" (g11) or
@@ -160,10 +216,11 @@ class SimulationParameters:
     design: str = "patient"
     decomposition: str = "manifest"
 
-    p_cbt: float = 0.4
+    processes: tuple[str, ...] = PROCESSES
+    moderators: dict[str, Variable] = _f(lambda: {"cbt": Variable("binary", 0.4),
+                                                  "self_rated_alliance_skill": SKILL,
+                                                  "self_rated_expectancy_skill": SKILL})
     other_orientations: tuple[str, ...] = ("psychodynamic", "integrative", "humanistic")
-    skill_mean: dict[str, float] = _f(lambda: _pp(5.0, 5.0))
-    skill_sd: dict[str, float] = _f(lambda: _pp(0.8, 0.8))
 
     process_mean: dict[str, float] = _f(lambda: _pp(5.5, 3.7))
     process_range: dict[str, tuple[float, float]] = _f(lambda: {"alliance": (1.0, 7.0), "expectancy": (1.0, 5.0)})
@@ -171,13 +228,15 @@ class SimulationParameters:
     process_sd_patient: dict[str, float] = _f(lambda: _pp(0.65, 0.55))
     process_sd_session: dict[str, float] = _f(lambda: _pp(0.35, 0.35))
     process_trend: dict[str, float] = _f(lambda: _pp(0.02, 0.01))
-    process_corr: float = 0.4
+    process_corr: float | tuple[tuple[float, ...], ...] = 0.4
 
     baseline_mean: float = 1.0
     baseline_sd: float = 0.6
     therapist_intercept_sd: float = 0.10
-    random_corr: float = 0.2
+    random_corr: float | tuple[tuple[float, ...], ...] = 0.2
     moderator_main: dict[str, float] = _f(lambda: dict.fromkeys(MODERATORS, 0.0))
+    covariates: dict[str, Variable] = _f(dict)
+    covariate_effects: dict[str, float] = _f(dict)
     patient_covariates: bool = False
     age_effect: float = 0.0
 
@@ -224,8 +283,11 @@ class SimulationParameters:
 
 
 def _plain(v: Any) -> Any:
+    if isinstance(v, Variable):
+        return {k: (None if isinstance(x, float) and not math.isfinite(x) else x)
+                for k, x in dataclasses.asdict(v).items()}
     if isinstance(v, tuple):
-        return list(v)
+        return [_plain(x) for x in v]
     return v
 
 
@@ -249,9 +311,10 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 class SimulatedStudy:
     """A simulated study.
 
-    Fields: ``sessions`` (long table: therapist, patient, session, outcome, alliance,
-    expectancy [, age]); ``therapists`` (therapist, orientation, cbt,
-    self_rated_alliance_skill, self_rated_expectancy_skill); ``truth`` (see module
+    Fields: ``sessions`` (long table: therapist, patient, session, outcome, the processes
+    (alliance, expectancy), the covariates [age]); ``therapists`` (therapist, orientation
+    when a ``cbt`` moderator is simulated, the moderators (cbt, self_rated_alliance_skill,
+    self_rated_expectancy_skill)); ``truth`` (see module
     docstring); ``parameters`` (:class:`SimulationParameters`); ``preset``; ``seed``.
     """
 
@@ -262,11 +325,15 @@ class SimulatedStudy:
     preset: str
     seed: int | None
 
-    def config(self, moderators: tuple[str, ...] = ("self_rated_alliance_skill", "cbt")) -> StudyConfig:
-        """A :class:`StudyConfig` matching these data (design level as simulated)."""
-        covs = ("age",) if self.parameters.patient_covariates else ()
+    def config(self, moderators: tuple[str, ...] | None = None) -> StudyConfig:
+        """A :class:`StudyConfig` matching these data (design level as simulated); moderators
+        by default self_rated_alliance_skill and cbt where simulated, else every moderator."""
+        p = self.parameters
+        if moderators is None:
+            moderators = tuple(m for m in ("self_rated_alliance_skill", "cbt") if m in p.moderators) or tuple(
+                p.moderators)
         return StudyConfig(
-            columns=ColumnsConfig(covariates=covs),
+            columns=ColumnsConfig(process=tuple(p.processes), covariates=tuple(p.covariates)),
             therapist_moderators=ModeratorsConfig(columns=tuple(moderators)),
             design=DesignConfig(level=self.parameters.design),
         )
@@ -282,6 +349,14 @@ def _closest(name: str, options: list[str]) -> str:
     return f' (did you mean "{match}"?)' if match else ""
 
 
+def resolve_parameters(preset: str = "coyne2022", **overrides: Any) -> SimulationParameters:
+    """The parameters :func:`simulate` uses for ``preset`` with ``overrides``, checked:
+    dict fields merged, per-process fields completed for every process
+    (:data:`GENERIC_PROCESS`) and restricted to ``processes``, ``patient_covariates`` turned
+    into the ``age`` covariate."""
+    return _parameters(preset, overrides)
+
+
 def _parameters(preset: str, overrides: Mapping[str, Any]) -> SimulationParameters:
     if preset not in PRESETS:
         raise InputError(
@@ -294,9 +369,29 @@ def _parameters(preset: str, overrides: Mapping[str, Any]) -> SimulationParamete
         if key not in names:
             raise InputError(f"unknown simulation parameter {key!r}{_closest(key, names)}")
         current = merged.get(key, getattr(base, key))
-        if isinstance(current, dict) and isinstance(value, Mapping):
+        if isinstance(current, dict) and isinstance(value, Mapping) and key not in REPLACED:
             value = {**current, **value}
         merged[key] = value
+    procs = tuple(merged.get("processes", base.processes))
+    mods = merged.get("moderators", base.moderators)
+    for name in ("moderator_effects", "session_moderator_effects", "moderator_main"):
+        given = overrides.get(name, {})
+        effects = dict(merged.get(name, getattr(base, name)))
+        # effects of the defaults on moderators or processes not simulated are dropped; given ones are checked
+        merged[name] = {k: v for k, v in effects.items() if k in given or (
+            (k in mods) if name == "moderator_main" else (k[0] in mods and k[1] in procs))}
+    if not procs or len(set(procs)) != len(procs) or not all(isinstance(q, str) and q for q in procs):
+        raise InputError(f"processes must be distinct names, at least one; got {procs!r}")
+    merged["processes"] = procs
+    for name in PER_PROCESS:
+        given = dict(merged.get(name, getattr(base, name)))
+        merged[name] = {q: given.get(q, GENERIC_PROCESS[name]) for q in procs}
+    if merged.get("patient_covariates", base.patient_covariates):
+        covs = dict(merged.get("covariates", base.covariates))
+        merged["covariates"] = {"age": covs.pop("age", AGE), **covs}
+        effects = dict(merged.get("covariate_effects", base.covariate_effects))
+        effects.setdefault("age", float(merged.get("age_effect", base.age_effect)))
+        merged["covariate_effects"] = effects
     params = dataclasses.replace(base, **merged)
     _check(params)
     return params
@@ -316,9 +411,30 @@ def _check(p: SimulationParameters) -> None:
         )
     if not 1 <= p.min_sessions <= p.max_sessions:
         raise InputError("need 1 <= min_sessions <= max_sessions")
-    for name in ("dropout_hazard", "process_missing_rate", "outcome_missing_rate", "p_cbt"):
+    for name in ("dropout_hazard", "process_missing_rate", "outcome_missing_rate"):
         if not 0.0 <= getattr(p, name) < 1.0:
             raise InputError(f"{name} must be in [0, 1); got {getattr(p, name)}")
+    for kind, table in (("moderator", p.moderators), ("covariate", p.covariates)):
+        for name, v in table.items():
+            if not isinstance(v, Variable) or v.kind not in ("binary", "continuous"):
+                raise InputError(f"{kind} {name!r}: give a Variable('binary', p) or Variable('continuous', mean, sd)")
+            if v.kind == "binary" and not 0.0 <= v.mean <= 1.0:
+                raise InputError(f"{kind} {name!r}: a binary variable's mean is its probability, in [0, 1]")
+            if v.kind == "continuous" and not v.sd >= 0.0:
+                raise InputError(f"{kind} {name!r}: sd must be >= 0")
+    clash = set(p.moderators) & set(p.covariates) | (set(p.processes) & (set(p.moderators) | set(p.covariates)))
+    reserved = {"therapist", "patient", "session", "outcome", "orientation"}
+    clash |= reserved & (set(p.processes) | set(p.moderators) | set(p.covariates))
+    if clash:
+        raise InputError(f"names used twice or reserved: {', '.join(sorted(clash))}")
+    for name in list(p.moderator_main) + [k[0] for k in p.moderator_effects] + [
+            k[0] for k in p.session_moderator_effects]:
+        if name not in p.moderators:
+            raise InputError(f"moderator {name!r} has an effect but is not simulated; moderators: "
+                             f"{', '.join(p.moderators) or 'none'}")
+    for name in p.covariate_effects:
+        if name not in p.covariates:
+            raise InputError(f"covariate {name!r} has an effect but is not simulated")
     if p.outcome_every < 1:
         raise InputError("outcome_every must be >= 1")
     if p.caseload_shape is not None and p.caseload_shape <= 0:
@@ -327,21 +443,32 @@ def _check(p: SimulationParameters) -> None:
         if not (isinstance(key, tuple) and len(key) == 3):
             raise InputError(f"moderator effect keys are (moderator, process, target); got {key!r}")
         mod, proc, target = key
-        if mod not in MODERATORS or proc not in PROCESSES or target not in TARGETS:
+        if mod not in p.moderators or proc not in p.processes or target not in TARGETS:
             raise InputError(
-                f"moderator effect {key!r}: moderator in {MODERATORS}, process in {PROCESSES}, target in {TARGETS}"
+                f"moderator effect {key!r}: moderator in {tuple(p.moderators)}, process in {p.processes}, "
+                f"target in {TARGETS}"
             )
-    for d in (1, 1 + len(PROCESSES)):
-        corr = np.full((d, d), p.random_corr) + (1 - p.random_corr) * np.eye(d)
-        if np.linalg.eigvalsh(corr).min() <= 0:
-            raise InputError(f"random_corr = {p.random_corr} does not give a valid correlation")
-    if not -1.0 < p.process_corr < 1.0:
-        raise InputError("process_corr must lie in (-1, 1)")
+    _correlation(p.random_corr, 1 + len(p.processes), "random_corr")
+    _correlation(p.process_corr, len(p.processes), "process_corr")
 
 
-def _mvn(rng: np.random.Generator, n: int, sds: np.ndarray, corr: float) -> np.ndarray:
+def _correlation(corr: float | tuple[tuple[float, ...], ...], d: int, name: str) -> np.ndarray:
+    """The d x d correlation matrix of ``corr`` (one value for every pair, or the matrix), checked."""
+    if isinstance(corr, int | float):
+        c = np.full((d, d), float(corr)) + (1 - float(corr)) * np.eye(d)
+    else:
+        c = np.asarray(corr, dtype=float)
+        if c.shape != (d, d) or not np.allclose(c, c.T) or not np.allclose(np.diag(c), 1.0):
+            raise InputError(f"{name}: give one correlation or a symmetric {d} x {d} matrix with ones on the diagonal")
+    if np.linalg.eigvalsh(c).min() <= 0:
+        raise InputError(f"{name} = {corr} does not give a valid (positive definite) correlation")
+    return c
+
+
+def _mvn(rng: np.random.Generator, n: int, sds: np.ndarray, corr: float | tuple[tuple[float, ...], ...]
+         ) -> np.ndarray:
     d = len(sds)
-    c = np.full((d, d), corr) + (1 - corr) * np.eye(d)
+    c = _correlation(corr, d, "correlation")
     z = rng.standard_normal((n, d))
     return (z @ np.linalg.cholesky(c).T) * np.asarray(sds, dtype=float)[None, :]
 
@@ -376,24 +503,20 @@ def simulate(preset: str = "coyne2022", *, seed: int | None = None, **overrides:
     J, N = p.n_therapists, p.n_patients
     S = p.max_sessions
 
-    # therapists and moderators
-    cbt = (rng.random(J) < p.p_cbt).astype(int)
-    others = np.asarray(p.other_orientations, dtype=object)
-    orientation = np.where(cbt == 1, "CBT", others[rng.integers(0, len(others), J)])
-    skills = {
-        proc: np.round(np.clip(rng.normal(p.skill_mean[proc], p.skill_sd[proc], J), 1, 7), 2) for proc in PROCESSES
-    }
-    W = {
-        "cbt": cbt.astype(float),
-        "self_rated_alliance_skill": skills["alliance"],
-        "self_rated_expectancy_skill": skills["expectancy"],
-    }
-    centers = {
-        "cbt": p.p_cbt,
-        "self_rated_alliance_skill": p.skill_mean["alliance"],
-        "self_rated_expectancy_skill": p.skill_mean["expectancy"],
-    }
-    Wc = {k: W[k] - centers[k] for k in MODERATORS}
+    # therapists and moderators: binary ones, the orientation label of "cbt", continuous ones
+    W: dict[str, np.ndarray] = {}
+    orientation = None
+    for name, v in p.moderators.items():
+        if v.kind == "binary":
+            W[name] = v.draw(rng, J)
+    if "cbt" in W and p.other_orientations:
+        others = np.asarray(p.other_orientations, dtype=object)
+        orientation = np.where(W["cbt"] == 1, "CBT", others[rng.integers(0, len(others), J)])
+    for name, v in p.moderators.items():
+        if v.kind == "continuous":
+            W[name] = v.draw(rng, J)
+    centers = {m: float(v.mean) for m, v in p.moderators.items()}
+    Wc = {m: W[m].astype(float) - centers[m] for m in p.moderators}
 
     # patients, caseloads, sessions
     n_j = _caseloads(rng, p)
@@ -405,10 +528,11 @@ def simulate(preset: str = "coyne2022", *, seed: int | None = None, **overrides:
     is_occ = ((sess - 1) % p.outcome_every == 0)[None, :] & attended
 
     # process ratings (N x S per process)
-    a_j = _mvn(rng, J, np.array([p.process_sd_therapist[q] for q in PROCESSES]), p.process_corr)
-    d_i = _mvn(rng, N, np.array([p.process_sd_patient[q] for q in PROCESSES]), p.process_corr)
+    procs = p.processes
+    a_j = _mvn(rng, J, np.array([p.process_sd_therapist[q] for q in procs]), p.process_corr)
+    d_i = _mvn(rng, N, np.array([p.process_sd_patient[q] for q in procs]), p.process_corr)
     X: dict[str, np.ndarray] = {}
-    for k, q in enumerate(PROCESSES):
+    for k, q in enumerate(procs):
         lo, hi = p.process_range[q]
         raw = (
             p.process_mean[q]
@@ -423,21 +547,24 @@ def simulate(preset: str = "coyne2022", *, seed: int | None = None, **overrides:
             missing &= ~is_occ
         X[q] = np.where(attended & ~missing, x, np.nan)
 
-    age = np.round(rng.normal(40, 12, N).clip(18, 80)) if p.patient_covariates else None
+    covs = {c: v.draw(rng, N) for c, v in p.covariates.items()}
+    # the covariates' part of the outcome, each centred at its mean (None: no covariate)
+    cov_part = (sum(p.covariate_effects.get(c, 0.0) * (x - p.covariates[c].mean) for c, x in covs.items())
+                if covs else None)
 
     # therapist random effects: intercept and one slope per process
     if p.design == "patient":
-        sds = np.array([p.therapist_intercept_sd] + [p.slope_sd[q] for q in PROCESSES])
+        sds = np.array([p.therapist_intercept_sd] + [p.slope_sd[q] for q in procs])
     else:
-        sds = np.array([p.therapist_intercept_sd] + [p.session_slope_sd[q] for q in PROCESSES])
+        sds = np.array([p.therapist_intercept_sd] + [p.session_slope_sd[q] for q in procs])
     u = _mvn(rng, J, sds, p.random_corr)
-    main = np.broadcast_to(sum(p.moderator_main.get(m, 0.0) * Wc[m] for m in MODERATORS), (J,))[tj]
+    main = np.broadcast_to(sum(p.moderator_main.get(m, 0.0) * Wc[m] for m in p.moderators), (J,))[tj]
     y0 = rng.normal(p.baseline_mean, p.baseline_sd, N)
 
     if p.design == "patient":
-        Y, truth_extra, slopes = _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age, a_j)
+        Y, truth_extra, slopes = _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, cov_part, a_j)
     else:
-        Y, truth_extra, slopes = _session_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age)
+        Y, truth_extra, slopes = _session_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, cov_part)
 
     # long tables
     width_t, width_p = len(str(J)), len(str(N))
@@ -450,22 +577,18 @@ def simulate(preset: str = "coyne2022", *, seed: int | None = None, **overrides:
             "patient": p_ids[ii],
             "session": sess[ss],
             "outcome": Y[ii, ss],
-            **{q: X[q][ii, ss] for q in PROCESSES},
+            **{q: X[q][ii, ss] for q in procs},
         }
     )
-    if age is not None:
-        sessions["age"] = age[ii]
-    therapists = pd.DataFrame(
-        {
-            "therapist": t_ids,
-            "orientation": orientation.astype(str),
-            "cbt": cbt,
-            "self_rated_alliance_skill": skills["alliance"],
-            "self_rated_expectancy_skill": skills["expectancy"],
-        }
-    )
+    for c, x in covs.items():
+        sessions[c] = x[ii]
+    therapists = pd.DataFrame({"therapist": t_ids})
+    if orientation is not None:
+        therapists["orientation"] = orientation.astype(str)
+    for m in p.moderators:
+        therapists[m] = W[m]
     eff = pd.DataFrame({"therapist": t_ids, "n_patients": n_j, "intercept_effect": u[:, 0]})
-    for k, q in enumerate(PROCESSES):
+    for k, q in enumerate(procs):
         eff[f"{q}_random_slope"] = u[:, k + 1]
         eff[f"{q}_slope"] = slopes[q]
     truth = {
@@ -475,7 +598,9 @@ def simulate(preset: str = "coyne2022", *, seed: int | None = None, **overrides:
         "moderator_centers": centers,
         "therapist_intercept_sd": p.therapist_intercept_sd,
         "random_corr": p.random_corr,
-        "moderator_main": {m: p.moderator_main.get(m, 0.0) for m in MODERATORS},
+        "moderator_main": {m: p.moderator_main.get(m, 0.0) for m in p.moderators},
+        "processes": list(procs),
+        "covariate_effects": {c: p.covariate_effects.get(c, 0.0) for c in p.covariates},
         **truth_extra,
         "therapists": eff,
         "parameters": p.to_dict(),
@@ -486,7 +611,7 @@ def simulate(preset: str = "coyne2022", *, seed: int | None = None, **overrides:
 def _moderation(
     effects: Mapping[tuple[str, str, str], float], Wc: dict[str, np.ndarray], q: str, target: str
 ) -> np.ndarray | float:
-    return sum(effects.get((m, q, target), 0.0) * Wc[m] for m in MODERATORS)
+    return sum(effects.get((m, q, target), 0.0) * Wc[m] for m in Wc)
 
 
 def _therapist_coefficients(
@@ -501,12 +626,12 @@ def _therapist_coefficients(
 
 
 def _moderator_truth(
-    effects: Mapping[tuple[str, str, str], float],
+    p: SimulationParameters, effects: Mapping[tuple[str, str, str], float],
 ) -> list[dict[str, Any]]:
     return [
         {"moderator": m, "process": q, "target": t, "estimate": float(effects.get((m, q, t), 0.0))}
-        for m in MODERATORS
-        for q in PROCESSES
+        for m in p.moderators
+        for q in p.processes
         for t in TARGETS
     ]
 
@@ -514,20 +639,14 @@ def _moderator_truth(
 def _marginal_sd(
     p: SimulationParameters, sd: Mapping[str, float], effects: Mapping[tuple[str, str, str], float]
 ) -> dict[str, float]:
-    var_w = {
-        "cbt": p.p_cbt * (1 - p.p_cbt),
-        "self_rated_alliance_skill": p.skill_sd["alliance"] ** 2,
-        "self_rated_expectancy_skill": p.skill_sd["expectancy"] ** 2,
-    }
     return {
-        q: float(
-            np.sqrt(sd[q] ** 2 + sum(effects.get((m, q, "within_slope"), 0.0) ** 2 * var_w[m] for m in MODERATORS))
-        )
-        for q in PROCESSES
+        q: float(np.sqrt(sd[q] ** 2 + sum(effects.get((m, q, "within_slope"), 0.0) ** 2 * v.variance
+                                          for m, v in p.moderators.items())))
+        for q in p.processes
     }
 
 
-def _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age, a_j):
+def _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, cov_part, a_j):
     N, S = is_occ.shape
     # outcome assessments after baseline may be missed
     observed = is_occ.copy()
@@ -536,15 +655,15 @@ def _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age, a_j):
     observed &= ~(later & (rng.random((N, S)) < p.outcome_missing_rate))
     n_obs = observed.sum(axis=1)
     last = S - 1 - np.argmax(observed[:, ::-1], axis=1)
-    counts = {q: (~np.isnan(X[q])).sum(axis=1) for q in PROCESSES}
-    xs = {q: np.where(counts[q] > 0, np.nansum(X[q], axis=1) / np.maximum(counts[q], 1), np.nan) for q in PROCESSES}
+    counts = {q: (~np.isnan(X[q])).sum(axis=1) for q in p.processes}
+    xs = {q: np.where(counts[q] > 0, np.nansum(X[q], axis=1) / np.maximum(counts[q], 1), np.nan) for q in p.processes}
     analysed = n_obs >= 2
-    for q in PROCESSES:
+    for q in p.processes:
         analysed &= ~np.isnan(xs[q])
 
     y_final = p.intercept + p.baseline_coef * y0 + main + u[tj, 0]
     slopes = {}
-    for k, q in enumerate(PROCESSES):
+    for k, q in enumerate(p.processes):
         if p.decomposition == "latent":
             # latent truth: the therapist's level a_j is the latent caseload mean and the patient's
             # deviation from it (about a constant kappa, here its sample value) the latent within part
@@ -561,8 +680,8 @@ def _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age, a_j):
         contrib = b1[tj] * within + g01[tj] * between_j[tj]
         y_final = y_final + np.where(analysed, contrib, 0.0)
         slopes[q] = b1
-    if age is not None:
-        y_final = y_final + p.age_effect * (age - 40.0)
+    if cov_part is not None:
+        y_final = y_final + cov_part
     y_final = y_final + rng.normal(0.0, p.residual_sd, N)
 
     sess = np.arange(S)
@@ -573,7 +692,7 @@ def _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age, a_j):
     Y = np.where(observed, Y, np.nan)
 
     effects = []
-    for q in PROCESSES:
+    for q in p.processes:
         effects.append({"process": q, "component": "within_therapist", "estimate": p.within[q]})
         effects.append({"process": q, "component": "between_therapist", "estimate": p.between[q]})
     extra = {
@@ -584,21 +703,21 @@ def _patient_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age, a_j):
         "fixed": {
             "(Intercept)": p.intercept,
             "baseline": p.baseline_coef,
-            **{f"{q}_within": p.within[q] for q in PROCESSES},
-            **{f"{q}_between": p.between[q] for q in PROCESSES},
+            **{f"{q}_within": p.within[q] for q in p.processes},
+            **{f"{q}_between": p.between[q] for q in p.processes},
         },
         "slope_sd": dict(p.slope_sd),
         "slope_sd_marginal": _marginal_sd(p, p.slope_sd, p.moderator_effects),
         "residual_sd": p.residual_sd,
         "within_x_between": dict(p.within_x_between),
-        "moderators": _moderator_truth(p.moderator_effects),
-        "age_effect": p.age_effect if age is not None else None,
+        "moderators": _moderator_truth(p, p.moderator_effects),
+        "age_effect": p.covariate_effects.get("age") if "age" in p.covariates else None,
         "n_analysed_patients": int(analysed.sum()),
     }
     return Y, extra, slopes
 
 
-def _session_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age):
+def _session_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, cov_part):
     N, S = is_occ.shape
     occ_idx = [np.nonzero(row)[0] for row in is_occ]
     K = np.array([len(o) for o in occ_idx])
@@ -610,12 +729,12 @@ def _session_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age):
     analysed = K >= 2
     v0 = rng.normal(0.0, p.patient_intercept_sd, N)
     base = p.session_intercept + main + u[tj, 0] + v0
-    if age is not None:
-        base = base + p.age_effect * (age - 40.0)
+    if cov_part is not None:
+        base = base + cov_part
 
     comp = {}
     slopes = {}
-    for k, q in enumerate(PROCESSES):
+    for k, q in enumerate(p.processes):
         xo = np.where(occ >= 0, X[q][np.arange(N)[:, None], np.maximum(occ, 0)], np.nan)
         with np.errstate(invalid="ignore"):
             xbar_i = np.nansum(np.where(pred, xo, 0.0), axis=1) / np.maximum(pred.sum(axis=1), 1)
@@ -635,7 +754,7 @@ def _session_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age):
     for t in range(Kmax - 1):
         active = t + 1 < K
         mean = base + p.lag_coef * y_occ[:, t] + p.time_coef * sess_number[:, t]
-        for q in PROCESSES:
+        for q in p.processes:
             xo, xbar_i, xbar_j, btw_t, b1, kt = comp[q]
             mean = (
                 mean
@@ -651,7 +770,7 @@ def _session_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age):
     Y[rows, occ[rows, ks]] = y_occ[rows, ks]
 
     effects = []
-    for q in PROCESSES:
+    for q in p.processes:
         effects += [
             {"process": q, "component": "within_patient", "estimate": p.session_within_patient[q]},
             {"process": q, "component": "between_patient", "estimate": p.session_between_patient[q]},
@@ -671,17 +790,17 @@ def _session_outcomes(rng, p, X, is_occ, tj, J, Wc, u, main, y0, age):
             "(Intercept)": p.session_intercept,
             "outcome": p.lag_coef,
             "time": p.time_coef,
-            **{f"{q}_within_patient": p.session_within_patient[q] for q in PROCESSES},
-            **{f"{q}_between_patient": p.session_between_patient[q] for q in PROCESSES},
-            **{f"{q}_between_therapist": p.session_between_therapist[q] for q in PROCESSES},
+            **{f"{q}_within_patient": p.session_within_patient[q] for q in p.processes},
+            **{f"{q}_between_patient": p.session_between_patient[q] for q in p.processes},
+            **{f"{q}_between_therapist": p.session_between_therapist[q] for q in p.processes},
         },
         "slope_sd": dict(p.session_slope_sd),
         "slope_sd_marginal": _marginal_sd(p, p.session_slope_sd, p.session_moderator_effects),
         "patient_intercept_sd": p.patient_intercept_sd,
         "residual_sd": p.session_residual_sd,
         "within_x_between": dict(p.session_within_x_between),
-        "moderators": _moderator_truth(p.session_moderator_effects),
-        "age_effect": p.age_effect if age is not None else None,
+        "moderators": _moderator_truth(p, p.session_moderator_effects),
+        "age_effect": p.covariate_effects.get("age") if "age" in p.covariates else None,
         "n_analysed_patients": int(analysed.sum()),
     }
     return Y, extra, slopes
