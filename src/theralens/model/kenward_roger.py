@@ -43,7 +43,7 @@ import numpy as np
 
 from theralens.model.stats import SufficientStats
 
-__all__ = ["KenwardRoger", "kenward_roger", "lb_ddf", "parameter_names"]
+__all__ = ["KenwardRoger", "ddf_from", "kenward_roger", "lb_ddf", "parameter_names"]
 
 SINGULAR_INFORMATION = 1e-10  # pbkrtest: ginv(IE2) instead of solve(IE2) at or below this min |eigenvalue|
 _ZERO = 1e-14  # pbkrtest's .divZero tolerance (0/0 taken as 1)
@@ -73,24 +73,36 @@ class KenwardRoger:
         return lb_ddf(L, self.vcov, self.P, self.W)
 
     def coefficient_df(self) -> np.ndarray:
-        """The df of every fixed-effect coefficient (unit contrasts), as lmerTest's summary."""
-        k = self.vcov.shape[0]
-        return np.array([self.contrast_df(np.eye(k)[i]) for i in range(k)])
+        """The df of every fixed-effect coefficient (unit contrasts), as lmerTest's summary: for
+        L = e_i, u_r = e_i (Phi P_r Phi)[i, :] / Phi_ii, so A1 = A2 = sum_rs W_rs x_ri x_si with
+        x_ri = (Phi P_r Phi)_ii / Phi_ii (all coefficients at once)."""
+        V = self.vcov
+        x = np.einsum("ij,rji->ri", V, np.einsum("rjk,ki->rji", self.P, V)) / np.diag(V)
+        A2 = np.einsum("ri,rs,si->i", x, self.W, x)
+        return ddf_from(A2, A2, 1)
 
 
 def lb_ddf(L: np.ndarray, V0: np.ndarray, P: np.ndarray, W: np.ndarray) -> float:
     """Kenward & Roger (1997, sec. 4) denominator df for testing L beta = 0, as pbkrtest's
     ``Lb_ddf(L, V0, Vadj)``: Theta = L'(L V0 L')^-1 L, u_r = Theta V0 P_r V0,
-    A1 = sum_rs W_rs tr(u_r) tr(u_s), A2 = sum_rs W_rs tr(u_r u_s), B = (A1 + 6 A2) / (2q),
-    g = ((q+1) A1 - (q+4) A2) / ((q+2) A2), c1..c3, rho, ddf = 4 + (q+2) / (q rho - 1).
-    For q = 1 this is 2 / A2."""
+    A1 = sum_rs W_rs tr(u_r) tr(u_s), A2 = sum_rs W_rs tr(u_r u_s), then :func:`ddf_from`."""
     L = np.atleast_2d(np.asarray(L, dtype=float))
     q = L.shape[0]
     Theta = L.T @ np.linalg.solve(L @ V0 @ L.T, L)
-    u = np.einsum("ij,rjk,kl->ril", Theta @ V0, P, V0)  # (R, k, k)
+    u = np.einsum("ij,rjk,kl->ril", Theta @ V0, P, V0, optimize=True)  # (R, k, k)
     tr = np.einsum("rii->r", u)
     A1 = float(tr @ W @ tr)
-    A2 = float(np.einsum("rs,rij,sji->", W, u, u))
+    A2 = float(np.einsum("rs,rij,sji->", W, u, u, optimize=True))
+    return float(ddf_from(np.array([A1]), np.array([A2]), q)[0])
+
+
+def ddf_from(A1: np.ndarray, A2: np.ndarray, q: int) -> np.ndarray:
+    """pbkrtest's ``Lb_ddf`` from A1 and A2 (elementwise): B = (A1 + 6 A2) / (2q),
+    g = ((q+1) A1 - (q+4) A2) / ((q+2) A2), c1 = g / (3q + 2(1-g)), c2 = (q-g) / (...),
+    c3 = (q+2-g) / (...), rho = ((1 - A2/q) / (1 - c2 B))^2 (1 + c1 B) / (1 - c3 B) / q
+    (0/0 taken as 1 and |1 + c1 B| < 1e-10 as 0, as pbkrtest) and ddf = 4 + (q+2) / (q rho - 1).
+    For q = 1 (A1 = A2) this is 2 / A2."""
+    A1, A2 = np.asarray(A1, dtype=float), np.asarray(A2, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         B = (A1 + 6.0 * A2) / (2.0 * q)
         g = ((q + 1) * A1 - (q + 4) * A2) / ((q + 2) * A2)
@@ -99,11 +111,11 @@ def lb_ddf(L: np.ndarray, V0: np.ndarray, P: np.ndarray, W: np.ndarray) -> float
         v0 = 1.0 + c1 * B
         v1 = 1.0 - c2 * B
         v2 = 1.0 - c3 * B
-        v0 = 0.0 if abs(v0) < 1e-10 else v0
+        v0 = np.where(np.abs(v0) < 1e-10, 0.0, v0)
         x = 1.0 - A2 / q
-        ratio = 1.0 if (abs(x) < _ZERO and abs(v1) < _ZERO) else x / v1
+        ratio = np.where((np.abs(x) < _ZERO) & (np.abs(v1) < _ZERO), 1.0, x / v1)
         rho = ratio**2 * v0 / v2 / q
-        return float(4.0 + (q + 2) / (q * rho - 1.0))
+        return 4.0 + (q + 2) / (q * rho - 1.0)
 
 
 def parameter_names(stats: SufficientStats) -> list[str]:
@@ -258,32 +270,38 @@ def kenward_roger(stats: SufficientStats, theta: np.ndarray, sigma2: float, vcov
     XS3X = 0.5 * (XS3X + XS3X.T)
     trS2 = (n - 2.0 * float(np.einsum("gab,gba->", B, ZZ)) + float(np.einsum("gab,gba->", BZZ, BZZ))) / sigma2**2
 
+    # every G_r within a block is Z D_r Z' with D_r = sum_i e_{a_i} e_{b_i}' over the index pairs of
+    # parameter r (_selections); stacking the pairs of all parameters (``E`` maps a pair to its
+    # parameter) turns the traces and products below into a few batched products
     sel = _selections(stats, lay)
     R = len(sel) + 1
-    MD, DN = [], []
-    for a, b in sel:
-        md = np.zeros_like(M)
-        md[:, :, b] = M[:, :, a]  # M D_r: column b of D_r is e_a
-        dn = np.zeros_like(N)
-        dn[:, a, :] = N[:, b, :]  # D_r N: row a of D_r is e_b'
-        MD.append(md)
-        DN.append(dn)
+    Aix = np.concatenate([np.atleast_1d(a) for a, _ in sel])
+    Bix = np.concatenate([np.atleast_1d(b) for _, b in sel])
+    E = np.zeros((len(Aix), R - 1))
+    E[np.arange(len(Aix)), np.repeat(np.arange(R - 1), [np.atleast_1d(a).size for a, _ in sel])] = 1.0
+    G_, npair = M.shape[0], len(Aix)
     K = np.empty((R, R))
     P = np.empty((R, k, k))
     Q = np.empty((R, R, k, k))
-    MDN = [M @ dn for dn in DN]
-    for r in range(R - 1):
-        P[r] = -np.einsum("gmi,gmj->ij", N, DN[r])
-        for s in range(r, R - 1):
-            K[r, s] = K[s, r] = float(np.einsum("gab,gba->", MD[r], MD[s]))
-            Q[r, s] = np.einsum("gmi,gmj->ij", DN[r], MDN[s])
-            Q[s, r] = Q[r, s].T
-        a, b = sel[r]
-        K[r, R - 1] = K[R - 1, r] = float(M2[:, a, b].sum())  # tr(D_r Z'Sigma^-2 Z)
-        Q[r, R - 1] = np.einsum("gmi,gmj->ij", DN[r], N2)
-        Q[R - 1, r] = Q[r, R - 1].T
-    P[R - 1] = -XS2X
+    # tr(Sigma^-1 G_r Sigma^-1 G_s) = sum_{i in r, j in s} M[b_i, a_j] M[b_j, a_i]
+    Y = M[:, Bix][:, :, Aix]
+    K[: R - 1, : R - 1] = E.T @ np.einsum("gij,gji->ij", Y, Y) @ E
+    # tr(Sigma^-1 G_r Sigma^-1) = tr(D_r Z'Sigma^-2 Z) = sum_{i in r} M2[b_i, a_i]
+    K[: R - 1, R - 1] = K[R - 1, : R - 1] = E.T @ M2[:, Bix, Aix].sum(axis=0)
     K[R - 1, R - 1] = trS2
+    NA, NB = N[:, Aix], N[:, Bix]  # (G, pairs, k)
+    # P_r = -sum_{i in r} N[a_i]' N[b_i]
+    P[: R - 1] = -np.einsum("gik,gil,ir->rkl", NA, NB, E, optimize=True)
+    P[R - 1] = -XS2X
+    # Q_rs = sum_{i in r, j in s} N[b_i]' M[a_i, a_j] N[b_j]
+    NBs = (NB[:, :, None, :] * E[None, :, :, None]).reshape(G_, npair, (R - 1) * k)
+    T = M[:, Aix][:, :, Aix] @ NBs
+    QQ = NBs.reshape(G_ * npair, -1).T @ T.reshape(G_ * npair, -1)
+    Q[: R - 1, : R - 1] = QQ.reshape(R - 1, k, R - 1, k).transpose(0, 2, 1, 3)
+    # Q_{r,res} = sum_{i in r} N[b_i]' (Z'Sigma^-2 X)[a_i]; Q_{res,r} its transpose
+    Qres = np.einsum("gik,gil,ir->rkl", NB, N2[:, Aix], E, optimize=True)
+    Q[: R - 1, R - 1] = Qres
+    Q[R - 1, : R - 1] = Qres.transpose(0, 2, 1)
     Q[R - 1, R - 1] = XS3X
     P = 0.5 * (P + P.transpose(0, 2, 1))
 
@@ -293,7 +311,7 @@ def kenward_roger(stats: SufficientStats, theta: np.ndarray, sigma2: float, vcov
     condi = float(np.min(np.abs(np.linalg.eigvalsh(IE2))))
     W = 2.0 * (np.linalg.inv(IE2) if condi > SINGULAR_INFORMATION else np.linalg.pinv(IE2))
     W = 0.5 * (W + W.T)
-    PPhiP = np.einsum("rij,jk,skl->rsil", P, Phi, P)
+    PPhiP = np.einsum("rij,jk,skl->rsil", P, Phi, P, optimize=True)
     U = np.einsum("rs,rsij->ij", W, Q - PPhiP)
     PhiA = Phi + 2.0 * Phi @ U @ Phi
     PhiA = 0.5 * (PhiA + PhiA.T)
