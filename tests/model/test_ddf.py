@@ -100,3 +100,18 @@ def test_fit_stats_takes_ddf():
     fit = fit_stats(SufficientStats.from_frame(ref["formula"], data), ddf="kenward-roger")
     df_ref = np.array([ref["kenward_roger_df"][n] for n in fit.fixed_names])
     assert np.allclose(fit.df.to_numpy(), df_ref, rtol=1e-6)
+
+
+def test_a_kenward_roger_that_cannot_be_computed_is_nan_and_said(sleep, monkeypatch):
+    import theralens.model.fit as fit_module
+
+    def singular(*args, **kwargs):
+        raise np.linalg.LinAlgError("Singular matrix")
+
+    monkeypatch.setattr(fit_module, "kenward_roger", singular)
+    _, _, fit = sleep
+    kr = fit.with_ddf("kenward-roger")
+    assert np.all(np.isnan(kr.df.to_numpy())) and np.all(np.isnan(kr.p_values.to_numpy()))
+    assert np.all(np.isnan(kr.std_errors.to_numpy()))
+    assert any("Kenward-Roger" in n and "NaN" in n for n in kr.notes)
+    assert not any("Kenward-Roger" in n for n in fit.notes)  # the original fit is untouched

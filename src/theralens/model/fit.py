@@ -24,7 +24,7 @@ from theralens.model.criterion import NestedCriterion, Solution, criterion_from_
 from theralens.model.ddf import check_ddf, ddf_label, ddf_method_line
 from theralens.model.design import Design, build_design, colmajor_tril, group_labels, model_matrix_like
 from theralens.model.formula import ParsedFormula, parse_formula
-from theralens.model.kenward_roger import KenwardRoger, kenward_roger
+from theralens.model.kenward_roger import KenwardRoger, failed_kenward_roger, kenward_roger
 from theralens.model.optimize import OptimizerRecord, minimize_theta
 from theralens.model.satterthwaite import satterthwaite
 from theralens.model.stats import SufficientStats
@@ -116,12 +116,20 @@ class MixedResult:
 
     @cached_property
     def kenward_roger(self) -> KenwardRoger:
-        """The Kenward-Roger pieces of this REML fit (:mod:`theralens.model.kenward_roger`)."""
+        """The Kenward-Roger pieces of this REML fit (:mod:`theralens.model.kenward_roger`). Where
+        they cannot be computed (a degenerate fit: the marginal covariance or the information is
+        not invertible), the fit's notes say so and the adjusted covariance, df and p are NaN
+        (lmerTest would fall back to Satterthwaite with a warning)."""
         if not self.reml:
             raise InputError(_KR_NEEDS_REML)
-        with one_blas_thread():
-            return kenward_roger(self.criterion.stats, self.solution.theta, self.solution.sigma2,
-                                 self.vcov.to_numpy())
+        try:
+            with one_blas_thread(), np.errstate(divide="raise", over="raise", invalid="raise"):
+                return kenward_roger(self.criterion.stats, self.solution.theta, self.solution.sigma2,
+                                     self.vcov.to_numpy())
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+            self.notes.append("Kenward-Roger's adjusted covariance and degrees of freedom could not be computed "
+                              "for this fit; the adjusted SEs, df and p-values are NaN")
+            return failed_kenward_roger(self.criterion.stats, self.vcov.to_numpy())
 
     @property
     def vcov_adjusted(self) -> pd.DataFrame:

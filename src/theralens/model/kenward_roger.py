@@ -43,7 +43,7 @@ import numpy as np
 
 from theralens.model.stats import SufficientStats
 
-__all__ = ["KenwardRoger", "ddf_from", "kenward_roger", "lb_ddf", "parameter_names"]
+__all__ = ["KenwardRoger", "ddf_from", "failed_kenward_roger", "kenward_roger", "lb_ddf", "parameter_names"]
 
 SINGULAR_INFORMATION = 1e-10  # pbkrtest: ginv(IE2) instead of solve(IE2) at or below this min |eigenvalue|
 _ZERO = 1e-14  # pbkrtest's .divZero tolerance (0/0 taken as 1)
@@ -126,6 +126,15 @@ def parameter_names(stats: SufficientStats) -> list[str]:
         for i, j in zip(*_tril(t.q)):
             names.append(f"{t.name}|var({t.columns[i]})" if i == j else f"{t.name}|cov({t.columns[i]},{t.columns[j]})")
     return names + ["residual|var"]
+
+
+def failed_kenward_roger(stats: SufficientStats, vcov: np.ndarray) -> KenwardRoger:
+    """The pieces of a fit where they cannot be computed: every number NaN (``vcov`` kept)."""
+    k, R = stats.k, len(parameter_names(stats))
+    return KenwardRoger(vcov_adjusted=np.full((k, k), np.nan), vcov=np.asarray(vcov, dtype=float),
+                        P=np.full((R, k, k), np.nan), W=np.full((R, R), np.nan), information=np.full((R, R), np.nan),
+                        min_abs_eigenvalue=float("nan"), parameter_names=parameter_names(stats),
+                        ggamma=np.full(R, np.nan))
 
 
 def _tril(q: int) -> tuple[np.ndarray, np.ndarray]:
