@@ -64,7 +64,8 @@ def flatten_results(doc: dict[str, Any]) -> dict[str, Any]:
         for f in ("estimate", "se", "df", "p", "ci_low", "ci_high"):
             flat[f"aim1.{r['process']}.{r['component']}.{f}"] = r[f]
     for r in doc["aim2"]:
-        for f in ("slope_variance", "slope_sd", "lrt_statistic", "lrt_df", "p", "mean_slope_reliability"):
+        for f in ("slope_variance", "slope_sd", "slope_sd_ci_low", "slope_sd_ci_high", "lrt_statistic", "lrt_df", "p",
+                  "mean_slope_reliability"):
             flat[f"aim2.{r['process']}.{f}"] = r[f]
         for t in r["therapists"]:
             for f, v in t.items():
