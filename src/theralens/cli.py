@@ -88,13 +88,18 @@ def _parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("power", help="simulation-based power for the next study")
     w.add_argument("--preset", default="coyne2022")
-    w.add_argument("--therapists", default="42,80,120,200", help="comma-separated numbers of therapists")
-    w.add_argument("--patients-per-therapist", default="5,10", help="comma-separated caseload sizes")
+    w.add_argument("--therapists", default=None,
+                   help="comma-separated numbers of therapists (default 42,80,120,200; with --from, the study's)")
+    w.add_argument("--patients-per-therapist", default=None,
+                   help="comma-separated caseload sizes (default 5,10; with --from, the study's)")
     w.add_argument("--nsim", type=int, default=500)
     w.add_argument("--alpha", type=float, default=0.05)
     w.add_argument("--seed", type=int, default=1)
     w.add_argument("--workers", type=int, default=None, help="local processes (default: all cores)")
     w.add_argument("--scheduler", help="address of a dask.distributed scheduler")
+    w.add_argument("--from", dest="from_study", metavar="RESULTS_JSON",
+                   help="plan from an analysed study: its results.json gives the truth (estimates, variance "
+                        "components, caseloads, sessions, dropout, moderators, design); --set overrides any of it")
     w.add_argument("--design", choices=["patient", "session"], default=None,
                    help="patient (the published analysis; default) or session (lagged) level")
     w.add_argument("--decomposition", choices=["manifest", "latent"], default="manifest",

@@ -1,7 +1,7 @@
 """``theralens power``: the command-line face of :func:`theralens.planning.power`.
 
     theralens power --preset coyne2022 --therapists 42,80,120,200 --patients-per-therapist 5,10 \\
-        --nsim 500 [--design patient|session] [--alpha 0.05] [--seed N] [--workers N] \\
+        --nsim 500 [--from OUT/results.json] [--design patient|session] [--alpha 0.05] [--seed N] [--workers N] \\
         [--scheduler ADDRESS] [--out DIR] [--set NAME=VALUE ...]
 
 Writes ``power.csv``, ``power.json``, ``power.png`` and ``power.svg`` into ``--out`` and
@@ -24,8 +24,12 @@ __all__ = ["run_power_command"]
 
 def run_power_command(args: argparse.Namespace) -> int:
     """Run ``theralens power`` from parsed arguments; returns the exit status."""
-    therapists = parse_numbers(args.therapists, "therapists", integer=True)
-    per = parse_numbers(args.patients_per_therapist, "patients-per-therapist", integer=False)
+    study = getattr(args, "from_study", None)
+    default_j, default_m = (None, None) if study else ("42,80,120,200", "5,10")
+    therapists = args.therapists if args.therapists is not None else default_j
+    per = args.patients_per_therapist if args.patients_per_therapist is not None else default_m
+    therapists = parse_numbers(therapists, "therapists", integer=True) if therapists is not None else None
+    per = parse_numbers(per, "patients-per-therapist", integer=False) if per is not None else None
     settings = parse_settings(args.set)
     if args.nsim is None or args.nsim < 1:
         raise InputError(f"--nsim {args.nsim}: give the number of replicates per design cell, 1 or more")
@@ -35,8 +39,8 @@ def run_power_command(args: argparse.Namespace) -> int:
         raise InputError(f"--workers {args.workers}: give 1 or more processes")
     out = Path(args.out)
     prepare_dir(out)
-    result = power(args.preset, therapists=therapists, patients_per_therapist=per, nsim=args.nsim, alpha=args.alpha,
-                   seed=args.seed, settings=settings, workers=args.workers, scheduler=args.scheduler,
+    result = power(study or args.preset, therapists=therapists, patients_per_therapist=per, nsim=args.nsim,
+                   alpha=args.alpha, seed=args.seed, settings=settings, workers=args.workers, scheduler=args.scheduler,
                    decomposition=getattr(args, "decomposition", "manifest"), design=getattr(args, "design", None))
     written = result.write(out)
     print(result.summary())

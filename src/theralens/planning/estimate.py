@@ -13,15 +13,17 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from theralens.errors import InputError
 from theralens.planning.execution import available_cores, execute
 from theralens.planning.latent import estimate_seconds
+from theralens.planning.pilot import study_parameters
 from theralens.planning.replicate import PowerSpec, run_replicate
 from theralens.planning.result import PowerResult, summarise
 from theralens.planning.settings import CELL_FIELDS, design_cells, parse_settings, resolve_overrides
-from theralens.simulation.generate import TARGETS, SimulationParameters, resolve_parameters, simulate
+from theralens.simulation.generate import PRESETS, REPLACED, TARGETS, SimulationParameters, resolve_parameters, simulate
 
 __all__ = ["power"]
 
@@ -46,7 +48,7 @@ def _default_moderator(params: SimulationParameters, moderator: str | None, proc
 
 
 def power(
-    preset: str = "coyne2022",
+    study: Any = "coyne2022",
     *,
     therapists: Iterable[int] | None = None,
     patients_per_therapist: Iterable[float] | None = None,
@@ -70,7 +72,13 @@ def power(
     between effects, by simulation.
 
     Args:
-        preset: simulation preset (:func:`theralens.simulation.generate.list_presets`).
+        study: a simulation preset (:func:`theralens.simulation.generate.list_presets`), or an
+            analysed study whose estimates are the truth simulated from: a path to its
+            ``results.json``, a :class:`~theralens.study.result.StudyResult` or the document
+            (:mod:`theralens.planning.pilot`: fixed effects, variance components, process ICCs,
+            caseloads, sessions, dropout, moderators, design and options). Settings and
+            keyword overrides apply on top (the smallest effect worth detecting instead of the
+            estimate: ``settings=["within.alliance=-0.1"]``).
         therapists, patients_per_therapist: the design cells (every pair); None takes the
             preset's own number (coyne2022: 42 therapists, 212 patients = 5.05 each).
             Caseloads follow the preset's ``caseload_shape`` (coyne2022: very uneven);
@@ -107,25 +115,32 @@ def power(
     t0 = time.perf_counter()
     if isinstance(nsim, bool) or not isinstance(nsim, int) or nsim < 1:
         raise InputError(f"--nsim {nsim}: give a whole number of replicates, 1 or more (500 or more for a plan)")
+    truth = None
+    if isinstance(study, str) and (study in PRESETS or not (study.endswith(".json") or Path(study).exists())):
+        preset = study
+    else:
+        truth, preset = study_parameters(study), "coyne2022"
+    from_study = dict(truth.overrides) if truth else {}
     if design is not None:
+        if truth is not None and design != from_study["design"]:
+            raise InputError(f"--design {design}: the study ({truth.source}) was analysed at the "
+                             f"{from_study['design']} level; its estimates are that design's")
         overrides = {**overrides, "design": design}
-    base = resolve_parameters(preset, **{k: v for k, v in overrides.items() if k not in CELL_FIELDS})
+    given = _layer(from_study, overrides)
+    base = resolve_parameters(preset, **{k: v for k, v in given.items() if k not in CELL_FIELDS})
     moderator, moderator_process = _default_moderator(base, moderator, moderator_process, moderator_target)
     mod_key = (moderator or "", moderator_process, moderator_target)
-    resolved = resolve_overrides(preset, parse_settings(settings), mod_key, base.design, base=overrides)
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(resolved.get(key), Mapping):
-            resolved[key] = {**resolved[key], **value}
-        else:
-            resolved[key] = value
+    resolved = _layer(_layer(from_study, resolve_overrides(preset, parse_settings(settings), mod_key, base.design,
+                                                           base=given)), overrides)
     cells = design_cells(preset, therapists, patients_per_therapist, resolved)
     spec = PowerSpec(preset=preset, overrides={k: v for k, v in resolved.items() if k not in CELL_FIELDS},
                      alpha=float(alpha), seed=int(seed), moderator=moderator, moderator_process=moderator_process,
                      moderator_target=moderator_target, exclude_singular=bool(exclude_singular),
-                     decomposition=decomposition)
+                     decomposition=decomposition, config=truth.config if truth else None,
+                     source=truth.source if truth else "")
     truths = []
     for c in cells:  # checks every setting once, here, and gives the true values
-        sim = simulate(preset, seed=0, n_therapists=c.n_therapists, n_patients=c.n_patients,
+        sim = simulate(spec.preset, seed=0, n_therapists=c.n_therapists, n_patients=c.n_patients,
                        decomposition=decomposition, **spec.overrides)
         truths.append(sim.truth)
     if decomposition == "latent":
@@ -141,4 +156,17 @@ def power(
     tests = spec.tests
     table, replicates, failures = summarise(chunks, cells, tests, spec, nsim, truths)
     return PowerResult(table=table, replicates=replicates, failures=failures, cells=cells, tests=tests, spec=spec,
-                       nsim=nsim, seconds=time.perf_counter() - t0, execution=info)
+                       nsim=nsim, seconds=time.perf_counter() - t0, execution=info,
+                       notes=list(truth.notes) if truth else [])
+
+
+def _layer(under: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``under``: dict-valued parameters merged (except those an override
+    replaces: moderators, covariates), others replaced."""
+    out = dict(under)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key not in REPLACED:
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out

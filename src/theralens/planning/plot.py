@@ -66,6 +66,6 @@ def power_curves(result: PowerResult) -> Any:
     fig.legend(handles, labels, title="patients per therapist", loc="outside lower center", ncol=len(caseloads),
                fontsize=8, title_fontsize=8, frameon=False)
     s = result.spec
-    fig.suptitle(f"Power by simulation ({s.preset}, {result.nsim} replicates per cell, alpha {s.alpha:g}); "
+    fig.suptitle(f"Power by simulation ({s.origin}, {result.nsim} replicates per cell, alpha {s.alpha:g}); "
                  "bands: 95% Wilson intervals", fontsize=9)
     return fig

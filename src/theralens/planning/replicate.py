@@ -82,7 +82,8 @@ class PowerSpec:
     ``moderator_target`` (``within_slope`` or ``between_association``), ``exclude_singular``,
     ``decomposition`` (``"latent"``: data from the latent model, within, between and moderator
     tests from the latent ML fit; :mod:`theralens.planning.latent`), ``config`` (the analysis
-    options of a fitted study, :class:`~theralens.data.config.StudyConfig`; None: the defaults).
+    options of a fitted study, :class:`~theralens.data.config.StudyConfig`; None: the defaults),
+    ``source`` (the fitted study the truth was taken from; "" for a preset).
     The design level is the simulation's (``design`` in ``overrides`` or the preset).
     """
 
@@ -96,6 +97,7 @@ class PowerSpec:
     exclude_singular: bool = False
     decomposition: str = "manifest"
     config: StudyConfig | None = None
+    source: str = ""
 
     def __post_init__(self) -> None:
         if self.decomposition not in ("manifest", "latent"):
@@ -115,6 +117,11 @@ class PowerSpec:
     def parameters(self) -> SimulationParameters:
         """The simulation's parameters (cells aside): ``preset`` with ``overrides``."""
         return resolve_parameters(self.preset, **self.overrides)
+
+    @property
+    def origin(self) -> str:
+        """Where the truth comes from, in words."""
+        return f"truth from {self.source}" if self.source else f"preset {self.preset}"
 
     @property
     def level(self) -> str:

@@ -21,6 +21,7 @@ share of usable replicates (``usable_share``).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -154,6 +155,8 @@ def _plain(v: Any) -> Any:
         return None
     if isinstance(v, np.generic):
         return _plain(v.item())
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return _plain(dataclasses.asdict(v))
     return v
 
 
@@ -176,7 +179,8 @@ class PowerResult:
             status (ok, nonconverged, error, singular), singular.
         failures: one row per failed model: cell, replicate, model, error.
         cells, tests, spec: the design cells, the tests and the shared settings.
-        nsim, seconds, execution (executor, workers or scheduler, chunks), created (UTC).
+        nsim, seconds, execution (executor, workers or scheduler, chunks), notes (what a power study
+        from a fitted study assumed), created (UTC).
     """
 
     table: pd.DataFrame
@@ -188,6 +192,7 @@ class PowerResult:
     nsim: int
     seconds: float
     execution: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def meta(self) -> dict[str, Any]:
@@ -196,7 +201,8 @@ class PowerResult:
 
         s = self.spec
         return _plain({
-            "theralens": __version__, "created": self.created, "preset": s.preset, "overrides": s.overrides,
+            "theralens": __version__, "created": self.created, "preset": s.preset, "study": s.source or None,
+            "overrides": s.overrides, "notes": list(self.notes),
             "alpha": s.alpha, "seed": s.seed, "nsim": self.nsim, "moderator": s.moderator,
             "moderator_process": s.moderator_process, "moderator_target": s.moderator_target,
             "exclude_singular": s.exclude_singular,
@@ -220,10 +226,14 @@ class PowerResult:
         usable share."""
         s = self.spec
         lines = [
-            f"Simulation-based power: preset {s.preset}, {self.nsim} replicates per design cell, alpha = {s.alpha:g}, "
+            f"Simulation-based power: {s.origin}, {self.nsim} replicates per design cell, alpha = {s.alpha:g}, "
             f"seed {s.seed} ({self.seconds:.1f} s, {self.execution.get('executor', '')})",
         ]
-        if s.overrides:
+        if s.source:
+            lines.append(f"Truth: the estimates of {s.source} (every simulated parameter is in power.json, "
+                         "meta.overrides)")
+            lines += self.notes
+        elif s.overrides:
             lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in _plain(s.overrides).items()))
         lines.append(f"Design: {s.level} level" + (" (lagged: the outcome at the next assessment, adjusted for the "
                                                     "current one)" if s.level == "session" else
@@ -275,12 +285,12 @@ class PowerResult:
         s, t = self.spec, self.table
         cells = ", ".join(f"{c.n_therapists}x{c.patients_per_therapist:.3g}" for c in self.cells)
         usable = t["n_usable"].sum() / max(int(t["nsim"].sum()), 1)
-        lines = [f"<PowerResult: preset {s.preset}, {len(self.cells)} design cell(s) x {len(self.tests)} tests, "
+        lines = [f"<PowerResult: {s.origin}, {len(self.cells)} design cell(s) x {len(self.tests)} tests, "
                  f"{self.nsim} replicates per cell, alpha {s.alpha:g}, seed {s.seed}>",
                  f"Cells (therapists x patients per therapist): {cells}",
                  f"Power {t['power'].min():.2f} to {t['power'].max():.2f}; usable replicates {usable:.1%} "
                  f"({int(t['n_failed'].sum())} failed tests, left out of the denominators)"]
-        if s.overrides:
+        if s.overrides and not s.source:
             lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in _plain(s.overrides).items()))
         return lines
 
