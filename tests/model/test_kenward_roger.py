@@ -188,3 +188,24 @@ def test_brute_force_dense_sigma_agrees_on_a_three_level_unbalanced_design():
     assert _rel_max(kr.information, IE2) < 1e-9
     assert _rel_max(kr.vcov_adjusted, Phi + 2 * Phi @ U @ Phi) < 1e-9
     assert _rel_max(kr.P, np.array(P)) < 1e-9
+
+
+def test_blocks_in_buckets_of_similar_size_give_the_same_numbers(monkeypatch):
+    """Blocks of very different sizes are computed in batches of similar size (less padding);
+    forcing the split on therapy3 (1 to 12 patients per therapist) changes nothing."""
+    import theralens.model.kenward_roger as krm
+
+    ref, _, data = _kr_ref("therapy3")
+    fit = fit_mixed(ref["formula"], data)
+    args = (fit.criterion.stats, fit.solution.theta, fit.solution.sigma2, fit.vcov.to_numpy())
+    one = kenward_roger(*args)
+    assert len(krm._buckets(fit.criterion.stats)) == 1
+    monkeypatch.setattr(krm, "PAD_FLOPS", 0.0)
+    monkeypatch.setattr(krm, "PAD_WASTE", 1.0)
+    monkeypatch.setattr(krm, "BUCKET_RATIO", 1.0)
+    buckets = krm._buckets(fit.criterion.stats)
+    assert len(buckets) > 1 and sorted(np.concatenate(buckets).tolist()) == list(range(40))
+    split = kenward_roger(*args)
+    assert _rel_max(split.vcov_adjusted, one.vcov_adjusted) < 1e-12
+    assert _rel_max(split.W, one.W) < 1e-12
+    assert _rel(split.coefficient_df(), one.coefficient_df()) < 1e-12

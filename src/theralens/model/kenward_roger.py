@@ -145,67 +145,120 @@ def _tril(q: int) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class _BlockLayout:
-    """Where every group's random-effect columns sit in its outermost block (a regular tree:
-    ``m`` columns per block, ``own[l]`` the column offset of each level-l group, ``slots[l]``
-    every possible level-l offset, ``top[l]`` the block of each level-l group)."""
+    """Where the random-effect columns of some outermost blocks sit (a regular tree: ``m``
+    columns per block). ``groups[l]``: the level-l groups of these blocks (indices of the
+    statistics), ``local[l]``: each level-l group's position in ``groups[l]`` (-1 outside),
+    ``top[l]``: the block of each of ``groups[l]`` (0 .. len(groups[-1]) - 1), ``own[l]``: its
+    column offset in the block, ``slots[l]``: every possible level-l offset."""
 
     m: int
+    groups: list[np.ndarray]
+    local: list[np.ndarray]
     top: list[np.ndarray]
     own: list[np.ndarray]
     slots: list[np.ndarray]
 
 
-def _layout(stats: SufficientStats) -> _BlockLayout:
+def _top_of(stats: SufficientStats) -> list[np.ndarray]:
+    """The outermost block of every group at every level."""
+    D = stats.D
+    out = [np.empty(0, dtype=np.int64)] * D
+    out[D - 1] = np.arange(stats.levels[D - 1].ngroups)
+    for l in range(D - 1, 0, -1):
+        out[l - 1] = out[l][stats.parents[l - 1]]
+    return out
+
+
+def _layout(stats: SufficientStats, tops: np.ndarray) -> _BlockLayout:
+    """The layout of the outermost blocks ``tops`` (sorted): a slot for as many children as the
+    largest group of these blocks has at every level."""
     D, q = stats.D, stats.q
     ngroups = [lv.ngroups for lv in stats.levels]
-    # branching: the most children (level l-1 groups) of any level-l group
-    branch = [0] + [int(np.bincount(stats.parents[l - 1], minlength=ngroups[l]).max()) for l in range(1, D)]
+    in_bucket = np.zeros(ngroups[D - 1], dtype=bool)
+    in_bucket[tops] = True
+    topof = _top_of(stats)
+    groups = [np.flatnonzero(in_bucket[topof[l]]) for l in range(D)]
+    local = []
+    for l in range(D):
+        loc = np.full(ngroups[l], -1, dtype=np.int64)
+        loc[groups[l]] = np.arange(len(groups[l]))
+        local.append(loc)
+    branch = [0]
+    for l in range(1, D):  # the most children (level l-1 groups) of any level-l group here
+        counts = np.bincount(stats.parents[l - 1][groups[l - 1]], minlength=ngroups[l])
+        branch.append(int(counts[groups[l]].max()))
     size = [q[0]]
     for l in range(1, D):
         size.append(branch[l] * size[l - 1] + q[l])
     base: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * D
-    base[D - 1] = np.zeros(ngroups[D - 1], dtype=np.int64)
     top: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * D
-    top[D - 1] = np.arange(ngroups[D - 1])
-    slot_base = [np.empty(0, dtype=np.int64)] * D
+    slot_base: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * D
+    base[D - 1] = np.zeros(len(groups[D - 1]), dtype=np.int64)
+    top[D - 1] = np.arange(len(groups[D - 1]))
     slot_base[D - 1] = np.zeros(1, dtype=np.int64)
     for l in range(D - 1, 0, -1):
-        par = stats.parents[l - 1]  # children of a parent are contiguous, parents in order
-        first = np.searchsorted(par, par, side="left")
-        rank = np.arange(len(par)) - first
-        base[l - 1] = base[l][par] + rank * size[l - 1]
-        top[l - 1] = top[l][par]
+        par_all = stats.parents[l - 1]  # children of a parent are contiguous, parents in order
+        rank = (np.arange(len(par_all)) - np.searchsorted(par_all, par_all, side="left"))[groups[l - 1]]
+        pos = local[l][par_all[groups[l - 1]]]
+        base[l - 1] = base[l][pos] + rank * size[l - 1]
+        top[l - 1] = top[l][pos]
         slot_base[l - 1] = (slot_base[l][:, None] + np.arange(branch[l])[None, :] * size[l - 1]).ravel()
     own = [base[l] + (branch[l] * size[l - 1] if l else 0) for l in range(D)]
     slots = [slot_base[l] + (branch[l] * size[l - 1] if l else 0) for l in range(D)]
-    return _BlockLayout(m=size[D - 1], top=top, own=own, slots=slots)
+    return _BlockLayout(m=size[D - 1], groups=groups, local=local, top=top, own=own, slots=slots)
+
+
+PAD_WASTE = 4.0  # split the blocks into buckets of similar size when padding costs more than this factor
+PAD_FLOPS = 2e6  # ... and the padded batch is larger than this (m^3 per block, summed)
+BUCKET_RATIO = 1.5  # within a bucket the largest block has at most this many times the columns of the smallest
+
+
+def _buckets(stats: SufficientStats) -> list[np.ndarray]:
+    """The outermost blocks in batches of similar size: one batch unless empty slots (blocks
+    padded to the largest) would cost much more than the blocks themselves."""
+    G = stats.levels[-1].ngroups
+    every = np.arange(G)
+    if stats.D == 1:
+        return [every]
+    topof = _top_of(stats)
+    cols = np.zeros(G)
+    for l, lv in enumerate(stats.levels):
+        cols += lv.q * np.bincount(topof[l], minlength=G)
+    m = _layout(stats, every).m
+    padded, actual = G * float(m) ** 3, float((cols**3).sum())
+    if padded <= PAD_WASTE * actual or padded <= PAD_FLOPS:
+        return [every]
+    order = np.argsort(cols, kind="stable")
+    out, start = [], 0
+    for i in range(1, G + 1):
+        if i == G or cols[order[i]] > BUCKET_RATIO * cols[order[start]]:
+            out.append(np.sort(order[start:i]))
+            start = i
+    return out
 
 
 def _block_products(stats: SufficientStats, lay: _BlockLayout) -> tuple[np.ndarray, np.ndarray]:
-    """Z_g'Z_g (G, m, m) and Z_g'X (G, m, k) of every outermost block g."""
+    """Z_g'Z_g (G, m, m) and Z_g'X (G, m, k) of the outermost blocks g of ``lay``."""
     D, q, k = stats.D, stats.q, stats.k
     offs = np.cumsum([0] + q)
     xcols = np.arange(offs[-1], offs[-1] + k)
-    G = stats.levels[D - 1].ngroups
+    G = len(lay.groups[D - 1])
     ZZ = np.zeros((G, lay.m, lay.m))
     ZX = np.zeros((G, lay.m, k))
-    anc = [np.arange(stats.levels[0].ngroups)]
-    for l in range(D - 1):
-        anc.append(stats.parents[l][anc[-1]])
     for l in range(D):
-        C = stats.inner if l == 0 else stats.group_sums(l)  # rows Z_l' W of each level-l group
+        C = (stats.inner if l == 0 else stats.group_sums(l))[lay.groups[l]]  # rows Z_l' W of the level-l groups
         rows = slice(0, q[0]) if l == 0 else slice(int(offs[l]), int(offs[l + 1]))
         ri = np.arange(q[l])
         T, O = lay.top[l], lay.own[l]
         ZX[T[:, None, None], (O[:, None] + ri)[:, :, None], np.arange(k)[None, None, :]] = C[:, rows][:, :, xcols]
         # the level's own block and its cross-products with every ancestor's columns
-        chain = np.arange(stats.levels[l].ngroups)
+        chain = lay.groups[l]
         for a in range(l, D):
             if a > l:
                 chain = stats.parents[a - 1][chain]
             ci = np.arange(q[a])
             block = C[:, rows][:, :, int(offs[a]) : int(offs[a + 1])]
-            Oa = lay.own[a][chain]
+            Oa = lay.own[a][lay.local[a][chain]]
             ii = (O[:, None] + ri)[:, :, None]
             jj = (Oa[:, None] + ci)[:, None, :]
             ZZ[T[:, None, None], ii, jj] = block
@@ -242,15 +295,24 @@ def _term_places(stats: SufficientStats) -> dict[int, tuple[int, int]]:
     return where
 
 
-def kenward_roger(stats: SufficientStats, theta: np.ndarray, sigma2: float, vcov: np.ndarray) -> KenwardRoger:
-    """The Kenward-Roger adjusted covariance and the pieces of its df (module docstring), for
-    a REML fit at ``theta`` with residual variance ``sigma2`` and Var(beta_hat) ``vcov`` (Phi),
-    from the sufficient statistics ``stats`` alone."""
-    theta = np.asarray(theta, dtype=float)
-    Phi = np.asarray(vcov, dtype=float)
-    k, n = stats.k, stats.n
-    lay = _layout(stats)
-    m = lay.m
+@dataclass
+class _BlockSums:
+    """The terms of K, P and Q that are sums over the outermost blocks (kenward_roger)."""
+
+    K: np.ndarray  # (R-1, R) random x (random, residual) traces
+    P: np.ndarray  # (R-1, k, k)
+    Q: np.ndarray  # (R-1, R-1, k, k)
+    Qres: np.ndarray  # (R-1, k, k)
+    xzbzx: np.ndarray  # sum X'Z B Z'X
+    xzbzzbzx: np.ndarray  # sum X'Z B Z'Z B Z'X
+    nbn: np.ndarray  # sum (Z'Sigma^-1 X)' B (Z'Sigma^-1 X)
+    tr_bzz: float
+    tr_bzzbzz: float
+
+
+def _block_sums(stats: SufficientStats, lay: _BlockLayout, theta: np.ndarray, sigma2: float) -> _BlockSums:
+    """One batch of outermost blocks (one layout): the Woodbury pieces and their sums."""
+    k, m = stats.k, lay.m
     ZZ, ZX = _block_products(stats, lay)
     lam = np.zeros((m, m))
     for l, lv in enumerate(stats.levels):
@@ -268,51 +330,73 @@ def kenward_roger(stats: SufficientStats, theta: np.ndarray, sigma2: float, vcov
     M2 = H @ M / sigma2  # Z' Sigma^-2 Z
     M2 = 0.5 * (M2 + M2.transpose(0, 2, 1))
     N2 = H @ N / sigma2  # Z' Sigma^-2 X
-    q = sum(stats.q)
-    XX = stats.total[q : q + k, q : q + k]
     BZX = B @ ZX
     BZZ = B @ ZZ
-    # X' Sigma^-2 X = sigma^-4 (X'X - 2 X'Z B Z'X + X'Z B Z'Z B Z'X), summed over blocks
-    XS2X = (XX - 2.0 * np.einsum("gmi,gmj->ij", ZX, BZX) + np.einsum("gmi,gmj->ij", BZX, ZZ @ BZX)) / sigma2**2
-    XS2X = 0.5 * (XS2X + XS2X.T)
-    XS3X = (XS2X - np.einsum("gmi,gmj->ij", N, B @ N)) / sigma2  # X' Sigma^-3 X
-    XS3X = 0.5 * (XS3X + XS3X.T)
-    trS2 = (n - 2.0 * float(np.einsum("gab,gba->", B, ZZ)) + float(np.einsum("gab,gba->", BZZ, BZZ))) / sigma2**2
-
     # every G_r within a block is Z D_r Z' with D_r = sum_i e_{a_i} e_{b_i}' over the index pairs of
     # parameter r (_selections); stacking the pairs of all parameters (``E`` maps a pair to its
     # parameter) turns the traces and products below into a few batched products
     sel = _selections(stats, lay)
-    R = len(sel) + 1
+    R1 = len(sel)
     Aix = np.concatenate([np.atleast_1d(a) for a, _ in sel])
     Bix = np.concatenate([np.atleast_1d(b) for _, b in sel])
-    E = np.zeros((len(Aix), R - 1))
-    E[np.arange(len(Aix)), np.repeat(np.arange(R - 1), [np.atleast_1d(a).size for a, _ in sel])] = 1.0
+    E = np.zeros((len(Aix), R1))
+    E[np.arange(len(Aix)), np.repeat(np.arange(R1), [np.atleast_1d(a).size for a, _ in sel])] = 1.0
     G_, npair = M.shape[0], len(Aix)
-    K = np.empty((R, R))
-    P = np.empty((R, k, k))
-    Q = np.empty((R, R, k, k))
+    K = np.empty((R1, R1 + 1))
     # tr(Sigma^-1 G_r Sigma^-1 G_s) = sum_{i in r, j in s} M[b_i, a_j] M[b_j, a_i]
     Y = M[:, Bix][:, :, Aix]
-    K[: R - 1, : R - 1] = E.T @ np.einsum("gij,gji->ij", Y, Y) @ E
+    K[:, :R1] = E.T @ np.einsum("gij,gji->ij", Y, Y) @ E
     # tr(Sigma^-1 G_r Sigma^-1) = tr(D_r Z'Sigma^-2 Z) = sum_{i in r} M2[b_i, a_i]
-    K[: R - 1, R - 1] = K[R - 1, : R - 1] = E.T @ M2[:, Bix, Aix].sum(axis=0)
-    K[R - 1, R - 1] = trS2
+    K[:, R1] = E.T @ M2[:, Bix, Aix].sum(axis=0)
     NA, NB = N[:, Aix], N[:, Bix]  # (G, pairs, k)
     # P_r = -sum_{i in r} N[a_i]' N[b_i]
-    P[: R - 1] = -np.einsum("gik,gil,ir->rkl", NA, NB, E, optimize=True)
-    P[R - 1] = -XS2X
+    P = -np.einsum("gik,gil,ir->rkl", NA, NB, E, optimize=True)
     # Q_rs = sum_{i in r, j in s} N[b_i]' M[a_i, a_j] N[b_j]
-    NBs = (NB[:, :, None, :] * E[None, :, :, None]).reshape(G_, npair, (R - 1) * k)
+    NBs = (NB[:, :, None, :] * E[None, :, :, None]).reshape(G_, npair, R1 * k)
     T = M[:, Aix][:, :, Aix] @ NBs
     QQ = NBs.reshape(G_ * npair, -1).T @ T.reshape(G_ * npair, -1)
-    Q[: R - 1, : R - 1] = QQ.reshape(R - 1, k, R - 1, k).transpose(0, 2, 1, 3)
-    # Q_{r,res} = sum_{i in r} N[b_i]' (Z'Sigma^-2 X)[a_i]; Q_{res,r} its transpose
+    Q = QQ.reshape(R1, k, R1, k).transpose(0, 2, 1, 3)
+    # Q_{r,res} = sum_{i in r} N[b_i]' (Z'Sigma^-2 X)[a_i]
     Qres = np.einsum("gik,gil,ir->rkl", NB, N2[:, Aix], E, optimize=True)
-    Q[: R - 1, R - 1] = Qres
-    Q[R - 1, : R - 1] = Qres.transpose(0, 2, 1)
-    Q[R - 1, R - 1] = XS3X
+    return _BlockSums(K=K, P=P, Q=Q, Qres=Qres, xzbzx=np.einsum("gmi,gmj->ij", ZX, BZX),
+                      xzbzzbzx=np.einsum("gmi,gmj->ij", BZX, ZZ @ BZX), nbn=np.einsum("gmi,gmj->ij", N, B @ N),
+                      tr_bzz=float(np.einsum("gab,gba->", B, ZZ)), tr_bzzbzz=float(np.einsum("gab,gba->", BZZ, BZZ)))
+
+
+def kenward_roger(stats: SufficientStats, theta: np.ndarray, sigma2: float, vcov: np.ndarray) -> KenwardRoger:
+    """The Kenward-Roger adjusted covariance and the pieces of its df (module docstring), for
+    a REML fit at ``theta`` with residual variance ``sigma2`` and Var(beta_hat) ``vcov`` (Phi),
+    from the sufficient statistics ``stats`` alone."""
+    theta = np.asarray(theta, dtype=float)
+    Phi = np.asarray(vcov, dtype=float)
+    k, n = stats.k, stats.n
+    parts = [_block_sums(stats, _layout(stats, tops), theta, sigma2) for tops in _buckets(stats)]
+
+    def total(name: str) -> np.ndarray:
+        return np.sum([getattr(p, name) for p in parts], axis=0)
+
+    q = sum(stats.q)
+    XX = stats.total[q : q + k, q : q + k]
+    # X' Sigma^-2 X = sigma^-4 (X'X - 2 X'Z B Z'X + X'Z B Z'Z B Z'X), X' Sigma^-3 X and tr(Sigma^-2)
+    XS2X = (XX - 2.0 * total("xzbzx") + total("xzbzzbzx")) / sigma2**2
+    XS2X = 0.5 * (XS2X + XS2X.T)
+    XS3X = (XS2X - total("nbn")) / sigma2
+    XS3X = 0.5 * (XS3X + XS3X.T)
+    trS2 = (n - 2.0 * total("tr_bzz") + total("tr_bzzbzz")) / sigma2**2
+    R1 = parts[0].P.shape[0]
+    R = R1 + 1
+    K = np.empty((R, R))
+    K[:R1] = total("K")
+    K[R1, :R1] = K[:R1, R1]
+    K[R1, R1] = trS2
+    P = np.concatenate([total("P"), -XS2X[None]])
     P = 0.5 * (P + P.transpose(0, 2, 1))
+    Q = np.empty((R, R, k, k))
+    Q[:R1, :R1] = total("Q")
+    Qres = total("Qres")
+    Q[:R1, R1] = Qres
+    Q[R1, :R1] = Qres.transpose(0, 2, 1)
+    Q[R1, R1] = XS3X
 
     PhiP = np.einsum("ij,rjk->rik", Phi, P)
     IE2 = K - 2.0 * np.einsum("ij,rsji->rs", Phi, Q) + np.einsum("rij,sji->rs", PhiP, PhiP)
