@@ -1,7 +1,8 @@
 """Kenward-Roger small-sample inference for the fixed effects, as pbkrtest 0.5 computes it.
 
 Kenward & Roger (1997), Biometrics 53:983-997, in the form of Halekoh & Hojsgaard (2014),
-JSS 59(9), sec. 3 (pbkrtest's ``vcovAdj`` and ``Lb_ddf``). The marginal covariance of y is
+JSS 59(9) (pbkrtest's ``vcovAdj`` and ``Lb_ddf``; both papers are in the references of
+:mod:`theralens.report.methods`). The marginal covariance of y is
 written linearly in the covariance parameters ggamma,
 
     Sigma = sum_r ggamma_r G_r,
@@ -16,19 +17,20 @@ REML fit (lme4's ``vcov``):
     IE2_rs = tr(Sigma^-1 G_r Sigma^-1 G_s) - 2 tr(Phi Q_rs) + tr(Phi P_r Phi P_s)   (expected REML information)
     W     = 2 IE2^-1   (Moore-Penrose inverse when min |eigenvalue| of IE2 <= 1e-10)
     U     = sum_rs W_rs (Q_rs - P_r Phi P_s)
-    Phi_A = Phi + 2 Phi U Phi                                                    (eq. 3 of K&R 1997, R_ij = 0)
+    Phi_A = Phi + 2 Phi U Phi          (K&R 1997; their R_ij = 0, since Sigma is linear in ggamma)
 
-and the denominator df of a contrast L (q rows) from A1, A2, B, g, c1..c3 and rho (K&R 1997,
-sec. 4; pbkrtest ``Lb_ddf``, which uses V0 = Phi): ddf = 4 + (q + 2) / (q rho - 1).
+and the denominator df of a contrast L (q rows) from A1, A2, B, g, c1..c3 and rho (K&R 1997's
+scaled F approximation; pbkrtest ``Lb_ddf``, which uses V0 = Phi): ddf = 4 + (q + 2) / (q rho - 1).
 
 Sigma is block diagonal over the outermost grouping factor (therapists, say), so nothing here
 is n x n: with the Woodbury identity Sigma_g^-1 = sigma^-2 (I - Z_g B Z_g'), B = Lambda (Lambda'
 Z_g'Z_g Lambda + I)^-1 Lambda', every term above is a function of the per-block cross-products
 Z_g'Z_g and Z_g'X, the total X'X and n, which the sufficient statistics hold
-(:class:`~theralens.model.stats.SufficientStats`; engine.md). A block's random-effect columns are
-laid out as a regular tree (a slot for every possible child, empty slots have zero cross-products
-and add nothing), so that all blocks share one layout and are computed as one batch. The cost
-grows with blocks x (random effects per block)^3, not with rows.
+(:class:`~theralens.model.stats.SufficientStats`), so Kenward-Roger works after ``fit_stats`` too.
+A block's random-effect columns are laid out as a regular tree (a slot for every possible child;
+empty slots have zero cross-products and add nothing), so that blocks share one layout and are
+computed as one batch; blocks of very different sizes go in batches of similar size
+(:func:`_buckets`). The cost grows with blocks x (random effects per block)^3, not with rows.
 
 Kenward-Roger is defined for REML fits: lmerTest refuses it for ML fits ("only available for
 REML model fits") and so does :func:`theralens.model.fit.fit_mixed`; pbkrtest would refit with
@@ -83,7 +85,7 @@ class KenwardRoger:
 
 
 def lb_ddf(L: np.ndarray, V0: np.ndarray, P: np.ndarray, W: np.ndarray) -> float:
-    """Kenward & Roger (1997, sec. 4) denominator df for testing L beta = 0, as pbkrtest's
+    """Kenward & Roger (1997) denominator df for testing L beta = 0, as pbkrtest's
     ``Lb_ddf(L, V0, Vadj)``: Theta = L'(L V0 L')^-1 L, u_r = Theta V0 P_r V0,
     A1 = sum_rs W_rs tr(u_r) tr(u_s), A2 = sum_rs W_rs tr(u_r u_s), then :func:`ddf_from`."""
     L = np.atleast_2d(np.asarray(L, dtype=float))
