@@ -100,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--from", dest="from_study", metavar="RESULTS_JSON",
                    help="plan from an analysed study: its results.json gives the truth (estimates, variance "
                         "components, caseloads, sessions, dropout, moderators, design); --set overrides any of it")
+    w.add_argument("--search", metavar="TEST[:TARGET]",
+                   help="smallest number of therapists reaching TARGET power (default 0.8) for TEST (e.g. moderator, "
+                        "within.alliance); --therapists LOW,HIGH is the range (default 10,300), "
+                        "--patients-per-therapist one caseload")
     w.add_argument("--design", choices=["patient", "session"], default=None,
                    help="patient (the published analysis; default) or session (lagged) level")
     w.add_argument("--decomposition", choices=["manifest", "latent"], default="manifest",

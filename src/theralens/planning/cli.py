@@ -1,7 +1,8 @@
 """``theralens power``: the command-line face of :func:`theralens.planning.power`.
 
     theralens power --preset coyne2022 --therapists 42,80,120,200 --patients-per-therapist 5,10 \\
-        --nsim 500 [--from OUT/results.json] [--design patient|session] [--alpha 0.05] [--seed N] [--workers N] \\
+        --nsim 500 [--from OUT/results.json] [--design patient|session] [--search TEST[:TARGET]] \\
+        [--alpha 0.05] [--seed N] [--workers N] \\
         [--scheduler ADDRESS] [--out DIR] [--set NAME=VALUE ...]
 
 Writes ``power.csv``, ``power.json``, ``power.png`` and ``power.svg`` into ``--out`` and
@@ -25,7 +26,8 @@ __all__ = ["run_power_command"]
 def run_power_command(args: argparse.Namespace) -> int:
     """Run ``theralens power`` from parsed arguments; returns the exit status."""
     study = getattr(args, "from_study", None)
-    default_j, default_m = (None, None) if study else ("42,80,120,200", "5,10")
+    searching = getattr(args, "search", None)
+    default_j, default_m = (None, None) if study or searching else ("42,80,120,200", "5,10")
     therapists = args.therapists if args.therapists is not None else default_j
     per = args.patients_per_therapist if args.patients_per_therapist is not None else default_m
     therapists = parse_numbers(therapists, "therapists", integer=True) if therapists is not None else None
@@ -41,7 +43,8 @@ def run_power_command(args: argparse.Namespace) -> int:
     prepare_dir(out)
     result = power(study or args.preset, therapists=therapists, patients_per_therapist=per, nsim=args.nsim,
                    alpha=args.alpha, seed=args.seed, settings=settings, workers=args.workers, scheduler=args.scheduler,
-                   decomposition=getattr(args, "decomposition", "manifest"), design=getattr(args, "design", None))
+                   decomposition=getattr(args, "decomposition", "manifest"), design=getattr(args, "design", None),
+                   search=searching)
     written = result.write(out)
     print(result.summary())
     print(f"\nwrote {len(written)} files to {out} ({result.seconds:.1f} s)")

@@ -16,13 +16,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from theralens.errors import InputError
 from theralens.planning.execution import available_cores, execute
 from theralens.planning.latent import estimate_seconds
 from theralens.planning.pilot import study_parameters
 from theralens.planning.replicate import PowerSpec, run_replicate
 from theralens.planning.result import PowerResult, summarise
-from theralens.planning.settings import CELL_FIELDS, design_cells, parse_settings, resolve_overrides
+from theralens.planning.search import parse_search, run_search
+from theralens.planning.settings import CELL_FIELDS, Cell, design_cells, parse_settings, resolve_overrides
 from theralens.simulation.generate import PRESETS, REPLACED, TARGETS, SimulationParameters, resolve_parameters, simulate
 
 __all__ = ["power"]
@@ -62,6 +65,7 @@ def power(
     exclude_singular: bool = False,
     decomposition: str = "manifest",
     design: str | None = None,
+    search: Any = None,
     workers: int | None = None,
     scheduler: Any = None,
     progress: bool = True,
@@ -104,6 +108,13 @@ def power(
         design: ``"patient"`` (the published analysis) or ``"session"`` (the lagged design:
             data simulated and analysed as :func:`theralens.analyze` does with ``[design]
             level = "session"``, :mod:`theralens.planning.analysis_table`); None: the preset's.
+        search: find the smallest number of therapists reaching a target power for one test
+            instead of a grid (:mod:`theralens.planning.search`): ``"moderator"``,
+            ``"within.alliance:0.9"`` (test[:target], default 80%), a mapping of
+            :class:`~theralens.planning.search.SearchGoal` fields or a goal; ``therapists`` is
+            then the range (two numbers, default 10 and 300) and ``patients_per_therapist`` the
+            one caseload. The result's ``search`` holds the answer with its Monte Carlo interval;
+            its table every evaluated cell.
         workers: local processes (default: all cores; 1 = this process). scheduler: a
             dask.distributed scheduler address or Client (then ``workers`` is ignored).
         progress: show a progress bar on stderr. chunk_size: replicates per task.
@@ -132,12 +143,50 @@ def power(
     mod_key = (moderator or "", moderator_process, moderator_target)
     resolved = _layer(_layer(from_study, resolve_overrides(preset, parse_settings(settings), mod_key, base.design,
                                                            base=given)), overrides)
+    goal = None
+    if search is not None:
+        goal = parse_search(search, therapists)
+        if patients_per_therapist is not None and len(list(patients_per_therapist)) != 1:
+            raise InputError("--search: give one caseload (--patients-per-therapist M); the search is over therapists")
+        therapists = [goal.low]
     cells = design_cells(preset, therapists, patients_per_therapist, resolved)
     spec = PowerSpec(preset=preset, overrides={k: v for k, v in resolved.items() if k not in CELL_FIELDS},
                      alpha=float(alpha), seed=int(seed), moderator=moderator, moderator_process=moderator_process,
                      moderator_target=moderator_target, exclude_singular=bool(exclude_singular),
                      decomposition=decomposition, config=truth.config if truth else None,
                      source=truth.source if truth else "")
+    if goal is None:
+        result = _run_cells(spec, cells, nsim, workers, scheduler, progress, chunk_size, decomposition)
+        result.seconds = time.perf_counter() - t0
+        result.notes = list(truth.notes) if truth else []
+        return result
+    test = goal.pick(spec.tests)
+    m = cells[0].patients_per_therapist
+    runs: list[PowerResult] = []
+
+    def evaluate(js: list[int]) -> pd.DataFrame:
+        new = design_cells(preset, js, [m], resolved)
+        runs.append(_run_cells(spec, new, nsim, workers, scheduler, progress, chunk_size, decomposition))
+        t = runs[-1].table
+        return t[(t["test"] == test.kind) & (t["process"] == test.process)]
+
+    found = run_search(goal, test, m, evaluate)
+    cells = sorted((c for r in runs for c in r.cells), key=lambda c: c.n_therapists)
+
+    def joined(name: str) -> pd.DataFrame:
+        frame = pd.concat([getattr(r, name) for r in runs], ignore_index=True)
+        return frame.sort_values("n_therapists", kind="stable").reset_index(drop=True)
+
+    return PowerResult(table=joined("table"), replicates=joined("replicates"), failures=joined("failures"),
+                       cells=cells, tests=spec.tests, spec=spec, nsim=nsim,
+                       seconds=time.perf_counter() - t0, execution=runs[0].execution,
+                       notes=list(truth.notes) if truth else [], search=found)
+
+
+def _run_cells(spec: PowerSpec, cells: list[Cell], nsim: int, workers: int | None, scheduler: Any, progress: bool,
+               chunk_size: int | None, decomposition: str) -> PowerResult:
+    """Every replicate of ``cells``: the power table of those cells."""
+    t0 = time.perf_counter()
     truths = []
     for c in cells:  # checks every setting once, here, and gives the true values
         sim = simulate(spec.preset, seed=0, n_therapists=c.n_therapists, n_patients=c.n_patients,
@@ -156,8 +205,7 @@ def power(
     tests = spec.tests
     table, replicates, failures = summarise(chunks, cells, tests, spec, nsim, truths)
     return PowerResult(table=table, replicates=replicates, failures=failures, cells=cells, tests=tests, spec=spec,
-                       nsim=nsim, seconds=time.perf_counter() - t0, execution=info,
-                       notes=list(truth.notes) if truth else [])
+                       nsim=nsim, seconds=time.perf_counter() - t0, execution=info)
 
 
 def _layer(under: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -180,7 +180,8 @@ class PowerResult:
         failures: one row per failed model: cell, replicate, model, error.
         cells, tests, spec: the design cells, the tests and the shared settings.
         nsim, seconds, execution (executor, workers or scheduler, chunks), notes (what a power study
-        from a fitted study assumed), created (UTC).
+        from a fitted study assumed), search (a :class:`~theralens.planning.search.SampleSizeSearch`
+        when the run searched for a sample size, else None), created (UTC).
     """
 
     table: pd.DataFrame
@@ -193,6 +194,7 @@ class PowerResult:
     seconds: float
     execution: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    search: Any = None
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def meta(self) -> dict[str, Any]:
@@ -219,6 +221,8 @@ class PowerResult:
         """Settings, table and failures as JSON."""
         doc = {"meta": self.meta(), "table": _plain(self.table.to_dict(orient="records")),
                "failures": _plain(self.failures.to_dict(orient="records"))}
+        if self.search is not None:
+            doc["search"] = _plain(self.search.to_dict())
         return json.dumps(doc, indent=2, allow_nan=False)
 
     def summary(self) -> str:
@@ -270,6 +274,8 @@ class PowerResult:
         if len(self.failures):
             top = self.failures["error"].value_counts().head(3)
             lines.append("Most frequent errors: " + "; ".join(f"{e} ({n}x)" for e, n in top.items()))
+        if self.search is not None:
+            lines.append(self.search.summary())
         low = t.loc[t["test"].isin(["slope_variance", "moderator"]) & (t["n_therapists"] < 60)]
         if len(low):
             lines.append("With fewer than about 60 therapists, slope variances and cross-level moderators have "
