@@ -412,6 +412,42 @@ def simulate_unsupported_extension(d, s, t):
     return ["simulate", "--out", "sim.json"], ["sim.json", "cannot write '.json' files", "use .csv or .parquet"]
 
 
+# ------------------------------------------------------------- the training loop (issue #14)
+
+LOOP_TOML = '[therapist_moderators]\ncolumns = ["cbt"]\n\n[training]\nstart = "start_date"\n'
+
+
+def _training(d, s, t, row: int, column: str, value: str) -> list[str]:
+    """theralens training on the demo with the training table's ``row`` (0-based) ``column`` set to ``value``."""
+    from theralens.datasets import load_demo_training
+
+    table = t.merge(load_demo_training(), on="therapist")
+    table.loc[row, column] = value
+    return ["training", csv(d, "sessions.csv", s), "--therapists", csv(d, "therapists.csv", table), "--config",
+            text(d, "study.toml", LOOP_TOML), "--out", "out"]
+
+
+@case
+def training_date_unparseable(d, s, t):
+    return _training(d, s, t, 0, "trained_on", "2025-02-30"), [
+        "therapists.csv", "column 'trained_on' (training date)", "row 2", "2025-02-30",
+        "write each training date like 2021-03-15"]
+
+
+@case
+def training_therapist_without_patients_after(d, s, t):
+    return _training(d, s, t, 0, "trained_on", "2030-01-01"), [
+        "therapists.csv", "therapist T01 was trained on 2030-01-01", "no analysed patient whose treatment started "
+        "after it", "check the date (column 'trained_on')"]
+
+
+@case
+def training_target_not_a_process(d, s, t):
+    return _training(d, s, t, 0, "trained_process", "empathy"), [
+        "therapists.csv", "row 2", "training target 'empathy' of therapist T01", "is not a configured process",
+        "'alliance', 'expectancy'"]
+
+
 # --------------------------------------------------------------------------- the test
 
 
