@@ -143,3 +143,24 @@ def test_bootstrap_needs_rows() -> None:
     assert fit.conf_int_varcorr().shape[0] == 3  # the profile needs only the statistics
     with pytest.raises(InputError, match="rows of the data"):
         fit.conf_int_varcorr(method="bootstrap", nsim=5, progress=False)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_gradient_with_explicit_sigma_matches_differences(fits: dict, reml: bool) -> None:
+    """The exact gradient the profiles use (deviance with sigma explicit) against central
+    differences of the deviance itself, away from the optimum."""
+    from theralens.model.satterthwaite import VarparFunctions
+
+    fit = fits["therapy3"]
+    crit = fit.criterion
+    theta, sigma = fit.solution.theta * 1.1 + 0.01, 0.9 * fit.sigma
+    dev, g_theta, g_sigma = crit.deviance_and_gradient_with_sigma(theta, sigma, reml)
+    vf = VarparFunctions(crit, reml)
+    x = np.r_[theta, sigma]
+    assert dev == pytest.approx(vf.deviance(x), rel=1e-12)
+    fd = np.empty(x.size)
+    for i in range(x.size):
+        e = np.zeros(x.size)
+        e[i] = 1e-5 * max(1.0, abs(x[i]))
+        fd[i] = (vf.deviance(x + e) - vf.deviance(x - e)) / (2 * e[i])
+    np.testing.assert_allclose(np.r_[g_theta, g_sigma], fd, rtol=1e-5, atol=1e-5)

@@ -104,6 +104,16 @@ class NestedCriterion:
             self._gradient = ProfiledGradient(self)
         return self._gradient(np.asarray(theta, dtype=float), reml)
 
+    def deviance_and_gradient_with_sigma(self, theta: np.ndarray, sigma: float,
+                                         reml: bool = True) -> tuple[float, np.ndarray, float]:
+        """The deviance with an explicit sigma (:func:`deviance_with_sigma`) and its exact
+        gradient in theta and sigma (gradient.py, ``ProfiledGradient.with_sigma``)."""
+        if self._gradient is None:
+            from theralens.model.gradient import ProfiledGradient
+
+            self._gradient = ProfiledGradient(self)
+        return self._gradient.with_sigma(np.asarray(theta, dtype=float), float(sigma), reml)
+
     def factors(self, theta: np.ndarray) -> Factors:
         """The elimination's factors L_g, S_g of every level at ``theta`` and the profile."""
         fw = self.elimination.forward(np.asarray(theta, dtype=float))
@@ -210,6 +220,21 @@ def criterion_from_profile(p: Profile, n: int, k: int, reml: bool) -> float:
         logdet_rx = 2.0 * float(np.log(np.diag(p.RX)).sum()) if k else 0.0
         return p.logdet + logdet_rx + dof * (1.0 + LOG2PI + np.log(p.r2 / dof))
     return p.logdet + n * (1.0 + LOG2PI + np.log(p.r2 / n))
+
+
+def deviance_with_sigma(p: Profile, sigma: float, n: int, k: int, reml: bool) -> float:
+    """The REML or ML deviance at theta (through its profile ``p``) and an explicit residual SD
+    sigma, not profiled over it (lmerTest's ``devfun_vp``; Bates et al. 2015, eqs. 32 and 41):
+
+        ML:   log|L_theta|^2 + r^2 / sigma^2 + n log(2 pi sigma^2)
+        REML: the ML form + log|R_X|^2 - k log(2 pi sigma^2).
+
+    Minimised over sigma it is :func:`criterion_from_profile`."""
+    s2 = sigma**2
+    dev = p.logdet + p.r2 / s2 + n * (LOG2PI + np.log(s2))
+    if reml and k:
+        dev += 2.0 * float(np.log(np.abs(np.diag(p.RX))).sum()) - k * (LOG2PI + np.log(s2))
+    return float(dev)
 
 
 def _block_diag(blocks: list[np.ndarray]) -> np.ndarray:

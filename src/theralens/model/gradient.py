@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from theralens.model.criterion import NestedCriterion, criterion_from_profile
+from theralens.model.criterion import NestedCriterion, criterion_from_profile, deviance_with_sigma
 from theralens.model.elimination import Elimination, finish
 
 
@@ -56,3 +56,26 @@ class ProfiledGradient:
         if reml and k:
             top_psi[:k, :k] += XXinv
         return f, self.elimination.backward(fw, top_psi)
+
+    def with_sigma(self, theta: np.ndarray, sigma: float, reml: bool) -> tuple[float, np.ndarray, float]:
+        """The deviance with sigma explicit (:func:`~theralens.model.criterion.deviance_with_sigma`)
+        and its exact gradient in theta and in sigma: the top's sensitivity is (G1) with
+        v v' / sigma^2 in place of (dof / r2) v v' (d r^2 = v' dM v at the profiled beta), and
+        dD/dsigma = -2 r^2 / sigma^3 + 2 dof / sigma."""
+        crit, k = self.crit, self.k
+        crit.evaluations += 1
+        fw = self.elimination.forward(np.asarray(theta, dtype=float), gradient=True)
+        top = fw.top
+        prof = finish(fw.logdet, top, k)
+        dev = deviance_with_sigma(prof, sigma, crit.n, k, reml)
+        if not np.isfinite(dev):
+            return dev, np.full(self.ntheta, np.nan), float("nan")
+        XXinv = np.linalg.inv(top[:k, :k]) if k else np.zeros((0, 0))
+        v = np.empty(k + 1)
+        v[:k] = -(XXinv @ top[:k, k])
+        v[k] = 1.0
+        psi = np.outer(v, v) / sigma**2
+        if reml and k:
+            psi[:k, :k] += XXinv
+        dof = (crit.n - k) if reml else crit.n
+        return dev, self.elimination.backward(fw, psi), float(-2.0 * prof.r2 / sigma**3 + 2.0 * dof / sigma)

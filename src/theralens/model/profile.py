@@ -178,7 +178,8 @@ class _Profiler:
         scale.append(self.sigma_hat)
         return _Coordinates(perms, np.array(x), np.array(lower), np.array(upper), np.array(scale), index)
 
-    def deviance(self, coords: _Coordinates, x: np.ndarray) -> float:
+    def varpar(self, coords: _Coordinates, x: np.ndarray) -> np.ndarray:
+        """(theta, sigma) of a point x in the coordinates ``coords``."""
         theta = np.empty_like(self.theta_hat)
         sigma = float(x[-1])
         off = 0
@@ -193,14 +194,37 @@ class _Profiler:
                 L = Lp
             else:
                 inv = np.argsort(perm)
-                cov = (Lp @ Lp.T)[np.ix_(inv, inv)]
-                L = _chol_psd(cov)
+                L = _chol_psd((Lp @ Lp.T)[np.ix_(inv, inv)])
             r, c = self.tril[t]
             theta[self.slices[t]] = L[r, c] / sigma
+        return np.r_[theta, sigma]
+
+    def deviance(self, coords: _Coordinates, x: np.ndarray) -> float:
         try:
-            return self.vf.deviance(np.r_[theta, sigma])
+            return self.vf.deviance(self.varpar(coords, x))
         except (np.linalg.LinAlgError, FloatingPointError):
             return _FAR  # a point where the criterion cannot be evaluated (far from the estimate)
+
+    def deviance_and_gradient(self, coords: _Coordinates, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """The deviance at x and its gradient in x: the exact gradient in (theta, sigma)
+        (:meth:`~theralens.model.criterion.NestedCriterion.deviance_and_gradient_with_sigma`)
+        times the Jacobian of the (cheap) map x -> (theta, sigma), by central differences."""
+        vp = self.varpar(coords, x)
+        try:
+            dev, g_theta, g_sigma = self.vf.crit.deviance_and_gradient_with_sigma(vp[:-1], vp[-1], self.vf.reml)
+        except (np.linalg.LinAlgError, FloatingPointError):
+            return _FAR, np.zeros_like(x)
+        if not np.isfinite(dev):
+            return _FAR, np.zeros_like(x)
+        g = np.r_[g_theta, g_sigma]
+        J = np.empty((vp.size, x.size))
+        for m in range(x.size):
+            h = 1e-7 * max(abs(x[m]), coords.scale[m])
+            lo, hi = x.copy(), x.copy()
+            lo[m] = max(x[m] - h, coords.lower[m])
+            hi[m] = min(x[m] + h, coords.upper[m])
+            J[:, m] = (self.varpar(coords, hi) - self.varpar(coords, lo)) / (hi[m] - lo[m])
+        return dev, J.T @ g
 
 
 @dataclass
@@ -232,17 +256,21 @@ class _Profile:
         sc = c.scale[free]
         bounds = list(zip(c.lower[free] / sc, c.upper[free] / sc))
 
-        def f(y: np.ndarray) -> float:
+        def point(y: np.ndarray) -> np.ndarray:
             x = c.x_hat.copy()
             x[free] = y * sc
             x[c.index] = v
-            return self.pr.deviance(c, x)
+            return x
+
+        def fg(y: np.ndarray) -> tuple[float, np.ndarray]:
+            dev, grad = self.pr.deviance_and_gradient(c, point(y))
+            return dev, grad[free] * sc
 
         if not free.any():
-            return f(y0)
+            return self.pr.deviance(c, point(y0))
         y0 = np.clip(y0, [b[0] for b in bounds], [b[1] for b in bounds])
-        res = optimize.minimize(f, y0, method="L-BFGS-B", jac="3-point", bounds=bounds,
-                                options={"ftol": 1e-14, "gtol": 1e-9, "maxiter": 1000})
+        res = optimize.minimize(fg, y0, method="L-BFGS-B", jac=True, bounds=bounds,
+                                options={"ftol": 1e-15, "gtol": 1e-8, "maxiter": 1000})
         self.points[v] = res.x
         return float(res.fun)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from theralens.model.criterion import LOG2PI, NestedCriterion, Profile
+from theralens.model.criterion import NestedCriterion, Profile, deviance_with_sigma
 
 _D, _EPS, _R = 0.1, 1e-4, 4
 _ZERO_TOL = float(np.sqrt(np.finfo(float).eps / 7e-7))
@@ -101,14 +101,8 @@ class VarparFunctions:
         return p
 
     def deviance(self, varpar: np.ndarray) -> float:
-        theta, sigma = varpar[:-1], varpar[-1]
-        s2 = sigma**2
-        p = self._profile(theta)
-        n, k = self.crit.n, self.crit.k
-        dev = p.logdet + p.r2 / s2 + n * (LOG2PI + np.log(s2))
-        if self.reml and k:
-            dev += 2.0 * float(np.log(np.abs(np.diag(p.RX))).sum()) - k * (LOG2PI + np.log(s2))
-        return float(dev)
+        theta, sigma = varpar[:-1], float(varpar[-1])
+        return deviance_with_sigma(self._profile(theta), sigma, self.crit.n, self.crit.k, self.reml)
 
     def vcov_beta(self, varpar: np.ndarray) -> np.ndarray:
         theta, sigma = varpar[:-1], varpar[-1]
