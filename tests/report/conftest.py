@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import pytest
 from results_schema import check_documents_under
-from studies import Written, demo_study, hostile_study
+from studies import Written, demo_study, hostile_study, loop_study
 
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Written:
     """The demo study (patient-level design), as ``theralens demo`` runs it."""
     return demo_study(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def loop(tmp_path_factory: pytest.TempPathFactory) -> Written:
+    """The demo study with the stability and training sections (issue #14), as ``theralens demo``."""
+    return loop_study(tmp_path_factory.mktemp("loop"))
 
 
 @pytest.fixture(scope="session")

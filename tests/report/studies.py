@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from theralens.data.config import config_from_dict
-from theralens.datasets import load_demo
+from theralens.datasets import DEMO_TRAINING, load_demo, load_demo_training
 from theralens.report import write_report
+from theralens.report.html import render_report
 from theralens.study.analysis import analyze
 from theralens.study.result import StudyResult
+from theralens.study.stability import stability
+from theralens.study.training import training
 
 DEMO_MODERATORS = ["self_rated_alliance_skill", "self_rated_expectancy_skill", "cbt"]
 
@@ -47,6 +50,21 @@ def demo_study(out: Path) -> Written:
     cfg = config_from_dict({"therapist_moderators": {"columns": DEMO_MODERATORS}})
     result = analyze(sessions, therapists, cfg, source="demo sessions")
     return write_study(result, out)
+
+
+def loop_study(out: Path) -> Written:
+    """The demo study with its stability and training sections, as ``theralens demo`` writes it."""
+    import json
+
+    sessions, therapists = load_demo()
+    cfg = config_from_dict({"therapist_moderators": {"columns": DEMO_MODERATORS}, "training": DEMO_TRAINING})
+    result = analyze(sessions, therapists, cfg, source="demo sessions")
+    doc = result.to_dict()
+    doc["stability"] = stability(result, sessions=sessions).section()
+    doc["training"] = training(result, load_demo_training(), sessions=sessions).section()
+    text = json.dumps(doc, indent=2, allow_nan=False)
+    result.write(out, document=text)
+    return Written(result=result, out=out, written=render_report(json.loads(text), out))
 
 
 def hostile_study(out: Path) -> Written:

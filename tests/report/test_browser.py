@@ -156,6 +156,42 @@ def test_links_between_report_and_profiles(driver, demo: Written) -> None:
     assert driver.find_element(By.ID, "profiles").is_displayed()
 
 
+def test_stability_and_training_sections_render_and_link(driver, loop: Written) -> None:
+    """Issue #14: the sections load clean and render; a profile page links to the stability
+    section, and its training lines are shown."""
+    from selenium.webdriver.common.by import By
+
+    page = loop.out / "report.html"
+    driver.get_log("performance")
+    _open(driver, page)
+    _check_clean(driver, f"file://{page}")
+    for section, verdict in (("stability", "stability-verdict"), ("training", "training-verdict")):
+        el = driver.find_element(By.ID, section)
+        assert el.is_displayed() and el.size["height"] > 200
+        shown = el.find_elements(By.CLASS_NAME, verdict)
+        assert len(shown) == 2 and all(v.is_displayed() and v.text.strip() for v in shown)
+    assert "stability r =" in driver.find_element(By.ID, "stability-verdicts").text
+    assert driver.find_element(By.ID, "table-training").is_displayed()
+    driver.find_element(By.CSS_SELECTOR, 'nav.toc a[href="#training"]').click()
+    assert driver.current_url.endswith("report.html#training")
+    assert _screenshot(driver, "report-loop.png").stat().st_size > 10_000
+    trained = next(s["therapist"] for s in json.loads((loop.out / "results.json").read_text())["training"]["schedule"]
+                   if s["trained"])
+    profile = loop.out / "therapists" / profile_filename(trained)
+    driver.get_log("performance")
+    _open(driver, profile)
+    _check_clean(driver, f"file://{profile}")
+    lines = driver.find_elements(By.CLASS_NAME, "training-line")
+    assert len(lines) == 2 and all(line.is_displayed() for line in lines)
+    assert "(trained)" in lines[0].text
+    assert _screenshot(driver, "profile-loop.png").stat().st_size > 10_000
+    link = driver.find_element(By.ID, "to-stability")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", link)
+    link.click()
+    assert driver.current_url.endswith("report.html#stability")
+    assert driver.find_element(By.ID, "stability").is_displayed()
+
+
 def test_hostile_therapist_id_shows_as_text_and_runs_nothing(driver, hostile: Written) -> None:
     from selenium.webdriver.common.by import By
 
