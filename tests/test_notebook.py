@@ -54,6 +54,8 @@ def test_notebook_runs_and_shows_tables(tmp_path):
     assert "alliance" in _html(_tagged(nb, "coef")) and "Pr(&gt;|t|)" in _html(_tagged(nb, "coef"))
     ci = _html(_tagged(nb, "conf_int"))
     assert "2.5 %" in ci and "97.5 %" in ci
+    vc = _html(_tagged(nb, "conf_int_varcorr"))  # the slope SD's profile interval
+    assert "97.5 %" in vc and "alliance" in vc and "sdcor" in vc
     predict = _html(_tagged(nb, "predict"))
     assert "population" in predict and "new therapist" in predict
     power = _html(_tagged(nb, "power"))
