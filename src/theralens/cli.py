@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="smallest number of therapists reaching TARGET power (default 0.8) for TEST (e.g. moderator, "
                         "within.alliance); --therapists LOW,HIGH is the range (default 10,300), "
                         "--patients-per-therapist one caseload")
+    w.add_argument("--ddf", default=None, metavar="METHOD",
+                   help="df of the fixed-effect t tests: satterthwaite (default), kenward-roger, residual, asymptotic; "
+                        "with --from, the study's [inference] ddf")
     w.add_argument("--design", choices=["patient", "session"], default=None,
                    help="patient (the published analysis; default) or session (lagged) level")
     w.add_argument("--decomposition", choices=["manifest", "latent"], default="manifest",
@@ -253,8 +256,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                             "design": {"level": args.design}, "training": DEMO_TRAINING})
     result = analyze(sessions, therapists, cfg, source="demo sessions (simulated, coyne2022 preset, seed 2022)",
                      therapists_source="demo therapists")
-    stab = stability(result, sessions=sessions)
-    train = training(result, load_demo_training(), sessions=sessions, therapists_source="demo training table")
+    stab = stability(result, config=cfg, sessions=sessions)
+    train = training(result, load_demo_training(), cfg, sessions=sessions, therapists_source="demo training table")
     written = _write_outputs(result, out, True, [("stability", stab), ("training", train)])
     print(result.summary())
     print()

@@ -166,6 +166,22 @@ def test_any_processes_and_moderators(design: str) -> None:
         power(nsim=1, progress=False, processes=("empathy", "homework", "goals"), settings=["within.alliance=1"])
 
 
+def test_ddf_choice_reaches_the_tests_and_the_tables() -> None:
+    kw = {"therapists": [10], "patients_per_therapist": [4], "nsim": 3, "seed": 4, "workers": 1, "progress": False}
+    kr, sat = power(ddf="Kenward-Roger", **kw), power(**kw)
+    assert kr.spec.ddf == "kenward-roger" and kr.meta()["ddf"] == "kenward-roger"
+    methods = dict(zip(kr.table["test"], kr.table["method"]))
+    assert methods["within"] == "t test, Kenward-Roger df" and "chi-bar-square" in methods["slope_variance"]
+    assert "Kenward-Roger (Kenward & Roger, 1997) df" in kr.summary() and "Satterthwaite" in sat.summary()
+    a, b = kr.replicates.query("test == 'within'"), sat.replicates.query("test == 'within'")
+    np.testing.assert_allclose(a["estimate"].to_numpy(), b["estimate"].to_numpy())  # the same fits
+    assert not np.allclose(a["p"].to_numpy(), b["p"].to_numpy())  # other tests
+    assert (kr.replicates.query("test == 'slope_variance'")["p"].to_numpy()
+            == sat.replicates.query("test == 'slope_variance'")["p"].to_numpy()).all()
+    with pytest.raises(InputError, match="kenward-roger"):
+        power(ddf="kenward", **kw)
+
+
 def test_bad_input() -> None:
     with pytest.raises(InputError, match="nsim"):
         power(nsim=0, progress=False)

@@ -17,13 +17,21 @@ KIND = {"within_therapist": "within", "between_therapist": "between", "within_pa
         "between_patient": "between_patient"}
 
 
-@pytest.mark.parametrize(("design", "replicate"), [("patient", 0), ("patient", 5), ("session", 0), ("session", 3)])
-def test_same_numbers_as_analyze(design: str, replicate: int) -> None:
-    spec = PowerSpec(seed=11, overrides={"design": design})
+@pytest.mark.parametrize(("design", "replicate", "ddf"), [
+    ("patient", 0, "satterthwaite"), ("patient", 5, "satterthwaite"), ("session", 0, "satterthwaite"),
+    ("session", 3, "satterthwaite"), ("patient", 1, "kenward-roger"), ("session", 2, "kenward-roger"),
+    ("patient", 2, "residual")])
+def test_same_numbers_as_analyze(design: str, replicate: int, ddf: str) -> None:
+    import dataclasses
+
+    from theralens.data.config import InferenceConfig
+
+    spec = PowerSpec(seed=11, overrides={"design": design}, ddf=ddf)
     rep = run_replicate(spec, CELL, replicate)
     p, est, status = rep.p, rep.estimate, rep.status
     sim = simulate("coyne2022", seed=replicate_seed(11, CELL, replicate), design=design)
-    res = analyze(sim.sessions, sim.therapists, sim.config(moderators=("self_rated_alliance_skill",)))
+    cfg = dataclasses.replace(sim.config(moderators=("self_rated_alliance_skill",)), inference=InferenceConfig(ddf))
+    res = analyze(sim.sessions, sim.therapists, cfg)
     assert res.terms.level == design
     want = {}
     for _, row in res.aim2.variance.iterrows():

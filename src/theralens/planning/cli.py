@@ -2,7 +2,7 @@
 
     theralens power --preset coyne2022 --therapists 42,80,120,200 --patients-per-therapist 5,10 \\
         --nsim 500 [--from OUT/results.json] [--design patient|session] [--search TEST[:TARGET]] \\
-        [--alpha 0.05] [--seed N] [--workers N] \\
+        [--ddf satterthwaite|kenward-roger|residual|asymptotic] [--alpha 0.05] [--seed N] [--workers N] \\
         [--scheduler ADDRESS] [--out DIR] [--set NAME=VALUE ...]
 
 Writes ``power.csv``, ``power.json``, ``power.png`` and ``power.svg`` into ``--out`` and
@@ -44,7 +44,7 @@ def run_power_command(args: argparse.Namespace) -> int:
     result = power(study or args.preset, therapists=therapists, patients_per_therapist=per, nsim=args.nsim,
                    alpha=args.alpha, seed=args.seed, settings=settings, workers=args.workers, scheduler=args.scheduler,
                    decomposition=getattr(args, "decomposition", "manifest"), design=getattr(args, "design", None),
-                   search=searching)
+                   search=searching, ddf=getattr(args, "ddf", None))
     written = result.write(out)
     print(result.summary())
     print(f"\nwrote {len(written)} files to {out} ({result.seconds:.1f} s)")

@@ -66,6 +66,7 @@ def power(
     decomposition: str = "manifest",
     design: str | None = None,
     search: Any = None,
+    ddf: str | None = None,
     workers: int | None = None,
     scheduler: Any = None,
     progress: bool = True,
@@ -115,6 +116,10 @@ def power(
             then the range (two numbers, default 10 and 300) and ``patients_per_therapist`` the
             one caseload. The result's ``search`` holds the answer with its Monte Carlo interval;
             its table every evaluated cell.
+        ddf: the degrees-of-freedom method of the fixed-effect t tests
+            (:mod:`theralens.model.ddf`: ``"satterthwaite"``, ``"kenward-roger"``, ``"residual"``,
+            ``"asymptotic"``), as ``[inference] ddf`` of the study; None: the fitted study's
+            method, else Satterthwaite.
         workers: local processes (default: all cores; 1 = this process). scheduler: a
             dask.distributed scheduler address or Client (then ``workers`` is ignored).
         progress: show a progress bar on stderr. chunk_size: replicates per task.
@@ -154,7 +159,8 @@ def power(
                      alpha=float(alpha), seed=int(seed), moderator=moderator, moderator_process=moderator_process,
                      moderator_target=moderator_target, exclude_singular=bool(exclude_singular),
                      decomposition=decomposition, config=truth.config if truth else None,
-                     source=truth.source if truth else "")
+                     source=truth.source if truth else "",
+                     ddf=ddf if ddf is not None else (truth.ddf if truth else "satterthwaite"))
     if goal is None:
         result = _run_cells(spec, cells, nsim, workers, scheduler, progress, chunk_size, decomposition)
         result.seconds = time.perf_counter() - t0

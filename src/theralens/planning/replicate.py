@@ -17,11 +17,12 @@ alpha, as the study reports them:
   (Self & Liang 1987; Stram & Lee 1994), as :func:`theralens.lrt` computes it
   (:func:`slope_lrt`), q = the therapist random effects of ``main`` (1 + the processes);
 - ``within`` and ``between`` effect of p (g10, g01; session design: the within-patient and
-  between-therapist components), and in the session design ``between_patient``: t tests with
-  Satterthwaite df in ``main`` (aim 1);
+  between-therapist components), and in the session design ``between_patient``: t tests in
+  ``main`` with the ``ddf`` method's df (Satterthwaite by default; Kenward-Roger, residual or
+  asymptotic: :func:`fixed_effect_tests`) (aim 1);
 - ``moderator``: the cross-level interaction of the configured moderator W with the
-  configured component (default g11: W x alliance within, the within slope), t test with
-  Satterthwaite df in the moderator model (aim 3).
+  configured component (default g11: W x alliance within, the within slope), t test in the
+  moderator model (aim 3).
 
 Each test records its p-value, estimate and SE (fixed effects), or why it has none: a model it needs raised an
 error (status ``error``) or did not converge (``nonconverged``); singular (boundary) fits
@@ -43,6 +44,7 @@ from theralens.data.config import ColumnsConfig, DesignConfig, StudyConfig
 from theralens.errors import InputError
 from theralens.latent.ml import LatentFit
 from theralens.model.chibar import ChiBarSquare, slope_mixture
+from theralens.model.ddf import check_ddf
 from theralens.model.design import build_design
 from theralens.model.fit import MixedResult, fit_design
 from theralens.planning.analysis_table import analysis_table
@@ -54,7 +56,7 @@ from theralens.planning.table import patient_arrays
 from theralens.simulation.generate import TARGETS, SimulationParameters, resolve_parameters, simulate
 
 __all__ = ["ERROR", "NONCONVERGED", "OK", "SINGULAR", "ChunkOutcome", "PowerSpec", "ReplicateOutcome", "TestSpec",
-           "replicate_seed", "run_chunk", "run_replicate", "slope_lrt"]
+           "fixed_effect_tests", "replicate_seed", "run_chunk", "run_replicate", "slope_lrt"]
 
 OK, NONCONVERGED, ERROR, SINGULAR = 0, 1, 2, 3
 STATUS = {OK: "ok", NONCONVERGED: "nonconverged", ERROR: "error", SINGULAR: "singular"}
@@ -83,7 +85,8 @@ class PowerSpec:
     ``decomposition`` (``"latent"``: data from the latent model, within, between and moderator
     tests from the latent ML fit; :mod:`theralens.planning.latent`), ``config`` (the analysis
     options of a fitted study, :class:`~theralens.data.config.StudyConfig`; None: the defaults),
-    ``source`` (the fitted study the truth was taken from; "" for a preset).
+    ``source`` (the fitted study the truth was taken from; "" for a preset), ``ddf`` (the df
+    method of the fixed-effect t tests, :mod:`theralens.model.ddf`).
     The design level is the simulation's (``design`` in ``overrides`` or the preset).
     """
 
@@ -98,8 +101,13 @@ class PowerSpec:
     decomposition: str = "manifest"
     config: StudyConfig | None = None
     source: str = ""
+    ddf: str = "satterthwaite"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "ddf", check_ddf(self.ddf, "--ddf"))
+        if self.ddf == "kenward-roger" and self.decomposition == "latent":
+            raise InputError("--ddf kenward-roger: the latent decomposition's tests are likelihood-based (Wald); "
+                             "use the manifest decomposition for Kenward-Roger")
         if self.decomposition not in ("manifest", "latent"):
             raise InputError(f'--decomposition {self.decomposition}: use "manifest" or "latent"')
         if not 0.0 < self.alpha < 1.0:
@@ -178,6 +186,18 @@ class PowerSpec:
                                 f"{comp[self.moderator_process]}:{sm.moderator_column}",
                                 f"{self.moderator} x {self.moderator_process} {what}", ("moderator",)))
         return tuple(out)
+
+
+def fixed_effect_tests(fit: MixedResult, ddf: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(estimate, SE, df, p) of every fixed effect by the ``ddf`` method: Satterthwaite's on
+    arrays (:func:`theralens.planning.satterthwaite.t_tests`, the engine's numbers in batched
+    form), every other method from the engine itself (``fit.with_ddf(ddf)``: with Kenward-Roger
+    the adjusted SEs and df, :mod:`theralens.model.kenward_roger`)."""
+    if ddf == "satterthwaite":
+        return t_tests(fit)
+    other = fit.with_ddf(ddf)
+    return (other.fixed_effects.to_numpy(), other.std_errors.to_numpy(), other.df.to_numpy(),
+            other.p_values.to_numpy())
 
 
 def replicate_seed(seed: int, cell: Cell, replicate: int) -> int:
@@ -381,7 +401,7 @@ def _collect(spec: PowerSpec, tests: Sequence[TestSpec], fits: dict[str, Any], o
             else:
                 fit = models[0]
                 if id(fit) not in ttests:
-                    ttests[id(fit)] = t_tests(fit)
+                    ttests[id(fit)] = fixed_effect_tests(fit, spec.ddf)
                 beta, ses, _, pv = ttests[id(fit)]
                 j = fit.fixed_names.index(t.term)
                 p[i], est[i], se[i] = pv[j], beta[j], ses[j]

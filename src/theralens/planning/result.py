@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from theralens.atomic import prepare_dir, write_bytes, write_text
+from theralens.model.ddf import ddf_label, ddf_reference
 from theralens.planning.replicate import ERROR, NONCONVERGED, OK, SINGULAR, ChunkOutcome, PowerSpec, TestSpec
 from theralens.planning.settings import Cell
 
@@ -41,9 +42,9 @@ __all__ = ["PowerResult", "mc_se", "summarise", "wilson_interval"]
 
 Z = 1.959963984540054
 TABLE_COLUMNS = [
-    "n_therapists", "patients_per_therapist", "n_patients", "test", "process", "term", "label", "true_value",
-    "alpha", "nsim", "n_usable", "usable_share", "n_failed", "n_errors", "n_nonconverged", "n_singular_excluded",
-    "n_singular", "rejections", "power", "mc_se", "power_low", "power_high", "mean_estimate",
+    "n_therapists", "patients_per_therapist", "n_patients", "test", "process", "term", "label", "method",
+    "true_value", "alpha", "nsim", "n_usable", "usable_share", "n_failed", "n_errors", "n_nonconverged",
+    "n_singular_excluded", "n_singular", "rejections", "power", "mc_se", "power_low", "power_high", "mean_estimate",
 ]
 
 
@@ -93,6 +94,15 @@ def _true_value(t: TestSpec, truth: dict[str, Any], spec: PowerSpec) -> float:
                       and m["process"] == spec.moderator_process and m["target"] == spec.moderator_target))
 
 
+def _method(t: TestSpec, spec: PowerSpec) -> str:
+    """How ``t`` is tested, in words (the ``method`` column)."""
+    if t.kind == "slope_variance":
+        return "REML likelihood ratio, chi-bar-square reference"
+    if spec.decomposition == "latent" and t.kind in ("within", "between", "moderator"):
+        return "latent ML fit, Wald test"
+    return f"t test, {ddf_label(spec.ddf)} df"
+
+
 def summarise(chunks: list[ChunkOutcome], cells: list[Cell], tests: tuple[TestSpec, ...], spec: PowerSpec,
               nsim: int, truths: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(table, replicates, failures) from the chunks (see :class:`PowerResult`)."""
@@ -126,6 +136,7 @@ def summarise(chunks: list[ChunkOutcome], cells: list[Cell], tests: tuple[TestSp
             rows.append({
                 "n_therapists": c.n_therapists, "patients_per_therapist": c.patients_per_therapist,
                 "n_patients": c.n_patients, "test": t.kind, "process": t.process, "term": t.term, "label": t.label,
+                "method": _method(t, spec),
                 "true_value": _true_value(t, truths[ci], spec), "alpha": spec.alpha, "nsim": nsim,
                 "n_usable": n_ok, "usable_share": n_ok / nsim, "n_failed": nsim - n_ok,
                 "n_errors": int((s == ERROR).sum()), "n_nonconverged": int((s == NONCONVERGED).sum()),
@@ -167,7 +178,8 @@ class PowerResult:
     Fields:
         table: tidy DataFrame, one row per design cell and test: ``n_therapists``,
             ``patients_per_therapist``, ``n_patients``, ``test`` (slope_variance, within,
-            between, moderator), ``process``, ``term``, ``label``, ``true_value`` (the
+            between, moderator), ``process``, ``term``, ``label``, ``method`` (how it is tested:
+            the likelihood ratio, or the t test with its ddf method), ``true_value`` (the
             simulated value of what is tested; for slope variances the SD of the therapist
             slopes the main model sees), ``alpha``, ``nsim``, ``n_usable``,
             ``usable_share``, ``n_failed`` (= ``n_errors`` + ``n_nonconverged`` +
@@ -207,14 +219,14 @@ class PowerResult:
             "overrides": s.overrides, "notes": list(self.notes),
             "alpha": s.alpha, "seed": s.seed, "nsim": self.nsim, "moderator": s.moderator,
             "moderator_process": s.moderator_process, "moderator_target": s.moderator_target,
-            "exclude_singular": s.exclude_singular,
+            "exclude_singular": s.exclude_singular, "ddf": s.ddf,
             "cells": [{"n_therapists": c.n_therapists, "patients_per_therapist": c.patients_per_therapist,
                        "n_patients": c.n_patients} for c in self.cells],
             "seconds": round(self.seconds, 3), "execution": self.execution,
             "design": s.level,
             "analysis": ("patient level (residualized change)" if s.level == "patient" else
                          "session level (lagged outcome)") + ", manifest decomposition, REML; slope variances by "
-                        "chi-bar-square LRT, fixed effects by t tests with Satterthwaite df",
+                        f"chi-bar-square LRT, fixed effects by t tests with {ddf_reference(s.ddf)} df",
         })
 
     def to_json(self) -> str:
@@ -241,7 +253,9 @@ class PowerResult:
             lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in _plain(s.overrides).items()))
         lines.append(f"Design: {s.level} level" + (" (lagged: the outcome at the next assessment, adjusted for the "
                                                     "current one)" if s.level == "session" else
-                                                    " (residualized change)"))
+                                                    " (residualized change)")
+                     + f"; fixed effects by t tests with {ddf_reference(s.ddf)} df, slope variances by "
+                     "chi-bar-square likelihood ratio")
         lines.append("Cells: therapists x patients per therapist; each entry: power [95% Wilson interval] "
                      "{usable share when below 100%}")
         t = self.table
