@@ -206,9 +206,10 @@ def stability(
 ) -> StabilityResult:
     """The between-half stability of every process's therapist slopes (module docstring).
 
-    ``data``: a :class:`StudyResult` (its data and config are used; pass the raw ``sessions``
-    when ``[training] start`` names a column of them) or the sessions DataFrame, analysed first
-    with ``therapists`` and ``config`` as :func:`theralens.analyze` does. ``split``: ``"time"``
+    ``data``: a :class:`StudyResult` (its data and config are used, or ``config``'s
+    ``[training]`` when given; pass the raw ``sessions`` when ``[training] start`` names a column
+    of them) or the sessions DataFrame, analysed first with ``therapists`` and ``config`` as
+    :func:`theralens.analyze` does. ``split``: ``"time"``
     (earlier and later half of each caseload by treatment start) or ``"random"`` (``repeats``
     random halves, seeded by ``seed``; the correlation and its bounds are the medians over the
     splits, and ``split_sd`` their spread).
@@ -218,7 +219,8 @@ def stability(
     if split == "random" and (isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1):
         raise InputError(f"repeats must be a whole number >= 1; got {repeats!r}")
     result, raw = analysed(data, therapists, config, source, therapists_source)
-    starts = patient_starts(result.data, result.config, sessions if sessions is not None else raw,
+    cfg = config if config is not None else result.config  # its [training] names the start column
+    starts = patient_starts(result.data, cfg, sessions if sessions is not None else raw,
                             source=str(result.data.source)) if split == "time" else None
     frame = result.table.table.copy()
     frame["therapist"] = frame["therapist"].astype(str)

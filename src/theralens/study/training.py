@@ -248,16 +248,16 @@ def training(
 ) -> TrainingResult:
     """The difference-in-differences of the therapist slopes around training (module docstring).
 
-    ``data``: a :class:`StudyResult` (pass the raw ``sessions`` when ``[training] start`` names
-    one of their columns) or the sessions DataFrame, analysed first with ``therapists`` and
-    ``config``; ``therapists``: the therapist table with the columns of ``[training] date`` and
-    ``target`` (and any moderators).
+    ``data``: a :class:`StudyResult` (its config is used, or ``config``'s ``[training]`` when
+    given; pass the raw ``sessions`` when ``[training] start`` names one of their columns) or the
+    sessions DataFrame, analysed first with ``therapists`` and ``config``; ``therapists``: the
+    therapist table with the columns of ``[training] date`` and ``target`` (and any moderators).
     """
     if therapists is None:
         raise InputError("the training evaluation needs the therapist table with the training date and target "
                          "columns ([training] date, target); pass --therapists FILE")
     result, raw = analysed(data, therapists, config, source, therapists_source)
-    cfg = result.config
+    cfg = config if config is not None else result.config  # its [training] names the columns
     starts = patient_starts(result.data, cfg, sessions if sessions is not None else raw, source=str(result.data.source))
     schedule = read_schedule(therapists, result, cfg, starts, source=therapists_source)
     reference = reference_date(list(schedule.loc[schedule["trained"], "date"]))
