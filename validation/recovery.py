@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from record import commit as git_commit
+from record import machine, markdown_table
 
 from theralens import fit_mixed
 from theralens.data.config import config_from_dict
@@ -125,18 +126,6 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    def fmt(v: object) -> str:
-        if isinstance(v, float):
-            return "" if v != v else f"{v:.4g}"
-        return str(v)
-
-    head = "| " + " | ".join(df.columns) + " |"
-    sep = "|" + "---|" * len(df.columns)
-    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([head, sep, *body])
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=200)
@@ -156,13 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.DataFrame(rows)
     summ = summarize(df)
     seconds = time.perf_counter() - t0
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    cpu, commit = machine(), git_commit()
     lines = [
         "# Recovery of known truth (validation/recovery.py)",
         "",
@@ -173,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- design: preset `{args.preset}` (300 therapists x 10 patients), seeds 1..{args.reps}; 95% Wald-t intervals "
         "with Satterthwaite df; coverage target 93-97%; slope SD target: mean estimate within 10% of truth.",
         "",
-        _markdown(summ),
+        markdown_table(summ),
         "",
         f"All checks within target: {bool(summ['ok'].all())}",
         "",

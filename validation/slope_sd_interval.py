@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from record import commit as git_commit
+from record import machine, markdown_table
 
 from theralens import fit_mixed
 from theralens.data.config import config_from_dict
@@ -74,22 +75,13 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         cov = float(g["covered"].mean())
         out.append({"process": p, "truth": g["truth"].iloc[0], "reps": len(g), "coverage": cov,
                     "mc_se": float(np.sqrt(cov * (1 - cov) / len(g))), "ok": bool(0.93 <= cov <= 0.97),
-                    "below": float((g["ci_low"] > g["truth"]).mean()), "above": float((g["ci_high"] < g["truth"]).mean()),
+                    "truth_below": float((g["ci_low"] > g["truth"]).mean()),
+                    "truth_above": float((g["ci_high"] < g["truth"]).mean()),
                     "lower_bound_0": float((g["ci_low"] == 0).mean()), "mean_estimate": float(g["estimate"].mean()),
                     "median_estimate": float(g["estimate"].median()),
                     "mean_width": float((g["ci_high"] - g["ci_low"]).mean()),
                     "converged": float(g["converged"].mean()), "singular": float(g["singular"].mean())})
     return pd.DataFrame(out)
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    def fmt(v: object) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    head = "| " + " | ".join(df.columns) + " |"
-    sep = "|" + "---|" * len(df.columns)
-    return "\n".join([head, sep, *("| " + " | ".join(fmt(v) for v in row) + " |"
-                                   for row in df.itertuples(index=False))])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,13 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.DataFrame(rows)
     summ = summarize(df)
     seconds = time.perf_counter() - t0
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    cpu, commit = machine(), git_commit()
     lines = [
         "# Coverage of the therapist slope SD's profile interval (validation/slope_sd_interval.py)",
         "",
@@ -126,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         f"patient-level design, moderator effects 0, seeds 1..{args.reps}; the aim-2 main model by REML; 95% "
         "profile-likelihood interval of the slope SD (`conf_int_varcorr`, the ML profile as lme4's confint); "
         "target coverage 93-97%.",
-        "- columns: `below`/`above` = share of intervals entirely above/below the truth (misses on each side); "
+        "- columns: `truth_below`/`truth_above` = share of intervals that miss the truth because it lies below/above "
+        "them; "
         "`lower_bound_0` = share of intervals whose lower bound is the boundary 0.",
         "",
-        _markdown(summ),
+        markdown_table(summ),
         "",
     ]
     Path(args.out).write_text("\n".join(lines))
