@@ -1,7 +1,13 @@
 """Simulate studies of patients nested in therapists with known truth.
 
 The generative model (one call of :func:`simulate`; every number is a field of
-:class:`SimulationParameters`, shown here with the ``coyne2022`` values):
+:class:`SimulationParameters`, shown here with the ``coyne2022`` values). The processes, the
+therapist moderators and the patient covariates are not fixed: ``processes`` names any number
+of processes (each per-process field takes a value per name, :data:`GENERIC_PROCESS` for names
+the preset lacks), ``moderators`` and ``covariates`` map names to a :class:`Variable` (binary or
+continuous) with effects in ``moderator_main``/``moderator_effects`` and ``covariate_effects``;
+the coyne2022 values below are the defaults, and give the same data for the same seed as before
+they were configurable.
 
 **Therapists** j = 1..J (42). Moderators W_j, drawn independently of each other and of
 everything else: ``cbt`` ~ Bernoulli(0.4); ``orientation`` = "CBT" when ``cbt`` = 1,
