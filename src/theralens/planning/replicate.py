@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -121,9 +122,9 @@ class PowerSpec:
         if self.moderator_target not in TARGETS:
             raise InputError(f"moderator target {self.moderator_target!r}: one of {', '.join(TARGETS)}")
 
-    @property
+    @cached_property
     def parameters(self) -> SimulationParameters:
-        """The simulation's parameters (cells aside): ``preset`` with ``overrides``."""
+        """The simulation's parameters (cells aside): ``preset`` with ``overrides`` (computed once)."""
         return resolve_parameters(self.preset, **self.overrides)
 
     @property
