@@ -19,7 +19,16 @@ zero and leaving the rest of the preset as it is:
   alpha + 1.96 sqrt(alpha (1 - alpha) / n_usable): it may be conservative.
 - ``fixed_120x10``: as ``fixed`` with 120 therapists of 10 patients each (equal caseloads),
   where the therapist slope variances are identified in most replicates. Same criterion.
+- ``slopes_120x10``: as ``slopes`` with 120 therapists of 10 patients each.
 - ``all_zero`` (for information, no criterion): everything above at zero at once.
+
+Every scenario runs for each ``--designs`` (``patient``: the published analysis; ``session``:
+the lagged design, whose zeros are the within-patient, between-patient and between-therapist
+effects, ``session_*`` parameters) and each ``--ddf`` method of the fixed-effect t tests
+(``satterthwaite``, ``kenward-roger``: Kenward & Roger 1997 through the engine; the
+slope-variance scenarios do not depend on the df and run once). A second table puts each
+test's Kenward-Roger size beside its Satterthwaite size (same seeds, hence the same data and
+fits: the difference is the df and, for Kenward-Roger, the adjusted SE).
 
 For fixed effects the table also shows ``z_rate``, the rate of |estimate / SE| > 1.96, and
 ``sd_over_se``, the SD of the estimates over their root mean square SE: when these are near
@@ -32,9 +41,11 @@ effects.
 Rates are also shown among replicates whose fits were not singular (what
 ``exclude_singular=True`` would give), with their number.
 
-Run (about a minute per 1,000 replicates on one core of an idle machine):
+Run (the full record of issue #12: 42 x 5 and 120 x 10, both designs, Satterthwaite and
+Kenward-Roger, 1,000 replicates each):
 
-    .venv/bin/python validation/power_calibration.py --nsim 1000 --workers 1 --out validation/power_calibration.md
+    .venv/bin/python validation/power_calibration.py --nsim 1000 --workers 2 \
+        --designs patient,session --ddf satterthwaite,kenward-roger --out validation/power_calibration.md
 """
 
 from __future__ import annotations
@@ -57,17 +68,36 @@ from theralens.planning import power
 from theralens.simulation.generate import MODERATORS, PROCESSES, TARGETS
 
 NO_MODERATION = {(m, p, t): 0.0 for m in MODERATORS for p in PROCESSES for t in TARGETS}
-SCENARIOS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
-    "fixed": ({"within": dict.fromkeys(PROCESSES, 0.0), "between": dict.fromkeys(PROCESSES, 0.0),
-               "moderator_effects": NO_MODERATION}, ("within", "between", "moderator")),
-    "slopes": ({"slope_sd": dict.fromkeys(PROCESSES, 0.0),
-                "moderator_effects": {(m, p, "within_slope"): 0.0 for m in MODERATORS for p in PROCESSES}},
-               ("slope_variance",)),
-    "fixed_120x10": ({"within": dict.fromkeys(PROCESSES, 0.0), "between": dict.fromkeys(PROCESSES, 0.0),
-                      "moderator_effects": NO_MODERATION, "caseload_shape": None}, ("within", "between", "moderator")),
-    "all_zero": ({"within": dict.fromkeys(PROCESSES, 0.0), "between": dict.fromkeys(PROCESSES, 0.0),
-                  "slope_sd": dict.fromkeys(PROCESSES, 0.0), "moderator_effects": NO_MODERATION}, ()),
+ZERO = dict.fromkeys(PROCESSES, 0.0)
+LARGE = {"therapists": [120], "patients_per_therapist": [10]}
+#: scenario -> (overrides of the patient design, cells, tests it checks)
+SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]] = {
+    "fixed": ({"within": ZERO, "between": ZERO, "moderator_effects": NO_MODERATION}, {},
+              ("within", "between_patient", "between", "moderator")),
+    "slopes": ({"slope_sd": ZERO, "moderator_effects": {(m, p, "within_slope"): 0.0 for m in MODERATORS
+                                                        for p in PROCESSES}}, {}, ("slope_variance",)),
+    "fixed_120x10": ({"within": ZERO, "between": ZERO, "moderator_effects": NO_MODERATION, "caseload_shape": None},
+                     LARGE, ("within", "between_patient", "between", "moderator")),
+    "slopes_120x10": ({"slope_sd": ZERO, "caseload_shape": None,
+                       "moderator_effects": {(m, p, "within_slope"): 0.0 for m in MODERATORS for p in PROCESSES}},
+                      LARGE, ("slope_variance",)),
+    "all_zero": ({"within": ZERO, "between": ZERO, "slope_sd": ZERO, "moderator_effects": NO_MODERATION}, {}, ()),
 }
+#: The session design's parameter behind each patient-design one the scenarios set.
+SESSION = {"within": "session_within_patient", "between": "session_between_therapist", "slope_sd": "session_slope_sd",
+           "moderator_effects": "session_moderator_effects"}
+
+
+def scenario_overrides(scenario: str, design: str) -> dict[str, Any]:
+    """The overrides of ``scenario`` for ``design`` (session: the ``session_*`` parameters, and the
+    between-patient effects at zero wherever the within and between ones are)."""
+    overrides = dict(SCENARIOS[scenario][0])
+    if design == "patient":
+        return overrides
+    out = {SESSION.get(k, k): v for k, v in overrides.items()}
+    if "within" in overrides:
+        out["session_between_patient"] = ZERO
+    return {**out, "design": "session"}
 
 
 def _cpu() -> str:
@@ -80,13 +110,14 @@ def _cpu() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def calibrate(scenario: str, nsim: int, workers: int, seed: int, alpha: float) -> tuple[pd.DataFrame, dict]:
-    """Rejection rates of one scenario, with the verdict for the tests it checks."""
-    overrides, checked = SCENARIOS[scenario]
-    cells = {"therapists": [120], "patients_per_therapist": [10]} if scenario.endswith("120x10") else {}
+def calibrate(scenario: str, design: str, ddf: str, nsim: int, workers: int, seed: int,
+              alpha: float) -> tuple[pd.DataFrame, dict]:
+    """Rejection rates of one scenario in one design with one df method, with the verdict for
+    the tests it checks."""
+    _, cells, checked = SCENARIOS[scenario]
     t0 = time.perf_counter()
     res = power("coyne2022", nsim=nsim, alpha=alpha, seed=seed, workers=workers, progress=sys.stderr.isatty(),
-                **cells, **overrides)
+                ddf=ddf, **cells, **scenario_overrides(scenario, design))
     seconds = time.perf_counter() - t0
     rows = []
     reps = res.replicates
@@ -109,9 +140,12 @@ def calibrate(scenario: str, nsim: int, workers: int, seed: int, alpha: float) -
         fixed = r["test"] != "slope_variance" and len(sub)
         z = (sub["estimate"] / sub["se"]).abs() if fixed else None
         rows.append({
-            "scenario": scenario, "design": f"{r['n_therapists']}x{r['patients_per_therapist']:.3g}",
+            "scenario": scenario, "level": design,
+            "ddf": "(LRT)" if r["test"] == "slope_variance" else ddf,
+            "design": f"{r['n_therapists']}x{r['patients_per_therapist']:.3g}",
             "test": r["label"], "true_value": r["true_value"], "n_usable": int(r["n_usable"]),
             "n_failed": int(r["n_failed"]), "rejection_rate": r["power"], "mc_se": r["mc_se"],
+            "wilson_low": r["power_low"], "wilson_high": r["power_high"],
             "criterion": criterion, "verdict": verdict,
             "share_singular": float(sub["singular"].mean()) if len(sub) else float("nan"),
             "rate_non_singular": float((nonsing["p"] < alpha).mean()) if len(nonsing) else float("nan"),
@@ -119,8 +153,20 @@ def calibrate(scenario: str, nsim: int, workers: int, seed: int, alpha: float) -
             "z_rate": float((z > 1.96).mean()) if fixed else float("nan"),
             "sd_over_se": float(sub["estimate"].std() / np.sqrt((sub["se"] ** 2).mean())) if fixed else float("nan"),
         })
-    meta = {"seconds": seconds, "execution": res.execution, "failures": res.failures}
+    meta = {"seconds": seconds, "execution": res.execution, "failures": res.failures,
+            "replicates": nsim * len(res.cells)}
     return pd.DataFrame(rows), meta
+
+
+def side_by_side(table: pd.DataFrame) -> pd.DataFrame:
+    """Each fixed-effect test's size under every df method, one column per method (with MC SE)."""
+    fixed = table[(table["ddf"] != "(LRT)") & (table["verdict"] != "(information)")]
+    if fixed["ddf"].nunique() < 2:
+        return pd.DataFrame()
+    fixed = fixed.assign(size=[f"{r:.3f} [{lo:.3f}, {hi:.3f}]" for r, lo, hi in
+                               zip(fixed["rejection_rate"], fixed["wilson_low"], fixed["wilson_high"])])
+    wide = fixed.pivot_table(index=["level", "design", "test"], columns="ddf", values="size", aggfunc="first")
+    return wide.reset_index()
 
 
 LMERTEST = r"""
@@ -154,10 +200,11 @@ def lmertest_check(k: int, seed: int) -> str:
         return "lmerTest check skipped: no Rscript on PATH"
     sm = StudyModels()
     (cell,) = design_cells("coyne2022", None, None, {})
+    zeros = scenario_overrides("fixed", "patient")
     ours, files = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(k):
-            sim = simulate("coyne2022", seed=replicate_seed(seed, cell, r), **SCENARIOS["fixed"][0])
+            sim = simulate("coyne2022", seed=replicate_seed(seed, cell, r), **zeros)
             a = patient_arrays(sim.sessions)
             path = str(Path(tmp) / f"rep{r}.csv")
             a.frame().to_csv(path, index=False)
@@ -194,23 +241,34 @@ def _markdown(table: pd.DataFrame, metas: dict[str, dict], args: argparse.Namesp
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cols = list(table.columns)
     wall = sum(m["seconds"] for m in metas.values())
+    n_reps = sum(m["replicates"] for m in metas.values())
     executor = next(iter(metas.values()))["execution"]
     checked = table[table["verdict"] != "(information)"]
+    per: dict[tuple[str, str, str], list[float]] = {}
+    for name, m in metas.items():  # seconds per replicate, by design level, df method and cell
+        scenario, level, ddf = name.split("/")
+        cell = "120x10" if scenario.endswith("120x10") else "42x5"
+        per.setdefault((level, ddf, cell), []).append(m["seconds"] / max(m["replicates"], 1))
+    timing = "; ".join(f"{lv} {c} {d}: {1000 * np.mean(v) * (executor.get('workers') or 1):.0f} ms"
+                       for (lv, d, c), v in sorted(per.items()))
     lines = [
         "# Calibration of the power simulation (validation/power_calibration.py)",
         "",
         f"- date: {now}; machine: {_cpu()}, {os.cpu_count()} cores (shared with other work, load average "
         f"{os.getloadavg()[0]:.1f} at the end); Python {platform.python_version()}, numpy {np.__version__}",
-        f"- command: `{command}`; wall time {wall:.0f} s ({executor.get('executor')}, "
-        f"{executor.get('workers', '')} worker(s))",
-        f"- design: preset `coyne2022` (42 therapists, 212 patients, uneven caseloads), {args.nsim} replicates per "
-        f"scenario, seed {args.seed}, alpha {args.alpha}. Scenarios (module docstring): `fixed` = within, between "
-        "and cross-level effects 0, slopes vary as in the preset; `slopes` = therapist slope SDs 0 and no "
-        "cross-level effect on the within slopes; `fixed_120x10` = `fixed` with 120 therapists x 10 patients; "
-        "`all_zero` = everything at once (information only).",
+        f"- command: `{command}`; wall time {wall:.0f} s for {n_reps} replicates ({executor.get('executor')}, "
+        f"{executor.get('workers', '')} worker(s)); per replicate (wall x workers, including each run's start): "
+        f"{timing}",
+        f"- design: preset `coyne2022` (42 therapists, 212 patients, uneven caseloads; `_120x10`: 120 therapists x "
+        f"10 patients, equal caseloads), {args.nsim} replicates per scenario, design level and df method, seed "
+        f"{args.seed}, alpha {args.alpha}; levels {args.designs}; df methods {args.ddf}. Scenarios (module "
+        "docstring): `fixed` = within, between (and, session level, between-patient) and cross-level effects 0, "
+        "slopes vary as in the preset; `slopes` = therapist slope SDs 0 and no cross-level effect on the within "
+        "slopes; `all_zero` = everything at once (information only).",
         "- criteria: fixed-effect tests within 1.96 MC SE (at alpha) of alpha; slope-variance tests at most "
-        "alpha + 1.96 MC SE. `rate_non_singular`: the rate among replicates whose fits were not singular "
-        "(`exclude_singular=True`), for information.",
+        "alpha + 1.96 MC SE. MC SE = sqrt(alpha (1 - alpha) / n) is 0.0069 at n = 1000; `wilson_low`/`wilson_high`: "
+        "the 95% Wilson interval of the rate. `rate_non_singular`: the rate among replicates whose fits were not "
+        "singular (`exclude_singular=True`), for information.",
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),
@@ -218,6 +276,12 @@ def _markdown(table: pd.DataFrame, metas: dict[str, dict], args: argparse.Namesp
     for _, r in table.iterrows():
         lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     lines += ["", f"All checks within criterion: {bool((checked['verdict'] == 'ok').all())}"]
+    wide = side_by_side(table)
+    if len(wide):
+        wcols = list(wide.columns)
+        lines += ["", "## Sizes by df method (rejection rate at alpha [95% Wilson interval]; the same replicates)", "",
+                  "| " + " | ".join(wcols) + " |", "|" + "---|" * len(wcols)]
+        lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in wide.itertuples(index=False)]
     lines += [f"- {n}" for n in notes]
     lines += _findings(table)
     for name, meta in metas.items():
@@ -235,7 +299,8 @@ def _findings(table: pd.DataFrame) -> list[str]:
         return []
     out = ["", "## Failed checks", ""]
     for _, r in failed.iterrows():
-        out.append(f"- {r['scenario']} {r['design']}, {r['test']}: rejection rate {r['rejection_rate']:.3f} "
+        out.append(f"- {r['scenario']} {r['level']} {r['design']} ({r['ddf']}), {r['test']}: rejection rate "
+                   f"{r['rejection_rate']:.3f} "
                    f"({r['verdict']}; criterion {r['criterion']}); {r['share_singular']:.0%} singular fits; "
                    f"z_rate {r['z_rate']:.3f}, SD of estimates / RMS SE {r['sd_over_se']:.3f}")
     out += ["", "How to read them: `sd_over_se` below 1 means the model's SEs are larger than the spread of the "
@@ -253,13 +318,22 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ", ".join(SCENARIOS))
+    ap.add_argument("--designs", default="patient", help="comma-separated design levels: patient, session")
+    ap.add_argument("--ddf", default="satterthwaite", help="comma-separated df methods: satterthwaite, kenward-roger, "
+                                                             "residual, asymptotic")
     ap.add_argument("--out", help="write the markdown record here (e.g. validation/power_calibration.md)")
     ap.add_argument("--lmertest", type=int, default=0, metavar="K", help="compare K replicates with lmerTest (R)")
     args = ap.parse_args()
     tables, metas = [], {}
     for name in args.scenarios.split(","):
-        table, metas[name] = calibrate(name, args.nsim, args.workers, args.seed, args.alpha)
-        tables.append(table)
+        for design in args.designs.split(","):
+            methods = args.ddf.split(",")
+            if not SCENARIOS[name][2] or SCENARIOS[name][2] == ("slope_variance",):
+                methods = methods[:1]  # the slope-variance tests do not use the df
+            for ddf in methods:
+                table, metas[f"{name}/{design}/{ddf}"] = calibrate(name, design, ddf, args.nsim, args.workers,
+                                                                   args.seed, args.alpha)
+                tables.append(table)
     table = pd.concat(tables, ignore_index=True)
     command = ".venv/bin/python validation/power_calibration.py " + " ".join(sys.argv[1:])
     notes = [lmertest_check(args.lmertest, args.seed)] if args.lmertest else []
