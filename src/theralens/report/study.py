@@ -218,12 +218,29 @@ def glance(ctx: ReportContext) -> str:
             "growth area, "
             f"{int(c['not distinguishable from the average'])} not distinguishable from the average, "
             f"{int(c['too uncertain to interpret'])} too uncertain to interpret.</li>")
+    items += _loop_glance(ctx)
     warn = ""
     if doc["warnings"]:
         warn = ('<div class="box warn" id="warnings"><h3>Warnings</h3><ul>'
                 + "".join(f"<li>{esc(w)}</li>" for w in doc["warnings"]) + "</ul></div>")
     return (f'<section id="glance"><h2>At a glance</h2><div class="box"><ul>{"".join(items)}</ul></div>{warn}'
             "</section>")
+
+
+def _loop_glance(ctx: ReportContext) -> list[str]:
+    """At-a-glance lines of the stability and training sections, when the document has them."""
+    from theralens.report.training import change_phrase
+
+    items = []
+    for r in ctx.doc.get("stability", {}).get("rows", []):
+        items.append(f'<li>{esc(r["verdict_text"])} (<a href="#stability">profile stability</a>)</li>')
+    for r in ctx.doc.get("training", {}).get("rows", []):
+        if r["term"] == "targeted_change":
+            items.append(f"<li>Training on {esc(ctx.label(r['process']))}, compared with training on another process: "
+                         f"{esc(ctx.label(r['process']))} slope after training "
+                         f"{change_phrase(r, key('training', r['process'], r['term']))} "
+                         '(<a href="#training">training evaluation</a>).</li>')
+    return items
 
 
 # ------------------------------------------------------------------------------------- data
