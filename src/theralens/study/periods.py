@@ -24,7 +24,7 @@ import pandas as pd
 from theralens.atomic import write_text
 from theralens.data.config import StudyConfig
 from theralens.data.validate import ValidatedData, normalize_ids, parse_dates
-from theralens.errors import InputError, ModelSpecError
+from theralens.errors import InputError, ModelSpecError, closest
 from theralens.model import fit_mixed
 from theralens.study.aims import DesignTerms, ModelSpec
 from theralens.study.result import StudyResult
@@ -75,8 +75,6 @@ def patient_starts(data: ValidatedData, config: StudyConfig, sessions: pd.DataFr
         raise InputError(f"[training] start = {column!r} needs the sessions table itself; pass sessions=DataFrame "
                          "(the table the analysis read)")
     if column not in sessions.columns:
-        from theralens.errors import closest
-
         near = closest(column, [str(c) for c in sessions.columns])
         hint = f' (did you mean "{near}"?)' if near else ""
         raise InputError(f'{source}: no column "{column}" for the treatment start{hint}; rename the column or set '

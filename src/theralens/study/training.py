@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from scipy import stats
 
 from theralens.data.config import StudyConfig
 from theralens.data.validate import normalize_ids, parse_dates
-from theralens.errors import InputError
+from theralens.errors import InputError, closest
 from theralens.study.aims import Z975, ModelSpec
 from theralens.study.periods import (
     PatientStarts,
@@ -157,8 +158,6 @@ def read_schedule(table: pd.DataFrame, result: StudyResult, config: StudyConfig,
               (tc.target, "training target", "[training] target"))
     for col, what, key in needed:
         if col not in table.columns:
-            from theralens.errors import closest
-
             near = closest(col, [str(c) for c in table.columns])
             hint = f' (did you mean "{near}"?)' if near else ""
             raise InputError(f'{source}: no column "{col}" for the {what}{hint}; add it to the therapist table or set '
@@ -193,7 +192,7 @@ def read_schedule(table: pd.DataFrame, result: StudyResult, config: StudyConfig,
         target_text = table[tc.target].iloc[i]
         targets: list[str] = []
         if isinstance(target_text, str) or (target_text is not None and not pd.isna(target_text)):
-            for part in pd.Series([str(target_text)]).str.split(TARGET_SEPARATORS, regex=True).iloc[0]:
+            for part in re.split(TARGET_SEPARATORS, str(target_text)):
                 name = part.strip()
                 if not name:
                     continue
