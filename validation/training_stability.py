@@ -89,6 +89,23 @@ def summarize(raw: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def markdown(table: pd.DataFrame) -> str:
+    """The summary as a Markdown table (the columns the record shows)."""
+    cols = ["study", "process", "quantity", "replicates", "truth", "mean", "median", "bias", "relative_bias_pct",
+            "coverage_pct", "coverage_mc_se_pct", "singular_pct"]
+    head = ["study", "process", "quantity", "n", "truth", "mean", "median", "bias", "rel. bias %", "coverage %",
+            "MC SE", "singular %"]
+
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return "-" if math.isnan(v) else f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in table.to_dict(orient="records")]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--reps", type=int, default=1000)
@@ -97,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patients", type=int, default=20)
     ap.add_argument("--raw", default="validation/training_stability.raw.csv")
     ap.add_argument("--summarize", metavar="RAW_CSV", help="only summarise a raw file")
+    ap.add_argument("--markdown", action="store_true", help="with --summarize: the table as Markdown")
     args = ap.parse_args(argv)
     if args.summarize:
         table = summarize(pd.read_csv(args.summarize))
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(markdown(table) if args.markdown else table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         return 0
     raw = Path(args.raw)
     done = set(pd.read_csv(raw)["seed"]) if raw.exists() else set()
