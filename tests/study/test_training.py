@@ -61,6 +61,9 @@ def test_recovers_known_training_effects(known):
 
 def test_schedule_matches_the_simulation(known):
     sim, res = known
+    assert repr(res).startswith(f"<TrainingResult: {sim.truth['n_trained']} trained therapists; alliance "
+                                "targeted_change ")
+    assert "targeted_change" in res.summary() and "variance of the change" in res._repr_html_()
     sched = res.schedule.set_index("therapist")
     assert int(sched["trained"].sum()) == sim.truth["n_trained"]
     assert res.reference_date == sim.truth["reference_date"]

@@ -190,6 +190,18 @@ class StabilityResult:
     def __str__(self) -> str:
         return self.summary()
 
+    def __repr__(self) -> str:
+        parts = "; ".join(f"{r['process_label']} r = {apa_r(r['correlation'])} [{apa_r(r['ci_low'])}, "
+                          f"{apa_r(r['ci_high'])}] ({r['verdict']})" for r in self.correlations.to_dict("records"))
+        return f"<StabilityResult: {parts}>"
+
+    def _repr_html_(self) -> str:
+        from theralens.display import html_view
+
+        shown = self.correlations[["process_label", "correlation", "ci_low", "ci_high", "therapists_both", "verdict"]]
+        return html_view("theralens profile stability", list(self.correlations["verdict_text"]) + [
+            f"Warning: {w}" for w in self.warnings], {"stability": shown}, index={"stability": False})
+
 
 def stability(
     data: StudyResult | pd.DataFrame,

@@ -146,6 +146,20 @@ class TrainingResult:
     def __str__(self) -> str:
         return self.summary()
 
+    def __repr__(self) -> str:
+        parts = "; ".join(f"{r['process_label']} targeted_change {r['estimate']:.3g} [{r['ci_low']:.3g}, "
+                          f"{r['ci_high']:.3g}] ({r['words']})" for r in self.effects.to_dict("records")
+                          if r["term"] == "targeted_change")
+        return f"<TrainingResult: {int(self.schedule['trained'].sum())} trained therapists; {parts}>"
+
+    def _repr_html_(self) -> str:
+        from theralens.display import html_view
+
+        shown = self.effects[["process_label", "term", "estimate", "se", "df", "ci_low", "ci_high", "words"]]
+        return html_view("theralens training evaluation", [f"Warning: {w}" for w in self.warnings],
+                         {"training": shown, "variance of the change": self.variance},
+                         index={"training": False, "variance of the change": False})
+
 
 def read_schedule(table: pd.DataFrame, result: StudyResult, config: StudyConfig, starts: PatientStarts,
                   source: str = "therapist data") -> pd.DataFrame:
