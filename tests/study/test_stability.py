@@ -93,7 +93,9 @@ def test_section_and_tables(known):
     assert doc["stability"] == sec and "aim1" in doc
     first = res.correlations.iloc[0]
     assert repr(res).startswith("<StabilityResult: alliance r = ") and f"({first['verdict']})" in repr(res)
-    assert first["verdict_text"] in res._repr_html_() and first["verdict_text"] in res.summary()
+    import html
+
+    assert html.escape(first["verdict_text"]) in res._repr_html_() and first["verdict_text"] in res.summary()
 
 
 def test_labels_of_each_half_and_their_agreement():
