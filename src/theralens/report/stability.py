@@ -41,23 +41,26 @@ def stability_section(ctx: ReportContext) -> str:
                      num(r["therapists_both"], key(pre, "therapists_both"), kind="int"),
                      _verdict_badge(r["verdict"])])
     level = round(100 * float(sec["level"]))
-    tab = table(["Process", "Stability <em>r</em>", f"{level}% CI", "Slope SD, earlier", "Slope SD, later",
-                 "Therapists with 2+ patients in each half", "Verdict"], rows, caption=ctx.table_label(),
+    tab = table(["Process", "Stability <em>r</em>", f"{level}% CI", "Slope SD earlier", "Slope SD later",
+                 "Therapists<sup>a</sup>", "Verdict"], rows, caption=ctx.table_label(),
                 title="Stability of the therapist slopes between the two halves of each caseload",
                 note="Stability <em>r</em>: the model-based correlation of each therapist's true slope in the two "
                      "halves (correlated random slopes; not attenuated by the noise of each half's estimate). "
                      f"Interval: profile likelihood. Supported: the whole interval at or above {sec['stable_r']:g}; "
-                     "partly stable: it excludes zero only; not supported: it includes zero.",
+                     "partly stable: it excludes zero only; not supported: it includes zero. <sup>a</sup> With two "
+                     "or more patients in each half.",
                 numeric=[False, True, True, True, True, True, False], table_id="table-stability")
     agree = label_agreement(half_labels(ctx.doc))
     arows = [[esc(ctx.label(a["process"])), str(a["judged"]), str(a["agree"]), str(a["differ"]),
               f"{a['kept_strength_growth']} of {a['strength_or_growth']}"] for a in agree.to_dict(orient="records")]
-    atab = table(["Process", "Therapists judged", "Same label in both halves", "Different label",
-                  "Strength or growth area in a half: the same in the other"], arows, caption=ctx.table_label(),
+    atab = table(["Process", "Judged", "Same label", "Different label", "Strength or growth kept<sup>b</sup>"],
+                 arows, caption=ctx.table_label(),
                  title="Does each therapist's profile label hold across the halves?",
                  note="Each half's slope labelled by the rule of the profiles (strength, growth area, or not "
                       "distinguishable from the average, by its 95% interval). Therapists with fewer than two patients "
-                      "in a half are not judged. Per therapist: tables/stability_labels.csv and the profile pages.",
+                      "in a half are not judged. <sup>b</sup> Of the therapists labelled a strength or growth area "
+                      "in either half, how many carry the same label in the other. Per therapist: "
+                      "tables/stability_labels.csv and the profile pages.",
                  numeric=[False, True, True, True, True], table_id="table-stability-labels")
     warn = "".join(f"<li>{esc(w)}</li>" for w in sec["warnings"])
     notes = "".join(f"<li>{esc(n)}</li>" for n in sec["notes"])
