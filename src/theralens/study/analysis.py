@@ -14,11 +14,12 @@ import pandas as pd
 from theralens.data.config import StudyConfig, load_config
 from theralens.data.decompose import PatientTable, SessionTable, patient_level, session_level
 from theralens.data.read import read_table
-from theralens.data.scan import ScannedSessions, choose_engine, decompose_scan, scan_files
+from theralens.data.scan import ScannedSessions, choose_engine, decompose_scan, lagged_table, scan_files
 from theralens.data.validate import validate_sessions, validate_therapists
 from theralens.errors import InputError
 from theralens.study.aims import DesignTerms, aim1, aim2, aim3, ancillary, design_terms
 from theralens.study.aims import _fit as fit_model
+from theralens.study.document import sample_summary
 from theralens.study.latent import (
     ANCILLARY_NOTE,
     LatentResults,
@@ -29,6 +30,7 @@ from theralens.study.latent import (
     merge_side_by_side,
 )
 from theralens.study.result import StudyResult
+from theralens.study.rows import AnalysisRows, FrameRows, RelationRows
 
 #: Below this many therapists, the result warns that slope variances and cross-level
 #: moderators are estimated with little power (Mathieu et al. 2012; Arend & Schaefer 2019).
@@ -73,9 +75,7 @@ def analyze(
         raise InputError(f"{source}: only {table.counts.get('therapists', 0)} therapist(s) left for the analysis; "
                          f"at least {MIN_THERAPISTS} are needed to estimate therapist slope variances")
     terms = design_terms(table)
-    frame = table.table.copy()
-    frame["therapist"] = frame["therapist"].astype(str)
-    frame["patient"] = frame["patient"].astype(str)
+    frame = _analysis_rows(table, terms, scanned, config)
     labels = table.labels
     n_processes = len(terms.processes)
     _check_estimable(frame, terms, source, "the analysis", 1 + len(terms.fixed_main()) + n_processes)
@@ -85,7 +85,8 @@ def analyze(
         for wset in [coded] if config.therapist_moderators.joint else [[c] for c in coded]:
             have = moderators.dropna(subset=wset)["therapist"].astype(str)
             names = ", ".join(repr(mod_labels.get(w, w)) for w in wset)
-            _check_estimable(frame[frame["therapist"].isin(set(have))], terms, therapists_source,
+            _check_estimable(frame.with_moderators(pd.DataFrame({"therapist": sorted(set(have))})), terms,
+                             therapists_source,
                              f"the model of moderator {names} (therapists with a value)",
                              1 + len(terms.fixed_main()) + len(wset) * (1 + 2 * n_processes))
     ddf = config.inference.ddf  # the df method of every fit's tests
@@ -168,9 +169,12 @@ def analyze(
             notes.append("Therapist slopes and profiles come from the latent model (each therapist's slope: its "
                          "conditional mean and SD given the data); the slope-variance tests of aim 2 from the "
                          "manifest REML model.")
+    sample = sample_summary((scanned.con, "sessions") if scanned is not None else data.sessions,
+                            tuple(terms.processes), tuple(table.covariates), data.time_kind)
     result = StudyResult(config=config, data=data, table=table, terms=terms, main=main, aim1=a1, aim2=a2, aim3=a3,
-                       ancillary=anc, ancillary_model=anc_model, moderators=moderators, warnings=warnings,
-                       notes=notes, seconds=time.perf_counter() - t0, latent=latent)
+                         ancillary=anc, ancillary_model=anc_model, moderators=moderators, warnings=warnings,
+                         notes=notes, seconds=time.perf_counter() - t0, latent=latent,
+                         therapist_rows=frame.therapists(), diagnostics=frame.diagnostics(main.fit), sample=sample)
     # phases: checks and decomposition (the statistics pass), then the model fits
     result.timings = {"statistics": t_statistics - t0, "fits": result.seconds - (t_statistics - t0)}
     return result
@@ -182,12 +186,37 @@ def _latent(config: StudyConfig, table: PatientTable | SessionTable, moderators:
     ML for the patient design, Bayesian (``theralens[bayes]``) for the session design."""
     if config.design.decomposition == "manifest":
         return None
+    if isinstance(table, SessionTable) and table.relation is not None:
+        raise InputError(f'[design] decomposition = "{config.design.decomposition}" needs the lagged rows in memory '
+                         "(the Bayesian latent model), but the DuckDB engine keeps them in DuckDB; use --engine "
+                         'pandas, or decomposition = "manifest"')
     if isinstance(table, PatientTable):
         return latent_aims(table, moderators, labels, joint=config.therapist_moderators.joint)
     return latent_session_aims(table, moderators, labels)
 
 
-def _check_estimable(frame: pd.DataFrame, terms: DesignTerms, source: str, what: str, n_fixed: int) -> None:
+def _analysis_rows(table: PatientTable | SessionTable, terms: DesignTerms, scanned: ScannedSessions | None,
+                   config: StudyConfig) -> AnalysisRows:
+    """The rows the aims' models are fitted from (:mod:`theralens.study.rows`): the table in memory
+    (pandas engine), else a DuckDB relation of the scan: the session design's lagged rows
+    (:func:`~theralens.data.scan.lagged_table`) or the patient table (one row per patient)."""
+    if scanned is None:
+        frame = table.table.copy()
+        frame["therapist"] = frame["therapist"].astype(str)
+        frame["patient"] = frame["patient"].astype(str)
+        return FrameRows(frame, terms.processes, terms.between)
+    if isinstance(table, SessionTable):
+        relation = table.relation or lagged_table(scanned, config)
+    else:
+        relation = "patient_rows"
+        frame = table.table.copy()
+        frame["therapist"] = frame["therapist"].astype(str)
+        frame["patient"] = frame["patient"].astype(str)
+        scanned.con.execute(f"CREATE OR REPLACE TEMP TABLE {relation} AS SELECT * FROM frame")
+    return RelationRows(scanned.con, relation, terms.processes, terms.between)
+
+
+def _check_estimable(frame: AnalysisRows, terms: DesignTerms, source: str, what: str, n_fixed: int) -> None:
     """Refuse a model whose therapist slope variances cannot be estimated (one line, with the fix).
 
     Each therapist has an intercept and one slope per process (q = 1 + P random effects), so
@@ -197,8 +226,8 @@ def _check_estimable(frame: pd.DataFrame, terms: DesignTerms, source: str, what:
     """
     n_proc = len(terms.processes)
     q = 1 + n_proc
-    n_ther = int(frame["therapist"].nunique())
-    n = len(frame)
+    n_ther = frame.n_therapists
+    n = frame.n_rows
     unit = "analysed patients" if terms.level == "patient" else "lagged outcome pairs"
     fewer = "analyse fewer processes at once ([columns] process)"
     if n_ther <= q:
@@ -211,7 +240,7 @@ def _check_estimable(frame: pd.DataFrame, terms: DesignTerms, source: str, what:
             f"{source}: {what} has {n} {unit} for {n_ther} therapists with {q} random effects each ({n_ther * q} in "
             f"all); the model needs more {unit} than random effects (as lme4 does): add patients or {fewer}")
     if terms.patient_intercept:
-        n_pat = int(frame["patient"].nunique())
+        n_pat = frame.n_patients
         if n <= n_pat:
             raise InputError(
                 f"{source}: every patient in {what} has a single lagged pair (two outcome assessments), so "

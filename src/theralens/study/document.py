@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Callable
 from functools import cache
 from importlib import metadata, resources
 from pathlib import Path
@@ -23,7 +24,9 @@ from scipy import stats
 
 from theralens.errors import InputError
 
-__all__ = ["MAX_POINTS", "SCHEMA_VERSION", "normal_qq", "read_document", "residual_summary", "sample_summary",
+__all__ = ["MAX_POINTS", "SCHEMA_VERSION", "normal_qq", "read_document", "qq_from_order_statistics",
+           "residual_summary",
+           "residual_summary_from", "running_mean_at", "running_mean_window", "sample_summary",
            "schema", "software_versions", "validate_document"]
 
 #: Version of the document layout; a document of another version is refused, not guessed at.
@@ -64,93 +67,177 @@ def normal_qq(values: Any, max_points: int = MAX_POINTS) -> dict[str, list[float
     v = np.asarray(values, dtype=float)
     v = np.sort(v[np.isfinite(v)])
     n = len(v)
+    return qq_from_order_statistics(n, lambda idx: v[idx], float(np.mean(v)) if n else None,
+                                    float(np.std(v, ddof=1)) if n > 1 else None, max_points)
+
+
+def qq_from_order_statistics(n: int, at: Callable[[np.ndarray], np.ndarray], mean: float | None,
+                             sd: float | None, max_points: int = MAX_POINTS) -> dict[str, Any]:
+    """:func:`normal_qq` from ``n`` values known through ``at(idx)`` (their order statistics at
+    the indices ``idx``) and their mean and SD: the one implementation, whether the values are
+    an array or a column that stays in DuckDB (the study's rows on the SQL path)."""
     q = stats.norm.ppf((np.arange(1, n + 1) - 0.5) / n) if n else np.zeros(0)
     keep = _spaced(n, max_points)
-    return {"theoretical": q[keep].tolist(), "sample": v[keep].tolist(),
-            "mean": float(np.mean(v)) if n else None, "sd": float(np.std(v, ddof=1)) if n > 1 else None}
+    return {"theoretical": q[keep].tolist(), "sample": np.asarray(at(keep), dtype=float).tolist(),
+            "mean": mean, "sd": sd}
+
+
+def running_mean_window(n: int) -> tuple[int, int]:
+    """(window, minimum count) of the residual plot's running mean: n / 10 (at least 5), at least
+    half a window of rows (at least 2); the window of item i is rows i - w//2 .. i - w//2 + w - 1
+    (pandas' ``rolling(w, center=True)``)."""
+    w = max(5, n // 10)
+    return w, max(2, w // 2)
+
+
+def running_mean_at(keep: np.ndarray, n: int, cumsum_at: Callable[[np.ndarray], np.ndarray]) -> list[float | None]:
+    """The running mean (:func:`running_mean_window`) at the items ``keep`` of ``n`` values in
+    plot order, from their cumulative sums ``cumsum_at(idx)`` (sum of items 0..idx): (S_hi -
+    S_lo-1) / (hi - lo + 1) where at least the minimum count of items is in the window; None
+    elsewhere and when n <= 10."""
+    if n <= 10:
+        return [None] * len(keep)
+    w, least = running_mean_window(n)
+    lo = np.maximum(keep - w // 2, 0)
+    hi = np.minimum(keep - w // 2 + w - 1, n - 1)
+    idx = np.unique(np.r_[hi, lo - 1][np.r_[hi, lo - 1] >= 0])
+    sums = dict(zip(idx.tolist(), np.asarray(cumsum_at(idx), dtype=float).tolist(), strict=True))
+    out: list[float | None] = []
+    for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+        count = b - a + 1
+        out.append((sums[b] - (sums[a - 1] if a > 0 else 0.0)) / count if count >= least else None)
+    return out
 
 
 def residual_summary(fitted: Any, residuals: Any, max_points: int = MAX_POINTS) -> dict[str, Any]:
     """What the diagnostics plots of a model draw, without any identifier: the residuals
     against the fitted values in the order of the fitted values (at most ``max_points``,
-    evenly spaced) with their running mean (window n / 10, at least 5; computed on all
-    rows), and the normal Q-Q coordinates of the residuals (:func:`normal_qq`)."""
+    evenly spaced) with their running mean (:func:`running_mean_at`; computed on all rows),
+    and the normal Q-Q coordinates of the residuals (:func:`normal_qq`). The SQL path computes
+    the same summary from a DuckDB relation with :func:`residual_summary_from` (the same code,
+    other accessors)."""
     f = np.asarray(fitted, dtype=float)
     r = np.asarray(residuals, dtype=float)
     ok = np.isfinite(f) & np.isfinite(r)
     f, r = f[ok], r[ok]
     order = np.argsort(f, kind="stable")
     fs, rs = f[order], r[order]
-    n = len(f)
-    smooth = np.full(n, np.nan)
-    if n > 10:
-        w = max(5, n // 10)
-        smooth = pd.Series(rs).rolling(w, center=True, min_periods=max(2, w // 2)).mean().to_numpy()
+    csum = np.cumsum(rs)
+    rsorted = np.sort(r)
+    return residual_summary_from(len(f), lambda idx: (fs[idx], rs[idx]), lambda idx: csum[idx],
+                                 lambda idx: rsorted[idx], float(np.mean(r)) if len(r) else None,
+                                 float(np.std(r, ddof=1)) if len(r) > 1 else None, max_points)
+
+
+def residual_summary_from(n: int, points_at: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                          cumsum_at: Callable[[np.ndarray], np.ndarray], residual_order_at: Callable[[np.ndarray],
+                                                                                                     np.ndarray],
+                          mean: float | None, sd: float | None, max_points: int = MAX_POINTS) -> dict[str, Any]:
+    """:func:`residual_summary` of ``n`` rows known through accessors: ``points_at(idx)`` the
+    (fitted, residual) of the rows at positions ``idx`` in the order of the fitted values,
+    ``cumsum_at(idx)`` the cumulative sums of the residuals in that order, ``residual_order_at``
+    the residuals' order statistics, and the residuals' mean and SD."""
     keep = _spaced(n, max_points)
+    f, r = points_at(keep)
     return {
         "n": n,
-        "fitted": fs[keep].tolist(),
-        "residual": rs[keep].tolist(),
-        "running_mean": [None if not np.isfinite(x) else float(x) for x in smooth[keep]],
-        "residual_qq": normal_qq(r, max_points),
+        "fitted": np.asarray(f, dtype=float).tolist(),
+        "residual": np.asarray(r, dtype=float).tolist(),
+        "running_mean": running_mean_at(keep, n, cumsum_at),
+        "residual_qq": qq_from_order_statistics(n, residual_order_at, mean, sd, max_points),
     }
 
 
-def _moments(x: np.ndarray) -> dict[str, float | None]:
-    x = x[np.isfinite(x)]
-    return {"mean": float(x.mean()) if len(x) else None, "sd": float(x.std(ddof=1)) if len(x) > 1 else None,
-            "min": float(x.min()) if len(x) else None, "max": float(x.max()) if len(x) else None}
+def _moments_sql(expr: str) -> str:
+    return f"avg({expr}), stddev_samp({expr}), min({expr}), max({expr})"
 
 
-def sample_summary(sessions: pd.DataFrame, processes: tuple[str, ...], covariates: tuple[str, ...],
-                   time_kind: str) -> dict[str, Any]:
+def _moments(values: tuple[Any, ...]) -> dict[str, float | None]:
+    mean, sd, lo, hi = (None if v is None or v != v else float(v) for v in values)
+    return {"mean": mean, "sd": sd, "min": lo, "max": hi}
+
+
+def sample_summary(sessions: pd.DataFrame | tuple[Any, str], processes: tuple[str, ...],
+                   covariates: tuple[str, ...], time_kind: str) -> dict[str, Any]:
     """What the validated sessions look like, in the numbers a power study needs to simulate a
     study like this one (``theralens power --from``; docs/power.md): no identifiers.
 
-    ``sessions_per_patient``: [[k, number of patients with k rows], ...]; ``outcome_assessments``
-    (mean per patient); ``outcome_gap``: median time between a patient's consecutive outcome
-    assessments (session numbers; null for dates); ``baseline``: moments of each patient's first
-    outcome; ``processes``: per process the moments of all ratings, ``within_patient_sd`` (SD of
-    ratings about their patient's mean, pooled: sqrt(sum (x - xbar_i)^2 / (n - P))) and
-    ``missing_share`` (rows without a rating); ``covariates``: per covariate its kind (binary
-    when every value is 0 or 1) and the moments of the patients' first values.
+    ``sessions``: the validated frame (sorted by therapist, patient and time), or (DuckDB
+    connection, relation) holding the same rows (:mod:`theralens.data.scan`); both are read by
+    the same SQL (a frame is registered with DuckDB), so the two engines share one
+    implementation. ``sessions_per_patient``: [[k, number of patients with k rows], ...];
+    ``outcome_assessments`` (mean per patient); ``outcome_gap``: median time between a
+    patient's consecutive outcome assessments (session numbers; null for dates); ``baseline``:
+    moments of each patient's first outcome; ``processes``: per process the moments of all
+    ratings, ``within_patient_sd`` (SD of ratings about their patient's mean, pooled:
+    sqrt(sum (x - xbar_i)^2 / (n - P))) and ``missing_share`` (rows without a rating);
+    ``covariates``: per covariate its kind (binary when every value is 0 or 1) and the moments
+    of the patients' first values.
     """
-    pat = sessions["patient"].astype(str).to_numpy()
-    codes, uniques = pd.factorize(pat)
-    P = len(uniques)
-    rows = np.bincount(codes, minlength=P)
-    k, n = np.unique(rows, return_counts=True)
-    y = sessions["outcome"].to_numpy(dtype=float)
-    has_y = np.isfinite(y)
-    first_y = pd.Series(y[has_y]).groupby(codes[has_y]).first().to_numpy()
+    if isinstance(sessions, pd.DataFrame):
+        import duckdb
+
+        con = duckdb.connect()
+        frame = sessions[["patient", "time", "outcome", *processes, *covariates]].copy()
+        frame["patient"] = frame["patient"].astype(str)
+        frame["time"] = pd.to_numeric(frame["time"], errors="coerce") if time_kind == "number" else 0.0
+        for c in ("outcome", *processes, *covariates):
+            frame[c] = frame[c].astype(float)
+        frame["__order"] = np.arange(len(frame), dtype=np.int64)
+        con.register("sample_rows", frame)
+        try:
+            return _sample_sql(con, "sample_rows", "__order", processes, covariates, time_kind)
+        finally:
+            con.close()
+    con, relation = sessions
+    return _sample_sql(con, relation, "time, row", processes, covariates, time_kind)
+
+
+def _sample_sql(con: Any, rel: str, order: str, processes: tuple[str, ...], covariates: tuple[str, ...],
+                time_kind: str) -> dict[str, Any]:
+    """:func:`sample_summary` over a DuckDB relation; ``order`` sorts a patient's rows by time."""
+
+    def q(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    per = con.execute(f"""SELECT count(*) AS k FROM {rel} GROUP BY CAST(patient AS VARCHAR)""").fetchall()
+    P = len(per)
+    hist = con.execute(f"""SELECT k, count(*) FROM (SELECT count(*) AS k FROM {rel} GROUP BY CAST(patient AS
+        VARCHAR)) GROUP BY k ORDER BY k""").fetchall()
+    n_y = con.execute(f"SELECT count(outcome) FROM {rel}").fetchone()[0]
+    firsts = "".join(f", arg_min({q(c)}, {order.split(',')[0]}) FILTER (WHERE {q(c)} IS NOT NULL) AS {q(c)}"
+                     for c in covariates)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE sample_patients AS SELECT CAST(patient AS VARCHAR) AS patient,
+        arg_min(outcome, {order.split(',')[0]}) FILTER (WHERE outcome IS NOT NULL) AS first_y{firsts}
+        FROM {rel} GROUP BY 1""")
     gap = None
     if time_kind == "number":
-        t = sessions["time"].to_numpy(dtype=float)[has_y]
-        same = codes[has_y][1:] == codes[has_y][:-1]
-        gaps = np.diff(t)[same]
-        gap = float(np.median(gaps)) if len(gaps) else None
+        gap = con.execute(f"""SELECT median(g) FROM (SELECT time - lag(time) OVER (PARTITION BY CAST(patient AS
+            VARCHAR) ORDER BY {order}) AS g FROM {rel} WHERE outcome IS NOT NULL)""").fetchone()[0]
     out: dict[str, Any] = {
-        "sessions_per_patient": [[int(a), int(b)] for a, b in zip(k, n)],
-        "outcome_assessments": float(has_y.sum() / max(P, 1)),
-        "outcome_gap": gap,
-        "baseline": _moments(first_y),
+        "sessions_per_patient": [[int(a), int(b)] for a, b in hist],
+        "outcome_assessments": float(n_y / max(P, 1)),
+        "outcome_gap": None if gap is None else float(gap),
+        "baseline": _moments(con.execute(f"SELECT {_moments_sql('first_y')} FROM sample_patients").fetchone()),
         "processes": {},
         "covariates": {},
     }
     for p in processes:
-        x = sessions[p].to_numpy(dtype=float)
-        ok = np.isfinite(x)
-        c = codes[ok]
-        means = np.bincount(c, weights=x[ok], minlength=P) / np.maximum(np.bincount(c, minlength=P), 1)
-        dof = ok.sum() - len(np.unique(c))
-        ss = float(((x[ok] - means[c]) ** 2).sum())
-        out["processes"][p] = {**_moments(x), "within_patient_sd": float(np.sqrt(ss / dof)) if dof > 0 else None,
-                               "missing_share": float(1.0 - ok.mean()) if len(x) else None}
-    for cov in covariates:
-        v = pd.Series(sessions[cov].to_numpy(dtype=float)).groupby(codes).first().to_numpy()
-        fin = v[np.isfinite(v)]
-        binary = bool(len(fin)) and bool(np.isin(fin, (0.0, 1.0)).all())
-        out["covariates"][cov] = {"kind": "binary" if binary else "continuous", **_moments(v)}
+        x = q(p)
+        row = con.execute(f"""SELECT {_moments_sql(x)}, sum(dev * dev), count({x}),
+            count(DISTINCT CASE WHEN {x} IS NOT NULL THEN patient END), count(*) FROM (SELECT {x},
+            CAST(patient AS VARCHAR) AS patient, {x} - avg({x}) OVER (PARTITION BY CAST(patient AS VARCHAR)) AS dev
+            FROM {rel})""").fetchone()
+        ss, n_ok, n_pat, n_all = row[4], row[5], row[6], row[7]
+        dof = n_ok - n_pat
+        out["processes"][p] = {**_moments(row[:4]),
+                               "within_patient_sd": float(np.sqrt(ss / dof)) if dof > 0 else None,
+                               "missing_share": float(1.0 - n_ok / n_all) if n_all else None}
+    for c in covariates:
+        row = con.execute(f"""SELECT {_moments_sql(q(c))}, bool_and({q(c)} IN (0, 1)), count({q(c)})
+            FROM sample_patients""").fetchone()
+        binary = bool(row[5]) and bool(row[4])
+        out["covariates"][c] = {"kind": "binary" if binary else "continuous", **_moments(row[:4])}
     return out
 
 

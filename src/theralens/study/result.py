@@ -71,8 +71,9 @@ from theralens.data.validate import ValidatedData
 from theralens.display import Summary
 from theralens.model.ddf import ddf_label, ddf_reference
 from theralens.study.aims import DesignTerms, ModelSpec, ModeratorResults, SlopeResults, coef_name
-from theralens.study.document import SCHEMA_VERSION, normal_qq, residual_summary, sample_summary, software_versions
+from theralens.study.document import SCHEMA_VERSION, normal_qq, sample_summary, software_versions
 from theralens.study.latent import LatentResults
+from theralens.study.rows import FrameRows
 
 
 def _clean(v: Any) -> Any:
@@ -116,7 +117,11 @@ class StudyResult:
     ``main`` (the aims 1-2 model); ``aim1`` (DataFrame); ``aim2`` (:class:`SlopeResults`);
     ``aim3`` (:class:`ModeratorResults`); ``ancillary`` (DataFrame) and
     ``ancillary_model``; ``moderators`` (therapist table used, or None); ``warnings`` and
-    ``notes`` (sentences); ``seconds`` (wall time of the analysis).
+    ``notes`` (sentences); ``seconds`` (wall time of the analysis); what the analysis computed
+    from its rows (:mod:`theralens.study.rows`), so that the document needs no rows:
+    ``therapist_rows`` (one row per therapist: patients, rows, caseload means and between
+    components), ``diagnostics`` (the main model's residual summary) and ``sample``
+    (:func:`~theralens.study.document.sample_summary`).
     Views: :meth:`summary`, :meth:`to_dict` (the ``results.json`` schema in the module
     docstring), :meth:`therapists` and :meth:`write`.
     """
@@ -136,6 +141,9 @@ class StudyResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     latent: LatentResults | None = None
+    therapist_rows: pd.DataFrame | None = None
+    diagnostics: dict[str, Any] | None = None
+    sample: dict[str, Any] | None = None
 
     @property
     def design(self) -> str:
@@ -156,16 +164,14 @@ class StudyResult:
         """One row per therapist: n_patients, intercept deviation u0j and its conditional SD,
         the caseload mean of every process (column ``mean_<process>``) and the value of every
         moderator (``moderator_<moderator>``), under the stable names."""
-        t = self.table.table.copy()
-        t["therapist"] = t["therapist"].astype(str)
-        n = t.groupby("therapist")["patient"].nunique().rename("n_patients")
+        t = self._therapist_rows()
         re = self.main.fit.random_effects("therapist")
         icpt = re[re["term"] == "(Intercept)"].set_index("level")
-        out = pd.DataFrame({"n_patients": n})
+        out = pd.DataFrame({"n_patients": t["n_patients"]})
         out["intercept_deviation"] = icpt["estimate"].reindex(out.index)
         out["intercept_sd"] = icpt["cond_sd"].reindex(out.index)
         for p in self.terms.processes:
-            out[f"mean_{p}"] = t.groupby("therapist")[f"{p}_caseload_mean"].first()
+            out[f"mean_{p}"] = t[f"{p}_caseload_mean"]
         if self.moderators is not None:
             mods = self.moderators.copy()
             mods["therapist"] = mods["therapist"].astype(str)
@@ -220,8 +226,8 @@ class StudyResult:
             "models": [self._model_entry(m) for m in self.models()],
             "fitted_lines": self._fitted_lines(),
             "diagnostics": self._diagnostics(),
-            "sample": sample_summary(self.data.sessions, tuple(self.terms.processes), tuple(self.table.covariates),
-                                     self.data.time_kind),
+            "sample": self.sample if self.sample is not None else sample_summary(
+                self.data.sessions, tuple(self.terms.processes), tuple(self.table.covariates), self.data.time_kind),
             "warnings": list(self.warnings),
             "notes": list(self.notes),
         }
@@ -314,12 +320,10 @@ class StudyResult:
                           "model": spec.role, "x": "moderator", "intercept": float(spec.fit.fixed_effects[within]),
                           "coefficient": float(r["estimate"]), "centre": float(r["centre"])})
         fit = self.ancillary_model.fit
-        t = self.table.table.copy()
-        t["therapist"] = t["therapist"].astype(str)
-        by = t.groupby("therapist")
+        by = self._therapist_rows()
         for r in self.ancillary.to_dict(orient="records"):
             p = r["process"]
-            centre = float((by[f"{p}_caseload_mean"].first() - by[self.terms.between[p]].first()).mean())
+            centre = float((by[f"{p}_caseload_mean"] - by[self.terms.between[p]]).mean())
             lines.append({"figure": "ancillary", "process": p, "moderator": None, "model": self.ancillary_model.role,
                           "x": "caseload_mean",
                           "intercept": float(fit.fixed_effects[coef_name(fit, self.terms.within[p])]),
@@ -332,9 +336,21 @@ class StudyResult:
         fit = self.main.fit
         re = fit.random_effects("therapist")
         u0 = re.loc[re["term"] == "(Intercept)", "estimate"].to_numpy(dtype=float)
-        return {"model": self.main.role, **residual_summary(fit.fitted().to_numpy(dtype=float),
-                                                            fit.residuals().to_numpy(dtype=float)),
-                "intercept_qq": normal_qq(u0)}
+        summary = self.diagnostics if self.diagnostics is not None else self._rows().diagnostics(fit)
+        return {"model": self.main.role, **summary, "intercept_qq": normal_qq(u0)}
+
+    def _rows(self) -> FrameRows:
+        """The analysis table in memory as the aims' rows (a result built without ``therapist_rows``)."""
+        frame = self.table.table.copy()
+        frame["therapist"] = frame["therapist"].astype(str)
+        frame["patient"] = frame["patient"].astype(str)
+        return FrameRows(frame, self.terms.processes, self.terms.between)
+
+    def _therapist_rows(self) -> pd.DataFrame:
+        """One row per therapist (:meth:`AnalysisRows.therapists <theralens.study.rows.AnalysisRows.therapists>`),
+        indexed by the therapist id."""
+        t = self.therapist_rows if self.therapist_rows is not None else self._rows().therapists()
+        return t.set_index("therapist")
 
     def _exclusions(self) -> list[dict[str, Any]]:
         """Exclusions; their examples (row numbers or patient ids) only with ``show_patient_ids``."""

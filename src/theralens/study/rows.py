@@ -1,0 +1,212 @@
+"""The analysis rows of the aims: where the study's models get their statistics.
+
+The aims (:mod:`theralens.study.aims`) fit every model of the study from one of two holders of
+the same analysis table (one row per analysed patient, or per lagged pair):
+
+- :class:`FrameRows`: the table as a pandas frame in memory (the pandas engine). Models are
+  fitted by :func:`~theralens.model.fit.fit_mixed` (statistics from the rows, then the fit), so
+  fitted values and residuals come from the rows.
+- :class:`RelationRows`: the table as a DuckDB relation (the DuckDB engine,
+  :mod:`theralens.data.scan`). Models are fitted by :func:`~theralens.model.fit.fit_stats` from
+  the :class:`~theralens.model.stats.SufficientStats` that
+  :func:`~theralens.data.scan.sufficient_stats` computes by GROUP BY; no frame of the rows is
+  built. Conditional modes need only the statistics; the residual summaries of the
+  diagnostics need the rows, so they are a second pass in SQL: fitted values X beta + Z b
+  with the conditional modes joined by group label, ordered by the fitted values and by the
+  residuals with window functions, and only the plotted positions (at most
+  :data:`~theralens.study.document.MAX_POINTS`) and the cumulative sums the running mean needs
+  leave DuckDB. The summary itself is computed by the one implementation in
+  :func:`theralens.study.document.residual_summary_from` on both paths.
+
+Both give the aims the same four things: a model fit (:meth:`fit`), the rows of the therapists
+with a moderator value (:meth:`with_moderators`), one row per therapist (:meth:`therapists`:
+patients, rows, caseload means and between components) and the residual summary
+(:meth:`diagnostics`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from theralens.data.scan import column_sql, key_sql, sufficient_stats
+from theralens.model import MixedResult, fit_mixed
+from theralens.model.fit import fit_stats
+from theralens.study.document import residual_summary, residual_summary_from
+
+__all__ = ["AnalysisRows", "FrameRows", "RelationRows", "as_rows"]
+
+_views = itertools.count()
+
+
+def _register(con: Any, name: str, frame: pd.DataFrame) -> None:
+    """Register ``frame`` as ``name`` (after finishing any open result: a fetchone leaves one open)."""
+    con.execute("SELECT 1").fetchall()
+    con.register(name, frame)
+
+
+class AnalysisRows:
+    """The interface both holders of the analysis table share (module docstring)."""
+
+    processes: tuple[str, ...]
+    between: dict[str, str]
+
+    def fit(self, formula: str, ddf: str) -> MixedResult:
+        raise NotImplementedError
+
+    def with_moderators(self, moderators: pd.DataFrame) -> AnalysisRows:
+        """The rows of the therapists in ``moderators`` (column ``therapist`` as text), with its columns."""
+        raise NotImplementedError
+
+    def therapists(self) -> pd.DataFrame:
+        """One row per therapist (``therapist`` as text, sorted): ``n_patients``, ``n_rows`` and, per
+        process p, ``p_caseload_mean`` and its between-therapist component (named as in the table)."""
+        raise NotImplementedError
+
+    def diagnostics(self, fit: MixedResult) -> dict[str, Any]:
+        """:func:`~theralens.study.document.residual_summary` of ``fit`` (a model of these rows)."""
+        raise NotImplementedError
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.therapists()["n_rows"].sum())
+
+    @property
+    def n_therapists(self) -> int:
+        return len(self.therapists())
+
+    @property
+    def n_patients(self) -> int:
+        return int(self.therapists()["n_patients"].sum())
+
+
+def _therapist_columns(processes: tuple[str, ...], between: dict[str, str]) -> list[str]:
+    out = []
+    for p in processes:
+        out += [f"{p}_caseload_mean", between[p]]
+    return list(dict.fromkeys(out))
+
+
+class FrameRows(AnalysisRows):
+    """The analysis table as a pandas frame (``therapist`` and ``patient`` as text)."""
+
+    def __init__(self, frame: pd.DataFrame, processes: tuple[str, ...], between: dict[str, str]) -> None:
+        self.frame = frame
+        self.processes = tuple(processes)
+        self.between = dict(between)
+        self._therapists: pd.DataFrame | None = None
+
+    def fit(self, formula: str, ddf: str) -> MixedResult:
+        return fit_mixed(formula, self.frame, ddf=ddf)
+
+    def with_moderators(self, moderators: pd.DataFrame) -> FrameRows:
+        d = self.frame.copy()
+        d["therapist"] = d["therapist"].astype(str)
+        return FrameRows(d.merge(moderators, on="therapist", how="inner"), self.processes, self.between)
+
+    def therapists(self) -> pd.DataFrame:
+        if self._therapists is None:
+            t = self.frame.copy()
+            t["therapist"] = t["therapist"].astype(str)
+            by = t.groupby("therapist")
+            out = pd.DataFrame({"n_patients": by["patient"].nunique(), "n_rows": by.size()})
+            for c in _therapist_columns(self.processes, self.between):
+                out[c] = by[c].first()
+            out.index.name = "therapist"
+            self._therapists = out.reset_index()
+        return self._therapists
+
+    def diagnostics(self, fit: MixedResult) -> dict[str, Any]:
+        return residual_summary(fit.fitted().to_numpy(dtype=float), fit.residuals().to_numpy(dtype=float))
+
+
+class RelationRows(AnalysisRows):
+    """The analysis table as the DuckDB relation ``relation`` of connection ``con``."""
+
+    def __init__(self, con: Any, relation: str, processes: tuple[str, ...], between: dict[str, str]) -> None:
+        self.con = con
+        self.relation = relation
+        self.processes = tuple(processes)
+        self.between = dict(between)
+        self._therapists: pd.DataFrame | None = None
+
+    def fit(self, formula: str, ddf: str) -> MixedResult:
+        return fit_stats(sufficient_stats(self.con, self.relation, formula), ddf=ddf)
+
+    def with_moderators(self, moderators: pd.DataFrame) -> RelationRows:
+        k = next(_views)
+        table, view = f"study_moderators_{k}", f"study_rows_{k}"
+        _register(self.con, table, moderators)
+        extra = ", ".join(f'm."{c}"' for c in moderators.columns if c != "therapist")
+        self.con.execute(f"""CREATE OR REPLACE TEMP VIEW {view} AS SELECT r.*{', ' + extra if extra else ''}
+            FROM {self.relation} r JOIN {table} m ON CAST(r.therapist AS VARCHAR) = m.therapist""").fetchall()
+        return RelationRows(self.con, view, self.processes, self.between)
+
+    def therapists(self) -> pd.DataFrame:
+        if self._therapists is None:
+            cols = "".join(f', min("{c}") AS "{c}"' for c in _therapist_columns(self.processes, self.between))
+            self._therapists = self.con.execute(
+                f"""SELECT CAST(therapist AS VARCHAR) AS therapist, count(DISTINCT patient) AS n_patients,
+                count(*) AS n_rows{cols} FROM {self.relation} GROUP BY 1 ORDER BY 1""").df()
+        return self._therapists
+
+    def diagnostics(self, fit: MixedResult) -> dict[str, Any]:
+        """The residual summary by a second pass in SQL (module docstring)."""
+        con = self.con
+        fixed = " + ".join(f"{float(b)!r} * {column_sql(n)}" for n, b in fit.fixed_effects.items()) or "0.0"
+        joins, random = [], []
+        re = fit.random_effects()
+        for l, lv in enumerate(fit.design.levels):
+            factors = tuple(lv.terms[0].spec.factors)
+            cols = [c for t in lv.terms for c in t.columns]
+            wide = re[re["grp"] == lv.group].pivot(index="level", columns="term", values="estimate")[cols]
+            table = f"study_modes_{next(_views)}"
+            frame = pd.DataFrame({"__key": wide.index.astype(str)})
+            for j, c in enumerate(cols):
+                frame[f"b{j}"] = wide[c].to_numpy(dtype=float)
+            _register(con, table, frame)
+            joins.append(f"LEFT JOIN {table} m{l} ON m{l}.__key = {key_sql(factors)}")
+            random += [f"coalesce(m{l}.b{j}, 0.0) * {column_sql(c)}" for j, c in enumerate(cols)]
+        response = column_sql(fit.design.formula.response)
+        used = [column_sql(c) for lv in fit.design.levels for t in lv.terms for c in t.columns]
+        used += [column_sql(n) for n in fit.fixed_names] + [response]
+        complete = " AND ".join(f"{e} IS NOT NULL" for e in used)
+        order = "f, CAST(therapist AS VARCHAR), CAST(patient AS VARCHAR)" + (
+            ", time" if "time" in self._columns() else "")
+        table = f"study_residuals_{next(_views)}"
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE {table} AS SELECT f, r,
+            row_number() OVER (ORDER BY {order}) - 1 AS pos_f,
+            row_number() OVER (ORDER BY r, {order}) - 1 AS pos_r,
+            sum(r) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING) AS cs
+            FROM (SELECT *, {response} - f AS r FROM (SELECT *, {fixed} + {' + '.join(random) or '0.0'} AS f
+                  FROM (SELECT * FROM {self.relation} WHERE {complete}) {' '.join(joins)}))
+            WHERE isfinite(f) AND isfinite(r)""").fetchall()
+        n, mean, sd = con.execute(f"SELECT count(*), avg(r), stddev_samp(r) FROM {table}").fetchone()
+
+        def at(column: str, position: str, idx: np.ndarray) -> np.ndarray:
+            wanted = pd.DataFrame({"pos": np.asarray(idx, dtype=np.int64)})
+            _register(con, "study_wanted", wanted)
+            got = con.execute(f"SELECT w.pos, t.{column} FROM study_wanted w JOIN {table} t ON t.{position} = w.pos "
+                              "ORDER BY w.pos").fetchall()
+            con.unregister("study_wanted")
+            lookup = dict(got)
+            return np.array([lookup[int(i)] for i in idx], dtype=float)
+
+        try:
+            return residual_summary_from(
+                int(n), lambda idx: (at("f", "pos_f", idx), at("r", "pos_f", idx)), lambda idx: at("cs", "pos_f", idx),
+                lambda idx: at("r", "pos_r", idx), None if mean is None else float(mean),
+                None if sd is None else float(sd))
+        finally:
+            con.execute(f"DROP TABLE IF EXISTS {table}").fetchall()
+
+    def _columns(self) -> list[str]:
+        return [r[0] for r in self.con.execute(f"DESCRIBE {self.relation}").fetchall()]
+
+
+def as_rows(data: pd.DataFrame | AnalysisRows, processes: tuple[str, ...], between: dict[str, str]) -> AnalysisRows:
+    """``data`` as :class:`AnalysisRows` (a frame becomes :class:`FrameRows`)."""
+    return data if isinstance(data, AnalysisRows) else FrameRows(data, processes, between)
