@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default="theralens-out", help="output folder (default: theralens-out)")
     a.add_argument("--no-report", action="store_true", help="write results.json and tables only")
     _engine_options(a)
+    a.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="dask.distributed scheduler (e.g. tcp://host:8786): the fits' statistics are computed per "
+                        "partition on its workers (the checks and decomposition by DuckDB here)")
+    a.add_argument("--scratch", default=None, metavar="DIR",
+                   help="with --scheduler: a folder every worker can read, for the Parquet copy of the analysis "
+                        "rows (default: the scan's temporary folder, for workers on this machine)")
 
     for name, what in (("stability", "how stable therapist profiles are from earlier to later patients"),
                        ("training", "did training change the process-outcome slope it targeted")):
@@ -177,7 +183,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     check_dir(out)  # fail before the analysis, not after it
     result = analyze_files(args.sessions, args.therapists, cfg, engine=args.engine, memory_limit=args.memory_limit,
-                           sheet=args.sheet, therapists_sheet=args.therapists_sheet)
+                           sheet=args.sheet, therapists_sheet=args.therapists_sheet, scheduler=args.scheduler,
+                           scratch=args.scratch)
     written = _write_outputs(result, out, not args.no_report)
     print(result.summary())
     phases = getattr(result, "timings", {})

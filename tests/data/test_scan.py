@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from results_compare import SESSION_ATOL, SESSION_RTOL, numbers_equal
 
 from theralens.data.config import config_from_dict
 from theralens.data.decompose import patient_level, session_level
@@ -216,54 +217,6 @@ def test_memory_sizes_and_engine_choice(tmp_path, demo):
     with scan_files(path, memory_limit="300MB") as scanned:
         limit = scanned.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
     assert limit.replace(" ", "").upper() in {"286.1MIB", "300.0MB", "286.1MB"}
-
-
-#: Satterthwaite df are Richardson finite differences of Var(beta) in theta: they turn the last-bit
-#: differences of sums taken in another row order (DuckDB's parallel scan does not fix the order)
-#: into about 1e-8 of the df (seen: 1.1e-8 on an ancillary df in one of three CI runs); the engine's
-#: statistics-vs-frame test holds df to 1e-6 for the same reason. Every other number: 1e-8.
-DF_RTOL = 1e-6
-#: The DuckDB path fits from statistics summed by SQL (another summation order than numpy's, so
-#: they differ in the last bits). The optimizer stops at max|gradient| < 1e-6 in the scaled theta
-#: (model/optimize.py BFGS_GTOL), so such differences move its end point: measured on the session
-#: design (demo and simulated), up to 3.7e-7 relative on a CI end near zero, 6e-8 on an estimate,
-#: 2e-8 absolute on a theta at its boundary (a near-singular moderator model). The patient design
-#: (demo) holds 1e-8 on every number. Session design: 1e-6 relative, 1e-7 absolute.
-SESSION_RTOL, SESSION_ATOL = 1e-6, 1e-7
-#: The optimizer's record of its path (not results): how many evaluations it took and the gradient
-#: norm where it stopped (rounding noise) differ with the last bits of the statistics; ``converged``
-#: and ``singular`` are compared exactly.
-PATH_KEYS = {"gradient_norm", "return_code", "evaluations", "gradient_evaluations"}
-#: The slope SD's profile-likelihood bounds (model/profile.py) move by up to 3e-3 relative when the
-#: statistics change in their last bits (seen on the pandas path alone: fit_stats on SufficientStats
-#: whose per-patient blocks are perturbed by 1e-15 relative moves a bound from 0.301371 to 0.301411):
-#: a defect of the profile's root search, reported; compared here at 1e-2 until it is fixed.
-PROFILE_RTOL = 1e-2
-PROFILE_KEYS = {"slope_sd_ci_low", "slope_sd_ci_high"}
-
-
-def numbers_equal(a, b, path: str = "", rtol: float = 1e-8, atol: float = 1e-12) -> None:
-    """Every number of two JSON documents equal to ``rtol`` relative (Satterthwaite ``df``:
-    :data:`DF_RTOL`; profile bounds: :data:`PROFILE_RTOL`); the optimizer's path records
-    (:data:`PATH_KEYS`) are not compared; strings may differ only in the notes."""
-    key = path.rsplit(".", 1)[-1].split("[")[0]
-    if key in PATH_KEYS:
-        return
-    if isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            numbers_equal(a[k], b[k], f"{path}.{k}", rtol, atol)
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        if path.endswith(".notes"):
-            return
-        for k, (x, y) in enumerate(zip(a, b, strict=True)):
-            numbers_equal(x, y, f"{path}[{k}]", rtol, atol)
-    elif isinstance(a, bool) or a is None or isinstance(a, str):
-        assert a == b, (path, a, b)
-    else:
-        tol = PROFILE_RTOL if key in PROFILE_KEYS else max(DF_RTOL, rtol) if path.endswith(".df") else rtol
-        assert math.isclose(a, b, rel_tol=tol, abs_tol=atol), (path, a, b)
 
 
 @pytest.mark.parametrize("data", ["demo", "simulated"])

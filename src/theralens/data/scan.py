@@ -1017,6 +1017,29 @@ def _key_sql(factors: tuple[str, ...]) -> str:
     return parts[0] if len(parts) == 1 else "concat_ws(':', " + ", ".join(parts) + ")"
 
 
+def grouping_order(con: Any, relation: str, formula: str) -> list[str]:
+    """The grouping factors of ``formula`` innermost first, as :func:`sufficient_stats` orders them
+    over ``relation`` (what statistics of parts of the rows need: ``from_frame(..., order=)``)."""
+    return [g for g, _ in _groups_of(con, relation, formula)]
+
+
+def export_parquet(con: Any, relation: str, folder: str | Path, rows_per_file: int = 1_000_000) -> Path:
+    """Write ``relation`` as a Parquet data set in one pass: a folder ``__part=k`` for every
+    ``rows_per_file`` rows in the relation's order (a patient may be split across two parts; the
+    statistics merge it). Returns the folder."""
+    out = Path(folder)
+    try:
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot write the analysis rows' Parquet copy to {out.parent} ({exc.strerror}); give "
+                         "--scratch a folder you can write that every worker can read") from None
+    con.execute(f"""COPY (SELECT *, (row_number() OVER () - 1) // {int(rows_per_file)} AS __part FROM {relation})
+        TO {_lit(str(out))} (FORMAT parquet, PARTITION_BY (__part))""").fetchall()
+    return out
+
+
 def column_sql(name: str) -> str:
     """SQL of a model-matrix column named as formulaic names it (public: the study's SQL rows
     compute fitted values with it)."""

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from theralens.data.config import StudyConfig, load_config
 from theralens.data.decompose import PatientTable, SessionTable, patient_level, session_level
 from theralens.data.read import read_table
-from theralens.data.scan import ScannedSessions, choose_engine, decompose_scan, lagged_table, scan_files
+from theralens.data.scan import (
+    ScannedSessions,
+    choose_engine,
+    decompose_scan,
+    export_parquet,
+    lagged_table,
+    scan_files,
+)
 from theralens.data.validate import validate_sessions, validate_therapists
 from theralens.errors import InputError
 from theralens.study.aims import DesignTerms, aim1, aim2, aim3, ancillary, design_terms
@@ -30,7 +38,7 @@ from theralens.study.latent import (
     merge_side_by_side,
 )
 from theralens.study.result import StudyResult
-from theralens.study.rows import AnalysisRows, FrameRows, RelationRows
+from theralens.study.rows import AnalysisRows, ClusterRows, FrameRows, RelationRows
 
 #: Below this many therapists, the result warns that slope variances and cross-level
 #: moderators are estimated with little power (Mathieu et al. 2012; Arend & Schaefer 2019).
@@ -45,13 +53,16 @@ def analyze(
     *,
     source: str = "sessions data",
     therapists_source: str = "therapist data",
+    cluster: tuple[Any, str] | None = None,
 ) -> StudyResult:
     """Answer the study's aims for every process at once (models.md).
 
     ``sessions``: long format, one row per patient per assessment; ``therapists``: optional,
     one row per therapist with the moderator columns named in ``config``, or, when none are
     named, every column other than the therapist id (one at a time unless ``joint``; the
-    warnings say which). The table is validated either way.
+    warnings say which). The table is validated either way. ``cluster``: (dask.distributed
+    client, folder the workers can read) to compute the fits' statistics on a cluster
+    (scanned sessions only; :class:`~theralens.study.rows.ClusterRows`).
     """
     t0 = time.perf_counter()
     config = config or StudyConfig()
@@ -75,7 +86,7 @@ def analyze(
         raise InputError(f"{source}: only {table.counts.get('therapists', 0)} therapist(s) left for the analysis; "
                          f"at least {MIN_THERAPISTS} are needed to estimate therapist slope variances")
     terms = design_terms(table)
-    frame = _analysis_rows(table, terms, scanned, config)
+    frame = _analysis_rows(table, terms, scanned, config, cluster)
     labels = table.labels
     n_processes = len(terms.processes)
     _check_estimable(frame, terms, source, "the analysis", 1 + len(terms.fixed_main()) + n_processes)
@@ -196,7 +207,7 @@ def _latent(config: StudyConfig, table: PatientTable | SessionTable, moderators:
 
 
 def _analysis_rows(table: PatientTable | SessionTable, terms: DesignTerms, scanned: ScannedSessions | None,
-                   config: StudyConfig) -> AnalysisRows:
+                   config: StudyConfig, cluster: tuple[Any, str] | None = None) -> AnalysisRows:
     """The rows the aims' models are fitted from (:mod:`theralens.study.rows`): the table in memory
     (pandas engine), else a DuckDB relation of the scan: the session design's lagged rows
     (:func:`~theralens.data.scan.lagged_table`) or the patient table (one row per patient)."""
@@ -213,6 +224,10 @@ def _analysis_rows(table: PatientTable | SessionTable, terms: DesignTerms, scann
         frame["therapist"] = frame["therapist"].astype(str)
         frame["patient"] = frame["patient"].astype(str)
         scanned.con.execute(f"CREATE OR REPLACE TEMP TABLE {relation} AS SELECT * FROM frame")
+    if cluster is not None:
+        client, folder = cluster
+        parquet = export_parquet(scanned.con, relation, Path(folder) / f"theralens-rows-{relation}")
+        return ClusterRows(scanned.con, relation, terms.processes, terms.between, str(parquet), client)
     return RelationRows(scanned.con, relation, terms.processes, terms.between)
 
 
@@ -261,6 +276,8 @@ def analyze_files(
     memory_limit: int | str | None = None,
     sheet: str | int | None = None,
     therapists_sheet: str | int | None = None,
+    scheduler: Any = None,
+    scratch: str | Path | None = None,
 ) -> StudyResult:
     """:func:`analyze` on files (CSV, Parquet, Excel, SPSS, Stata) and a TOML config.
 
@@ -268,16 +285,55 @@ def analyze_files(
     checked and reduced by DuckDB SQL under ``memory_limit``, e.g. ``"8GB"``; see
     :mod:`theralens.data.scan`) or ``"auto"`` (duckdb when the files are larger than the
     memory budget). The result's notes say which engine ran.
+
+    ``scheduler``: the address of a dask.distributed scheduler (or a ``Client``): the sessions
+    are checked and decomposed by DuckDB here, and every fit's sufficient statistics are
+    computed per partition of a Parquet copy of the analysis rows on the cluster and summed
+    here (:class:`~theralens.study.rows.ClusterRows`); the copy goes to ``scratch`` (a folder
+    every worker can read; default: the scan's temporary folder, which suits workers on this
+    machine).
     """
     cfg = config if isinstance(config, StudyConfig) else load_config(config)
+    if scheduler is not None:
+        if engine == "pandas":
+            raise InputError("--scheduler computes the statistics from Parquet partitions of the DuckDB scan; "
+                             "use --engine duckdb (or auto) with it")
+        engine = "duckdb"
     used, note = choose_engine(sessions, engine, memory_limit)
+    if scheduler is not None and used != "duckdb":
+        raise InputError(f"--scheduler needs CSV or Parquet sessions (DuckDB scans them); {sessions} is neither: "
+                         "convert it to Parquet")
     t_source = str(therapists) if therapists else ""
     if used == "duckdb":
         with scan_files(sessions, cfg, memory_limit=memory_limit, source=str(sessions)) as scanned:
             scanned.data.notes.append(note)
             t = read_table(therapists, sheet=therapists_sheet, what="therapists") if therapists is not None else None
-            return analyze(scanned, t, cfg, source=str(sessions), therapists_source=t_source)
+            if scheduler is None:
+                return analyze(scanned, t, cfg, source=str(sessions), therapists_source=t_source)
+            client, own = connect_scheduler(scheduler)
+            try:
+                workers = len(client.scheduler_info().get("workers", {}))
+                scanned.data.notes.append(f"Cluster: the fits' sufficient statistics were computed per partition "
+                                          f"on a dask.distributed cluster ({workers} worker(s)) and summed here.")
+                return analyze(scanned, t, cfg, source=str(sessions), therapists_source=t_source,
+                               cluster=(client, scratch if scratch is not None else scanned.temp_dir))
+            finally:
+                if own:
+                    client.close()
     s = read_table(sessions, sheet=sheet, what="sessions")
     s.attrs["notes"] = [*s.attrs.get("notes", []), note]
     t = read_table(therapists, sheet=therapists_sheet, what="therapists") if therapists is not None else None
     return analyze(s, t, cfg, source=str(sessions), therapists_source=t_source)
+
+
+def connect_scheduler(scheduler: Any) -> tuple[Any, bool]:
+    """(client, whether it was opened here) for a dask.distributed scheduler address or ``Client``."""
+    from distributed import Client
+
+    if isinstance(scheduler, Client):
+        return scheduler, False
+    try:
+        return Client(scheduler, timeout="10s"), True
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise InputError(f"cannot reach the dask scheduler at {scheduler!r} ({type(exc).__name__}: {exc}); check "
+                         "the address (e.g. tcp://host:8786) and that the scheduler is running") from None

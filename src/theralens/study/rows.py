@@ -18,7 +18,11 @@ the same analysis table (one row per analysed patient, or per lagged pair):
   leave DuckDB. The summary itself is computed by the one implementation in
   :func:`theralens.study.document.residual_summary_from` on both paths.
 
-Both give the aims the same four things: a model fit (:meth:`fit`), the rows of the therapists
+- :class:`ClusterRows`: as :class:`RelationRows`, but each fit's statistics are computed per
+  partition of a Parquet copy of the table on a dask.distributed cluster and summed on the
+  client (``theralens analyze --scheduler ADDRESS``).
+
+All give the aims the same four things: a model fit (:meth:`fit`), the rows of the therapists
 with a moderator value (:meth:`with_moderators`), one row per therapist (:meth:`therapists`:
 patients, rows, caseload means and between components) and the residual summary
 (:meth:`diagnostics`).
@@ -32,12 +36,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from theralens.data.scan import column_sql, key_sql, sufficient_stats
+from theralens.data.scan import column_sql, grouping_order, key_sql, sufficient_stats
+from theralens.errors import InputError
 from theralens.model import MixedResult, fit_mixed
 from theralens.model.fit import fit_stats
+from theralens.model.stats import SufficientStats
 from theralens.study.document import residual_summary, residual_summary_from
 
-__all__ = ["AnalysisRows", "FrameRows", "RelationRows", "as_rows"]
+__all__ = ["AnalysisRows", "ClusterRows", "FrameRows", "RelationRows", "as_rows", "partial_stats"]
 
 _views = itertools.count()
 
@@ -205,6 +211,67 @@ class RelationRows(AnalysisRows):
 
     def _columns(self) -> list[str]:
         return [r[0] for r in self.con.execute(f"DESCRIBE {self.relation}").fetchall()]
+
+
+class ClusterRows(RelationRows):
+    """The analysis table in DuckDB on the client and as a Parquet data set (``parquet``) that the
+    workers of a dask.distributed ``client`` read: the fits' statistics are computed per
+    partition on the cluster (:func:`partial_stats`, dask.dataframe over the data set) and summed
+    on the client (:meth:`SufficientStats.combine <theralens.model.stats.SufficientStats.combine>`:
+    a patient split across partitions is one patient); the per-therapist rows and the residual
+    summary come from DuckDB on the client, as for :class:`RelationRows`.
+
+    ``moderators`` (therapist and moderator columns) are joined to every partition on the
+    workers, as :meth:`with_moderators` joins them in DuckDB."""
+
+    def __init__(self, con: Any, relation: str, processes: tuple[str, ...], between: dict[str, str],
+                 parquet: str, client: Any, moderators: pd.DataFrame | None = None) -> None:
+        super().__init__(con, relation, processes, between)
+        self.parquet = parquet
+        self.client = client
+        self.moderators = moderators
+
+    def fit(self, formula: str, ddf: str) -> MixedResult:
+        return fit_stats(self.statistics(formula), ddf=ddf)
+
+    def statistics(self, formula: str) -> SufficientStats:
+        """The statistics of ``formula``: one :func:`partial_stats` per partition on the cluster, summed here."""
+        import dask
+        import dask.dataframe as dd
+
+        order = grouping_order(self.con, self.relation, formula)
+        parts = dd.read_parquet(self.parquet).to_delayed()
+        tasks = [dask.delayed(partial_stats)(part, formula, order, self.moderators) for part in parts]
+        partials = [p for p in self.client.gather(self.client.compute(tasks)) if p is not None]
+        if not partials:
+            raise InputError(f"no complete rows for the model {formula!r} in any partition of {self.parquet}")
+        return SufficientStats.combine(partials)
+
+    def with_moderators(self, moderators: pd.DataFrame) -> ClusterRows:
+        view = super().with_moderators(moderators)
+        return ClusterRows(self.con, view.relation, self.processes, self.between, self.parquet, self.client,
+                           moderators)
+
+
+def partial_stats(part: pd.DataFrame, formula: str, order: list[str],
+                  moderators: pd.DataFrame | None = None) -> SufficientStats | None:
+    """:meth:`SufficientStats.from_frame <theralens.model.stats.SufficientStats.from_frame>` of one
+    partition of the analysis rows (grouping factors in ``order``, innermost first), with the
+    moderator columns joined by therapist; None when no row of the partition is complete."""
+    part = part.copy()
+    part["therapist"] = part["therapist"].astype(str)
+    if "patient" in part:
+        part["patient"] = part["patient"].astype(str)
+    if moderators is not None:
+        part = part.merge(moderators, on="therapist", how="inner")
+    if not len(part):
+        return None
+    try:
+        return SufficientStats.from_frame(formula, part, order=order)
+    except InputError as exc:
+        if str(exc).startswith("no complete rows"):
+            return None  # nothing complete in this partition: the others carry the model
+        raise
 
 
 def as_rows(data: pd.DataFrame | AnalysisRows, processes: tuple[str, ...], between: dict[str, str]) -> AnalysisRows:
