@@ -106,3 +106,14 @@ def test_a_wrong_ddf_in_the_config_is_one_line(tmp_path) -> None:
         load_config(path)
     path.write_text('[inference]\nddf = "Kenward-Roger"\n')
     assert load_config(path).inference.ddf == "kenward-roger"
+
+
+def test_report_tables_name_the_ddf(kr_doc: dict, tmp_path) -> None:
+    from theralens.report.html import write_report
+
+    written = write_report(kr_doc, tmp_path)
+    page = next(p for p in written if p.name == "report.html").read_text(encoding="utf-8")
+    note = "Degrees of freedom (<em>df</em>): Kenward-Roger (Kenward &amp; Roger, 1997)."
+    assert page.count(note) >= 2  # aim 1 and the ancillary table (aim 3 too with moderators)
+    assert "Satterthwaite's method" not in page
+    assert "Kenward, M. G., &amp; Roger, J. H. (1997)" in page or "Kenward, M. G., & Roger, J. H. (1997)" in page
