@@ -19,11 +19,9 @@ exact solutions of |zeta| = z to about 1e-7 of the parameter. A bound that is no
 the edge of the parameter space is the edge: 0 for an SD, -1 or 1 for a correlation, as lme4
 reports them.
 
-Inside the minimisation each term's correlation matrix is written through canonical partial
-correlations (Lewandowski, Kurowicka & Joe 2009, J. Multivariate Anal. 100:1989), each in
-[-1, 1], so that every point is a valid covariance matrix; the profiled correlation is made the
-first partial correlation by ordering the term's columns (the deviance does not depend on the
-order).
+Inside the minimisation the other parameters are the fit's own (the relative covariance
+factors, unconstrained, and log sigma; :class:`_Profiler`), so a singular fit (a correlation of
++-1, an SD of 0) is an interior point and the minimisation has no boundary to stall on.
 """
 
 from __future__ import annotations
@@ -38,6 +36,8 @@ from theralens.errors import InputError
 from theralens.model.criterion import NestedCriterion
 from theralens.model.design import ThetaLayout, colmajor_tril
 from theralens.model.satterthwaite import VarparFunctions
+
+_FAR = 1e30  # deviance given where it cannot be evaluated: the optimiser backs off
 
 __all__ = ["VarcorrParameter", "profile_intervals", "profile_zeta", "varcorr_parameters"]
 
@@ -72,55 +72,21 @@ def varcorr_parameters(layout: ThetaLayout) -> list[VarcorrParameter]:
     return out
 
 
-def _cpc_to_chol(z: np.ndarray, q: int) -> np.ndarray:
-    """Lower Cholesky factor W of a correlation matrix from canonical partial correlations
-    z[(i, j)], i > j, listed column-major (W[i, j] = z_ij sqrt(1 - sum_{m<j} W[i, m]^2))."""
-    W = np.zeros((q, q))
-    W[0, 0] = 1.0
-    k = 0
-    rest = np.ones(q)  # 1 - sum of squares so far, per row
-    for j in range(q):
-        if j:
-            W[j, j] = np.sqrt(max(rest[j], 0.0))
-        for i in range(j + 1, q):
-            W[i, j] = z[k] * np.sqrt(max(rest[i], 0.0))
-            rest[i] -= W[i, j] ** 2
-            k += 1
-    return W
-
-
-def _chol_to_cpc(W: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_cpc_to_chol` (0 where a row has no length left)."""
-    q = W.shape[0]
-    z = []
-    rest = np.ones(q)
-    for j in range(q):
-        for i in range(j + 1, q):
-            s = np.sqrt(max(rest[i], 0.0))
-            z.append(float(np.clip(W[i, j] / s, -1.0, 1.0)) if s > 1e-12 else 0.0)
-            rest[i] -= W[i, j] ** 2
-    return np.array(z)
-
-
-def _chol_psd(A: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factor of a positive semi-definite matrix (zero columns where a pivot
-    vanishes, as a singular fit's relative covariance factor has them)."""
-    q = A.shape[0]
-    L = np.zeros((q, q))
-    tol = 1e-14 * max(float(np.trace(A)), 1e-300)
-    for j in range(q):
-        d = A[j, j] - L[j, :j] @ L[j, :j]
-        if d > tol:
-            L[j, j] = np.sqrt(d)
-            L[j + 1 :, j] = (A[j + 1 :, j] - L[j + 1 :, :j] @ L[j, :j]) / L[j, j]
-    return L
-
-
-_FAR = 1e30  # deviance given where it cannot be evaluated: the optimiser backs off
-
-
 class _Profiler:
-    """The deviance of a fit in the SD / correlation scale, and its profiles."""
+    """The deviance of a fit as a function of its variance parameters, and their profiles.
+
+    The free parameters of a profile are those of the fit itself, unconstrained: the entries of
+    every relative covariance factor Lambda_t (the covariance sigma^2 Lambda_t Lambda_t' does not
+    depend on the signs of its diagonal, so no bounds are needed, and a singular fit, whose rows
+    of Lambda_t are dependent, is an interior point) and log sigma. The profiled parameter is
+    imposed on one row of its term's factor (module docstring: every point is a valid covariance
+    matrix, and the map is smooth where the profile is evaluated):
+
+    - the SD of column i held at v: row i is rescaled to length v / sigma;
+    - the correlation of columns j < i held at r: row i is rebuilt as |row i| (r u + sqrt(1 - r^2)
+      w), u the unit row j and w the unit part of row i orthogonal to u;
+    - sigma held at v: log sigma is not free.
+    """
 
     def __init__(self, criterion: NestedCriterion, theta: np.ndarray, sigma: float, reml: bool) -> None:
         self.layout = criterion.design
@@ -132,84 +98,89 @@ class _Profiler:
         self.theta_hat = np.asarray(theta, dtype=float)
         self.sigma_hat = float(sigma)
         self.dev_hat = self.vf.deviance(np.r_[self.theta_hat, self.sigma_hat])
-        self.covs = []  # covariance of each term at the estimate
-        for t, term in enumerate(self.terms):
-            lam = np.zeros((term.q, term.q))
-            r, c = self.tril[t]
-            lam[r, c] = self.theta_hat[self.slices[t]]
-            self.covs.append(self.sigma_hat**2 * lam @ lam.T)
 
-    # -- the parameter vector of one profile ----------------------------------------------
-    def layout_for(self, p: VarcorrParameter) -> _Coordinates:
-        """Coordinates in which p is one entry: per term SDs and partial correlations (the
-        profiled correlation's term ordered so that it is the first partial correlation), sigma."""
-        perms = [np.arange(term.q) for term in self.terms]
-        if p.kind == "cor":
-            others = [c for c in range(self.terms[p.term].q) if c not in (p.j, p.i)]
-            perms[p.term] = np.array([p.j, p.i, *others])
-        x, lower, upper, scale, index = [], [], [], [], -1
-        for t, term in enumerate(self.terms):
-            perm = perms[t]
-            cov = self.covs[t][np.ix_(perm, perm)]
-            sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
-            pos = sd > 0
-            corr = np.eye(term.q)
-            corr[np.ix_(pos, pos)] = cov[np.ix_(pos, pos)] / np.outer(sd[pos], sd[pos])
-            z = _chol_to_cpc(_chol_psd(corr))
-            for c in range(term.q):
-                if p.kind == "sd" and p.term == t and perm[c] == p.i:
-                    index = len(x)
-                x.append(sd[c])
-                lower.append(0.0)
-                upper.append(np.inf)
-                scale.append(max(sd[c], 0.05 * self.sigma_hat))
-            for m, v in enumerate(z):
-                if p.kind == "cor" and p.term == t and m == 0:
-                    index = len(x)
-                x.append(v)
-                lower.append(-1.0)
-                upper.append(1.0)
-                scale.append(1.0)
+    def factor(self, theta: np.ndarray, t: int) -> np.ndarray:
+        """Lambda_t of term t from theta."""
+        q = self.terms[t].q
+        lam = np.zeros((q, q))
+        r, c = self.tril[t]
+        lam[r, c] = theta[self.slices[t]]
+        return lam
+
+    def estimate(self, p: VarcorrParameter) -> float:
+        """The parameter at the fit's estimates."""
         if p.kind == "sigma":
-            index = len(x)
-        x.append(self.sigma_hat)
-        lower.append(1e-10 * self.sigma_hat)
-        upper.append(np.inf)
-        scale.append(self.sigma_hat)
-        return _Coordinates(perms, np.array(x), np.array(lower), np.array(upper), np.array(scale), index)
+            return self.sigma_hat
+        lam = self.factor(self.theta_hat, p.term)
+        if p.kind == "sd":
+            return float(self.sigma_hat * np.linalg.norm(lam[p.i]))
+        ni, nj = np.linalg.norm(lam[p.i]), np.linalg.norm(lam[p.j])
+        return float(lam[p.i] @ lam[p.j] / (ni * nj)) if ni > 0 and nj > 0 else float("nan")
 
-    def varpar(self, coords: _Coordinates, x: np.ndarray) -> np.ndarray:
-        """(theta, sigma) of a point x in the coordinates ``coords``."""
-        theta = np.empty_like(self.theta_hat)
-        sigma = float(x[-1])
-        off = 0
-        for t, term in enumerate(self.terms):
-            q = term.q
-            sd = x[off : off + q]
-            z = x[off + q : off + q + q * (q - 1) // 2]
-            off += q + q * (q - 1) // 2
-            Lp = sd[:, None] * _cpc_to_chol(z, q)  # Cholesky factor in the permuted order
-            perm = coords.perms[t]
-            if np.array_equal(perm, np.arange(q)):
-                L = Lp
-            else:
-                inv = np.argsort(perm)
-                L = _chol_psd((Lp @ Lp.T)[np.ix_(inv, inv)])
+    def start(self, p: VarcorrParameter) -> np.ndarray:
+        """The free vector at the estimates: theta, then log sigma (unless sigma is profiled).
+        Diagonals of Lambda at zero (a singular fit) start slightly off zero, where the
+        unconstrained factor has a saddle; for a correlation the row it rebuilds gets a small
+        part orthogonal to the other row, so that its direction w is defined even where the
+        estimate is a correlation of +-1."""
+        theta = self.theta_hat.copy()
+        for t in range(len(self.terms)):  # a zero diagonal of Lambda is a saddle of the unconstrained
+            lam = self.factor(theta, t)    # factor (the sign of a diagonal does not matter): step off it
+            d = np.arange(len(lam))
+            norms = np.linalg.norm(lam, axis=1)
+            lam[d, d] = np.where(np.abs(lam[d, d]) < 1e-3 * np.maximum(norms, 0.1), 1e-3 * np.maximum(norms, 0.1),
+                                 lam[d, d])
             r, c = self.tril[t]
-            theta[self.slices[t]] = L[r, c] / sigma
+            theta[self.slices[t]] = lam[r, c]
+        if p.kind == "cor":
+            lam = self.factor(theta, p.term)
+            row, other = lam[p.i].copy(), lam[p.j]
+            size = max(np.linalg.norm(row), 1e-3)
+            u = other / np.linalg.norm(other) if np.linalg.norm(other) > 0 else np.eye(len(row))[0]
+            e = np.zeros(len(row))
+            for m in range(p.i + 1):  # the first coordinate of row i's span farthest from u
+                cand = np.eye(len(row))[m]
+                cand = cand - (cand @ u) * u
+                if np.linalg.norm(cand) > np.linalg.norm(e):
+                    e = cand
+            lam[p.i] = row + 1e-3 * size * e / np.linalg.norm(e)
+            r, c = self.tril[p.term]
+            theta[self.slices[p.term]] = lam[r, c]
+        return theta if p.kind == "sigma" else np.r_[theta, np.log(self.sigma_hat)]
+
+    def varpar(self, p: VarcorrParameter, x: np.ndarray, v: float) -> np.ndarray:
+        """(theta, sigma) of the free vector x with the parameter p held at v."""
+        if p.kind == "sigma":
+            return np.r_[x, v]
+        theta, sigma = x[:-1].copy(), float(np.exp(x[-1]))
+        lam = self.factor(theta, p.term)
+        row = lam[p.i]
+        if p.kind == "sd":
+            norm = np.linalg.norm(row)
+            lam[p.i] = (v / sigma) * (row / norm if norm > 0 else np.eye(len(row))[p.i])
+        else:
+            other = lam[p.j]
+            no = np.linalg.norm(other)
+            u = other / no if no > 0 else np.eye(len(row))[p.j]
+            w = row - (row @ u) * u
+            nw = np.linalg.norm(w)
+            w = w / nw if nw > 0 else np.eye(len(row))[p.i]
+            lam[p.i] = np.linalg.norm(row) * (v * u + np.sqrt(max(1.0 - v * v, 0.0)) * w)
+        r, c = self.tril[p.term]
+        theta[self.slices[p.term]] = lam[r, c]
         return np.r_[theta, sigma]
 
-    def deviance(self, coords: _Coordinates, x: np.ndarray) -> float:
+    def deviance(self, p: VarcorrParameter, x: np.ndarray, v: float) -> float:
         try:
-            return self.vf.deviance(self.varpar(coords, x))
+            return self.vf.deviance(self.varpar(p, x, v))
         except (np.linalg.LinAlgError, FloatingPointError):
             return _FAR  # a point where the criterion cannot be evaluated (far from the estimate)
 
-    def deviance_and_gradient(self, coords: _Coordinates, x: np.ndarray) -> tuple[float, np.ndarray]:
-        """The deviance at x and its gradient in x: the exact gradient in (theta, sigma)
+    def deviance_and_gradient(self, p: VarcorrParameter, x: np.ndarray, v: float) -> tuple[float, np.ndarray]:
+        """The deviance and its gradient in x: the exact gradient in (theta, sigma)
         (:meth:`~theralens.model.criterion.NestedCriterion.deviance_and_gradient_with_sigma`)
         times the Jacobian of the (cheap) map x -> (theta, sigma), by central differences."""
-        vp = self.varpar(coords, x)
+        vp = self.varpar(p, x, v)
         try:
             dev, g_theta, g_sigma = self.vf.crit.deviance_and_gradient_with_sigma(vp[:-1], vp[-1], self.vf.reml)
         except (np.linalg.LinAlgError, FloatingPointError):
@@ -219,22 +190,12 @@ class _Profiler:
         g = np.r_[g_theta, g_sigma]
         J = np.empty((vp.size, x.size))
         for m in range(x.size):
-            h = 1e-7 * max(abs(x[m]), coords.scale[m])
+            h = 1e-7 * max(abs(x[m]), 1.0)
             lo, hi = x.copy(), x.copy()
-            lo[m] = max(x[m] - h, coords.lower[m])
-            hi[m] = min(x[m] + h, coords.upper[m])
-            J[:, m] = (self.varpar(coords, hi) - self.varpar(coords, lo)) / (hi[m] - lo[m])
+            lo[m] -= h
+            hi[m] += h
+            J[:, m] = (self.varpar(p, hi, v) - self.varpar(p, lo, v)) / (2 * h)
         return dev, J.T @ g
-
-
-@dataclass
-class _Coordinates:
-    perms: list[np.ndarray]
-    x_hat: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-    scale: np.ndarray
-    index: int  # position of the profiled parameter
 
 
 class _Profile:
@@ -242,35 +203,18 @@ class _Profile:
 
     def __init__(self, profiler: _Profiler, p: VarcorrParameter) -> None:
         self.pr = profiler
-        self.c = profiler.layout_for(p)
-        self.free = np.array([m != self.c.index for m in range(len(self.c.x_hat))])
-        self.hat = float(self.c.x_hat[self.c.index])
-        self.points: dict[float, np.ndarray] = {self.hat: self.c.x_hat[self.free] / self.c.scale[self.free]}
-        self.low = float(self.c.lower[self.c.index])
-        self.high = float(self.c.upper[self.c.index])
+        self.p = p
+        self.hat = profiler.estimate(p)
+        self.points: dict[float, np.ndarray] = {self.hat: profiler.start(p)}
+        self.low, self.high = (-1.0, 1.0) if p.kind == "cor" else (0.0, float("inf"))
+        if p.kind == "sigma":
+            self.low = 1e-8 * profiler.sigma_hat
 
     def deviance_at(self, v: float) -> float:
-        c, free = self.c, self.free
         nearest = min(self.points, key=lambda u: abs(u - v))
-        y0 = self.points[nearest]
-        sc = c.scale[free]
-        bounds = list(zip(c.lower[free] / sc, c.upper[free] / sc))
-
-        def point(y: np.ndarray) -> np.ndarray:
-            x = c.x_hat.copy()
-            x[free] = y * sc
-            x[c.index] = v
-            return x
-
-        def fg(y: np.ndarray) -> tuple[float, np.ndarray]:
-            dev, grad = self.pr.deviance_and_gradient(c, point(y))
-            return dev, grad[free] * sc
-
-        if not free.any():
-            return self.pr.deviance(c, point(y0))
-        y0 = np.clip(y0, [b[0] for b in bounds], [b[1] for b in bounds])
-        res = optimize.minimize(fg, y0, method="L-BFGS-B", jac=True, bounds=bounds,
-                                options={"ftol": 1e-15, "gtol": 1e-8, "maxiter": 1000})
+        x0 = self.points[nearest]
+        res = optimize.minimize(lambda x: self.pr.deviance_and_gradient(self.p, x, v), x0, method="BFGS",
+                                jac=True, options={"gtol": 1e-8, "maxiter": 2000})
         self.points[v] = res.x
         return float(res.fun)
 
