@@ -20,17 +20,11 @@ SESSION_RTOL, SESSION_ATOL = 1e-6, 1e-7
 #: norm where it stopped (rounding noise) differ with the last bits of the statistics; ``converged``
 #: and ``singular`` are compared exactly.
 PATH_KEYS = {"gradient_norm", "return_code", "evaluations", "gradient_evaluations"}
-#: The slope SD's profile-likelihood bounds (model/profile.py) move by up to 3e-3 relative when the
-#: statistics change in their last bits (seen on the pandas path alone: fit_stats on SufficientStats
-#: whose per-patient blocks are perturbed by 1e-15 relative moves a bound from 0.301371 to 0.301411):
-#: a defect of the profile's root search, reported; compared here at 1e-2 until it is fixed.
-PROFILE_RTOL = 1e-2
-PROFILE_KEYS = {"slope_sd_ci_low", "slope_sd_ci_high"}
 
 
 def numbers_equal(a, b, path: str = "", rtol: float = 1e-8, atol: float = 1e-12) -> None:
     """Every number of two JSON documents equal to ``rtol`` relative (Satterthwaite ``df``:
-    :data:`DF_RTOL`; profile bounds: :data:`PROFILE_RTOL`); the optimizer's path records
+    :data:`DF_RTOL`); the optimizer's path records
     (:data:`PATH_KEYS`) are not compared; strings may differ only in the notes."""
     key = path.rsplit(".", 1)[-1].split("[")[0]
     if key in PATH_KEYS:
@@ -48,5 +42,5 @@ def numbers_equal(a, b, path: str = "", rtol: float = 1e-8, atol: float = 1e-12)
     elif isinstance(a, bool) or a is None or isinstance(a, str):
         assert a == b, (path, a, b)
     else:
-        tol = PROFILE_RTOL if key in PROFILE_KEYS else max(DF_RTOL, rtol) if path.endswith(".df") else rtol
+        tol = max(DF_RTOL, rtol) if path.endswith(".df") else rtol
         assert math.isclose(a, b, rel_tol=tol, abs_tol=atol), (path, a, b)
