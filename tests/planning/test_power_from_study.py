@@ -137,3 +137,17 @@ def test_any_processes_from_a_study() -> None:
     r = power(res, nsim=1, workers=1, progress=False)
     assert {t.process for t in r.tests} == {"empathy", "homework", "goals"}
     assert r.spec.moderator == "experience"
+
+
+def test_a_document_without_the_sample_section(analysed) -> None:
+    """A results.json written before the sample section: the schedule comes from the preset, and
+    the notes say so."""
+    _, doc, _ = analysed
+    old = {k: v for k, v in doc.items() if k != "sample"}
+    truth = study_parameters(old)
+    assert any("no 'sample' section" in n for n in truth.notes)
+    assert "max_sessions" not in truth.overrides and "dropout_hazard" not in truth.overrides
+    assert truth.overrides["within" if doc["design"] == "patient" else "session_within_patient"] == \
+        study_parameters(doc).overrides["within" if doc["design"] == "patient" else "session_within_patient"]
+    with pytest.raises(InputError, match="results.json path"):
+        study_parameters(42)

@@ -286,5 +286,8 @@ def study_parameters(study: Any) -> StudyTruth:
         notes.append("The results document has no 'sample' section (written before theralens recorded it): "
                      "sessions per patient, dropout, outcome spacing, baseline, rating noise and covariates are the "
                      "coyne2022 preset's; re-run theralens analyze to take them from the data.")
+        if config.columns.covariates:
+            notes.append("Without it the patient covariates (" + ", ".join(config.columns.covariates) + ") are not "
+                         "simulated; the intercept is the study's at covariate value 0.")
     ddf = str(options.get("inference", {}).get("ddf", "satterthwaite"))
     return StudyTruth(overrides=out, config=config, ddf=ddf, source=source, notes=notes)
