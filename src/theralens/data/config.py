@@ -11,6 +11,7 @@ is a valid configuration for data laid out like the demo data::
     process = ["alliance", "expectancy"]
     covariates = []                  # patient covariates (value at the first assessment)
     higher_outcome_is = "worse"      # or "better": decides what "benefit" means everywhere
+    service = ""                     # optional: the service/clinic column (a fourth level)
 
     [therapist_moderators]
     columns = []                     # columns of the therapist table (models.md, W_j);
@@ -87,7 +88,9 @@ class ColumnsConfig:
     Fields: ``therapist``, ``patient``, ``time`` (assessment order: number or date),
     ``outcome``, ``process`` (one or more process columns, modelled jointly),
     ``covariates`` (patient covariates), ``higher_outcome_is`` (``"worse"`` or
-    ``"better"``: what "benefit" means in every table and profile).
+    ``"better"``: what "benefit" means in every table and profile), ``service`` (optional:
+    the column of the service or clinic each therapist works in; every model then has a
+    service random intercept, sessions in patients in therapists in services; empty: none).
     """
 
     therapist: str = "therapist"
@@ -97,6 +100,7 @@ class ColumnsConfig:
     process: tuple[str, ...] = ("alliance", "expectancy")
     covariates: tuple[str, ...] = ()
     higher_outcome_is: str = "worse"
+    service: str = ""
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,7 @@ _LIST_KEYS = {
 _BOOL_KEYS = {("therapist_moderators", "joint"), ("report", "show_patient_ids")}
 _INT_KEYS = {("design", "process_sessions"): 0, ("report", "min_caseload"): 1}
 #: Text keys that may be empty (meaning: not given).
-_EMPTY_OK = {("training", "start")}
+_EMPTY_OK = {("training", "start"), ("columns", "service")}
 
 
 def _closest(name: str, options: list[str] | tuple[str, ...]) -> str:
@@ -312,6 +316,8 @@ def _check_consistency(config: StudyConfig) -> None:
     ]
     named += [("process", p) for p in cols.process]
     named += [("covariates", c) for c in cols.covariates]
+    if cols.service:
+        named.append(("service", cols.service))
     for role, name in named:
         if name in roles:
             raise InputError(

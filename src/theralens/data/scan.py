@@ -90,6 +90,7 @@ from theralens.data.validate import (
     check_duplicates,
     check_filled,
     check_not_empty,
+    check_one_service,
     check_one_therapist,
     check_outcome_varies,
     check_repeated_outcome,
@@ -604,6 +605,7 @@ def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: st
         "row": "__row",
         "therapist": id_expr(ucols[cols.therapist]),
         "patient": id_expr(ucols[cols.patient]),
+        **({"service": id_expr(ucols[cols.service])} if cols.service else {}),
         "time": time_sql,
     }
     if date_sql is not None:
@@ -624,8 +626,11 @@ def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: st
     reasons = exclusion_reasons(config)
     has_value = " OR ".join(f"{_q(n)} IS NOT NULL" for n in ["outcome", *processes])
     when = "date" if date_sql else "time"
-    con.execute(f"""CREATE TABLE c0 AS SELECT *, CASE WHEN therapist IS NULL THEN 1 WHEN patient IS NULL THEN 2
-        WHEN {when} IS NULL THEN 3 WHEN NOT ({has_value}) THEN 4 ELSE 0 END AS __drop
+    keys = list(reasons)  # therapist, patient, (service), time, nothing: step k + 1
+    tests = {"therapist": "therapist IS NULL", "patient": "patient IS NULL", "service": "service IS NULL",
+             "time": f"{when} IS NULL", "nothing": f"NOT ({has_value})"}
+    case = " ".join(f"WHEN {tests[k]} THEN {i + 1}" for i, k in enumerate(keys))
+    con.execute(f"""CREATE TABLE c0 AS SELECT *, CASE {case} ELSE 0 END AS __drop
         FROM (SELECT {select} FROM v{join})""")
     values = ["outcome", *processes, *covariates]
     counts_row = con.execute("SELECT " + ", ".join(f"count({_q(n)})" for n in values)
@@ -645,7 +650,7 @@ def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: st
         AS m FROM c0 WHERE patient IS NOT NULL GROUP BY patient) GROUP BY m""").fetchall())
     exclusions: list[Exclusion] = []
     by_step = {s: (r, p) for s, r, p in steps}
-    for step, key in enumerate(("therapist", "patient", "time", "nothing"), start=1):
+    for step, key in enumerate(keys, start=1):
         if step not in by_step:
             continue
         examples = tuple(int(r[0]) for r in con.execute(
@@ -667,6 +672,12 @@ def _scan(con: Any, files: list[Path], kind: str, config: StudyConfig, where: st
         df = con.execute(f"SELECT row, therapist, patient FROM kept WHERE patient IN ({moved}) "
                          "ORDER BY file, row").df()
         check_one_therapist(df, where, cols.patient)
+    if cols.service:
+        moved = "SELECT therapist FROM kept GROUP BY therapist HAVING min(service) < max(service)"
+        if con.execute(f"SELECT EXISTS ({moved})").fetchone()[0]:
+            df = con.execute(f"SELECT row, therapist, service FROM kept WHERE therapist IN ({moved}) "
+                             "ORDER BY file, row").df()
+            check_one_service(df, where, cols.therapist, cols.service)
     if date_sql is not None:
         con.execute(f"""CREATE TABLE sessions AS SELECT * REPLACE (epoch(date - min(date) OVER (PARTITION BY patient))
             / {WEEK_SECONDS!r} AS time) FROM kept""")

@@ -63,7 +63,7 @@ __all__ = [
 
 #: Names used by theralens' own columns; a user column with such a name is renamed.
 RESERVED_NAMES = frozenset(
-    {"row", "therapist", "patient", "time", "date", "outcome", "n_patients", "baseline", "final"}
+    {"row", "therapist", "patient", "service", "time", "date", "outcome", "n_patients", "baseline", "final"}
 )
 
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", ".", "-", "--", "missing", "#n/a", "?"})
@@ -523,6 +523,8 @@ def column_roles(config: StudyConfig) -> list[tuple[str, str, str]]:
     ]
     roles += [(p, "process", "process") for p in cols.process]
     roles += [(c, "covariate", "covariates") for c in cols.covariates]
+    if cols.service:
+        roles.append((cols.service, "service id", "service"))
     return roles
 
 
@@ -573,12 +575,15 @@ def check_time_filled(n_values: int, where: str, time_col: str) -> None:
 def exclusion_reasons(config: StudyConfig) -> dict[str, str]:
     """Reasons of the rows validation drops, in the order it drops them."""
     cols = config.columns
-    return {
+    out = {
         "therapist": f"no therapist id (column {cols.therapist!r})",
         "patient": f"no patient id (column {cols.patient!r})",
-        "time": f"no time (column {cols.time!r})",
-        "nothing": "neither an outcome nor a process value",
     }
+    if cols.service:
+        out["service"] = f"no service id (column {cols.service!r})"
+    out["time"] = f"no time (column {cols.time!r})"
+    out["nothing"] = "neither an outcome nor a process value"
+    return out
 
 
 def check_rows_left(n_rows: int, where: str) -> None:
@@ -678,6 +683,8 @@ def validate_sessions(
     out = pd.DataFrame({"row": rows})
     out["therapist"] = normalize_ids(frame[cols.therapist]).to_numpy()
     out["patient"] = normalize_ids(frame[cols.patient]).to_numpy()
+    if cols.service:
+        out["service"] = normalize_ids(frame[cols.service]).to_numpy()
 
     time, dates = parse_time(frame[cols.time], cols.time, rows, where)
     out["time"] = time.to_numpy()
@@ -722,6 +729,8 @@ def validate_sessions(
     reasons = exclusion_reasons(config)
     drop(out["therapist"].isna().to_numpy(), reasons["therapist"])
     drop(out["patient"].isna().to_numpy(), reasons["patient"])
+    if cols.service:
+        drop(out["service"].isna().to_numpy(), reasons["service"])
     no_time = out["time"].isna() if dates is None else out["date"].isna()
     drop(no_time.to_numpy(), reasons["time"])
     nothing = out[["outcome", *processes]].isna().all(axis=1).to_numpy()
@@ -729,6 +738,8 @@ def validate_sessions(
     check_rows_left(len(out), where)
 
     check_one_therapist(out, where, cols.patient)
+    if cols.service:
+        check_one_service(out, where, cols.therapist, cols.service)
     if dates is not None:
         first = out.groupby("patient")["date"].transform("min")
         out["time"] = (out["date"] - first).dt.total_seconds() / WEEK_SECONDS
@@ -788,6 +799,25 @@ def check_one_therapist(out: pd.DataFrame, where: str, patient_col: str) -> None
         f"{where}: patient {pid} appears under therapists {' and '.join(parts)}{others}; "
         "each patient must have one therapist: fix the rows, or if patient ids restart for each "
         f"therapist make column {patient_col!r} unique (e.g. therapist id + patient id)"
+    )
+
+
+def check_one_service(out: pd.DataFrame, where: str, therapist_col: str, service_col: str) -> None:
+    """Therapists are nested in services: a therapist under two services is an error naming the
+    therapist, the services and rows of each (``out``: columns row, therapist, service)."""
+    per = out.groupby("therapist", sort=True)["service"].nunique()
+    moved = per.index[per > 1]
+    if len(moved) == 0:
+        return
+    tid = moved[0]
+    sub = out[out["therapist"] == tid]
+    parts = [f"{sid} ({_rows_text(grp['row'].to_numpy(), 2)})" for sid, grp in sub.groupby("service", sort=True)]
+    others = f" ({len(moved) - 1} more therapists too)" if len(moved) > 1 else ""
+    raise InputError(
+        f"{where}: therapist {tid} appears under services {' and '.join(parts)}{others}; therapists must be "
+        f"nested in services (one service each): fix the rows, or if therapist ids restart for each service "
+        f"make column {therapist_col!r} unique (e.g. service id + therapist id), or leave [columns] service "
+        f"({service_col!r}) out"
     )
 
 

@@ -68,6 +68,7 @@ class DesignTerms:
     between: dict[str, str]  # process -> between-therapist component
     components: dict[str, dict[str, str]]  # process -> {component label: column}
     patient_intercept: bool
+    service: bool = False  # a service random intercept: therapists nested in services ([columns] service)
 
     def fixed_main(self) -> list[str]:
         terms = []
@@ -80,6 +81,8 @@ class DesignTerms:
         part = f"({inner} | therapist)"
         if self.patient_intercept:
             part += " + (1 | therapist:patient)"
+        if self.service:
+            part += " + (1 | service)"
         return part
 
     def formula(self, extra: list[str] | None = None, slopes: list[str] | None = None) -> str:

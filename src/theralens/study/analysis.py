@@ -86,7 +86,8 @@ def analyze(
         raise InputError(f"{source}: only {table.counts.get('therapists', 0)} therapist(s) left for the analysis; "
                          f"at least {MIN_THERAPISTS} are needed to estimate therapist slope variances")
     terms = design_terms(table)
-    frame = _analysis_rows(table, terms, scanned, config, cluster)
+    terms.service = bool(config.columns.service)
+    frame = _analysis_rows(table, terms, scanned, config, cluster, None if scanned is not None else data.sessions)
     labels = table.labels
     n_processes = len(terms.processes)
     _check_estimable(frame, terms, source, "the analysis", 1 + len(terms.fixed_main()) + n_processes)
@@ -207,15 +208,22 @@ def _latent(config: StudyConfig, table: PatientTable | SessionTable, moderators:
 
 
 def _analysis_rows(table: PatientTable | SessionTable, terms: DesignTerms, scanned: ScannedSessions | None,
-                   config: StudyConfig, cluster: tuple[Any, str] | None = None) -> AnalysisRows:
+                   config: StudyConfig, cluster: tuple[Any, str] | None = None,
+                   sessions: pd.DataFrame | None = None) -> AnalysisRows:
     """The rows the aims' models are fitted from (:mod:`theralens.study.rows`): the table in memory
     (pandas engine), else a DuckDB relation of the scan: the session design's lagged rows
-    (:func:`~theralens.data.scan.lagged_table`) or the patient table (one row per patient)."""
+    (:func:`~theralens.data.scan.lagged_table`) or the patient table (one row per patient).
+    With ``[columns] service`` the rows get each therapist's ``service`` (therapists are nested
+    in services: validation checked it)."""
     if scanned is None:
         frame = table.table.copy()
         frame["therapist"] = frame["therapist"].astype(str)
         frame["patient"] = frame["patient"].astype(str)
+        if terms.service and sessions is not None:
+            of = sessions.assign(therapist=sessions["therapist"].astype(str)).groupby("therapist")["service"].first()
+            frame["service"] = frame["therapist"].map(of).astype(str)
         return FrameRows(frame, terms.processes, terms.between)
+    con = scanned.con
     if isinstance(table, SessionTable):
         relation = table.relation or lagged_table(scanned, config)
     else:
@@ -223,7 +231,12 @@ def _analysis_rows(table: PatientTable | SessionTable, terms: DesignTerms, scann
         frame = table.table.copy()
         frame["therapist"] = frame["therapist"].astype(str)
         frame["patient"] = frame["patient"].astype(str)
-        scanned.con.execute(f"CREATE OR REPLACE TEMP TABLE {relation} AS SELECT * FROM frame")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {relation} AS SELECT * FROM frame")
+    if terms.service:
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE {relation}_services AS SELECT r.*, s.service FROM {relation} r
+            JOIN (SELECT CAST(therapist AS VARCHAR) AS therapist, CAST(min(service) AS VARCHAR) AS service
+                  FROM sessions GROUP BY 1) s ON s.therapist = CAST(r.therapist AS VARCHAR)""").fetchall()
+        relation = f"{relation}_services"
     if cluster is not None:
         client, folder = cluster
         parquet = export_parquet(scanned.con, relation, Path(folder) / f"theralens-rows-{relation}")
@@ -242,6 +255,11 @@ def _check_estimable(frame: AnalysisRows, terms: DesignTerms, source: str, what:
     n_proc = len(terms.processes)
     q = 1 + n_proc
     n_ther = frame.n_therapists
+    if terms.service:
+        n_services = int(frame.therapists()["service"].nunique())
+        if n_services < 2:
+            raise InputError(f"{source}: {what} has {n_services} service(s); a service random intercept needs at "
+                             "least two services ([columns] service): add services or leave the service out")
     n = frame.n_rows
     unit = "analysed patients" if terms.level == "patient" else "lagged outcome pairs"
     fewer = "analyse fewer processes at once ([columns] process)"

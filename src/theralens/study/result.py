@@ -168,6 +168,8 @@ class StudyResult:
         re = self.main.fit.random_effects("therapist")
         icpt = re[re["term"] == "(Intercept)"].set_index("level")
         out = pd.DataFrame({"n_patients": t["n_patients"]})
+        if "service" in t:
+            out["service"] = t["service"].astype(str)
         out["intercept_deviation"] = icpt["estimate"].reindex(out.index)
         out["intercept_sd"] = icpt["cond_sd"].reindex(out.index)
         for p in self.terms.processes:
@@ -215,6 +217,8 @@ class StudyResult:
                 "patients": counts.get("patients"),
                 "assessments": counts.get("assessments"),
                 "exclusions": self._exclusions(),
+                **({"services": int(self._therapist_rows()["service"].nunique())}
+                   if "service" in self._therapist_rows() else {}),
             },
             "aim1": _records(self.aim1),
             "aim2": aim2,
@@ -279,6 +283,8 @@ class StudyResult:
                      "caseload_means": {p: r[f"mean_{p}"] for p in self.terms.processes},
                      "caseload_reliability": {p: lam.get((t, p)) for p in self.terms.processes},
                      "moderators": {m: r[f"moderator_{m}"] for m in self._moderator_names()}}
+            if "service" in r:
+                entry["service"] = r["service"]
             out.append(_clean(entry))
         return out
 

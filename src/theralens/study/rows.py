@@ -68,8 +68,9 @@ class AnalysisRows:
         raise NotImplementedError
 
     def therapists(self) -> pd.DataFrame:
-        """One row per therapist (``therapist`` as text, sorted): ``n_patients``, ``n_rows`` and, per
-        process p, ``p_caseload_mean`` and its between-therapist component (named as in the table)."""
+        """One row per therapist (``therapist`` as text, sorted): ``n_patients``, ``n_rows``, per
+        process p ``p_caseload_mean`` and its between-therapist component (named as in the table),
+        and ``service`` when the rows have services."""
         raise NotImplementedError
 
     def diagnostics(self, fit: MixedResult) -> dict[str, Any]:
@@ -119,7 +120,7 @@ class FrameRows(AnalysisRows):
             t["therapist"] = t["therapist"].astype(str)
             by = t.groupby("therapist")
             out = pd.DataFrame({"n_patients": by["patient"].nunique(), "n_rows": by.size()})
-            for c in _therapist_columns(self.processes, self.between):
+            for c in _therapist_columns(self.processes, self.between) + (["service"] if "service" in t else []):
                 out[c] = by[c].first()
             out.index.name = "therapist"
             self._therapists = out.reset_index()
@@ -153,7 +154,9 @@ class RelationRows(AnalysisRows):
 
     def therapists(self) -> pd.DataFrame:
         if self._therapists is None:
-            cols = "".join(f', min("{c}") AS "{c}"' for c in _therapist_columns(self.processes, self.between))
+            service = ["service"] if "service" in self._columns() else []
+            cols = "".join(f', min("{c}") AS "{c}"'
+                           for c in _therapist_columns(self.processes, self.between) + service)
             self._therapists = self.con.execute(
                 f"""SELECT CAST(therapist AS VARCHAR) AS therapist, count(DISTINCT patient) AS n_patients,
                 count(*) AS n_rows{cols} FROM {self.relation} GROUP BY 1 ORDER BY 1""").df()
