@@ -33,6 +33,8 @@ is a valid configuration for data laid out like the demo data::
     [report]
     min_caseload = 5                 # below this, a profile says it is too uncertain
     show_patient_ids = false
+    profiles = []                    # therapist ids with a profile page (default: all, up to 500)
+    profiles_service = ""            # or every therapist of this service ([columns] service)
 
     [training]                       # theralens stability / training (docs/stability_training.md)
     start = ""                       # sessions column with each patient's treatment start (a date or
@@ -146,10 +148,15 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """Report options (section ``[report]``): ``min_caseload``, ``show_patient_ids``."""
+    """Report options (section ``[report]``): ``min_caseload``, ``show_patient_ids``, and which
+    therapists get a profile page (and are drawn by name in the slope figures): ``profiles`` (a
+    list of therapist ids) and/or ``profiles_service`` (every therapist of that service); with
+    neither, every therapist up to 500, none above (results.json and the tables hold everyone)."""
 
     min_caseload: int = 5
     show_patient_ids: bool = False
+    profiles: tuple[str, ...] = ()
+    profiles_service: str = ""
 
 
 @dataclass(frozen=True)
@@ -218,11 +225,12 @@ _LIST_KEYS = {
     ("columns", "process"),
     ("columns", "covariates"),
     ("therapist_moderators", "columns"),
+    ("report", "profiles"),
 }
 _BOOL_KEYS = {("therapist_moderators", "joint"), ("report", "show_patient_ids")}
 _INT_KEYS = {("design", "process_sessions"): 0, ("report", "min_caseload"): 1}
 #: Text keys that may be empty (meaning: not given).
-_EMPTY_OK = {("training", "start"), ("columns", "service")}
+_EMPTY_OK = {("training", "start"), ("columns", "service"), ("report", "profiles_service")}
 
 
 def _closest(name: str, options: list[str] | tuple[str, ...]) -> str:

@@ -261,6 +261,27 @@ def caterpillar(
     return _to_svg(fig, alt, f"caterpillar-{process}")
 
 
+def slope_distribution(slopes: np.ndarray, average: float, process: str, benefit_sign: int, colour: str) -> Svg:
+    """Histogram of every therapist's slope (aim 2), for studies with more therapists than a
+    caterpillar can draw: the average slope dashed, zero marked."""
+    x = np.asarray(slopes, dtype=float)
+    x = x[np.isfinite(x)]
+    with matplotlib.rc_context(STYLE):
+        fig = _figure(8.6, 2.6, left=0.7, bottom=0.55, top=0.2)
+        ax = fig.add_subplot()
+        bins = int(min(60, max(10, np.sqrt(len(x))))) if len(x) else 10
+        ax.hist(x, bins=bins, color=colour, alpha=0.85, edgecolor="white", linewidth=0.4)
+        ax.axvline(average, color="#333333", linewidth=1, linestyle="--")
+        ax.axvline(0, color="#999999", linewidth=0.6)
+        ax.set_xlabel(f"therapist's within slope of {process}; dashed: average slope")
+        ax.set_ylabel("therapists")
+        _benefit_arrow(ax, benefit_sign)
+    q = np.quantile(x, [0.1, 0.5, 0.9]) if len(x) else np.zeros(3)
+    alt = (f"Histogram of {len(x)} therapists' within slopes of {process}: 10th, 50th and 90th percentiles "
+           f"{q[0]:.3g}, {q[1]:.3g} and {q[2]:.3g}; average slope {average:.3g}.")
+    return _to_svg(fig, alt, f"slope-distribution-{process}")
+
+
 @dataclass(frozen=True)
 class Panel:
     """One panel of :func:`slope_by_covariate`: ``x`` and ``slope`` per therapist (and the

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from theralens.errors import InputError
 from theralens.profiles import Profiles
 from theralens.report import figures
 from theralens.report.formatting import DASH, esc, is_missing, key, num
@@ -43,17 +44,30 @@ TARGET_LABELS = {
 
 @dataclass
 class ReportContext:
-    """What the sections draw on: the results document and the profiles built from it."""
+    """What the sections draw on: the results document and the profiles built from it, and the
+    therapists with a profile page (``pages``, :func:`profile_selection`; ``chosen_by`` says how)."""
 
     doc: dict[str, Any]
     profiles: Profiles
     figures_made: int = 0
     tables_made: int = 0
     labels: dict[str, str] = field(init=False)
+    pages: list[str] = field(init=False)
+    chosen_by: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.labels = {p["name"]: p["label"] for p in self.doc["processes"]}
         self.labels.update({m["name"]: m["label"] for m in self.doc["moderators"]})
+        self.pages, self.chosen_by = profile_selection(self.doc)
+
+    @property
+    def n_therapists(self) -> int:
+        return len(self.doc["therapists"])
+
+    @property
+    def every_therapist(self) -> bool:
+        """Whether the report's HTML tables list every therapist (else those with a page; the CSV tables all)."""
+        return self.n_therapists <= PAGES_ALL
 
     def label(self, name: str) -> str:
         """The user's name of the process or moderator ``name`` (for display)."""
@@ -139,6 +153,66 @@ def header(ctx: ReportContext) -> str:
         f"design; higher outcome is {esc(doc['higher_outcome_is'])}; {esc(doc['decomposition'])} decomposition; "
         f"theralens {esc(doc['software'].get('theralens', ''))}.</p></header>"
     )
+
+
+#: Where :func:`theralens.report.html.render_report` states the report's size (a fixed-width text
+#: replaces it, so the page's own size is known before it is written).
+REPORT_SIZE_MARK = "@@theralens-report-size@@"
+#: Up to this many therapists, every one gets a profile page and a row in the report's tables by
+#: default; above it, only the therapists chosen with ``[report] profiles`` / ``profiles_service``
+#: (results.json and tables/*.csv always hold everyone).
+PAGES_ALL = 500
+#: A caterpillar figure draws at most this many therapists; above, a subset (the chosen therapists,
+#: else evenly spaced by rank, both ends included) beside the distribution of every slope.
+DRAWN_MAX = 60
+
+
+def profile_selection(doc: dict[str, Any]) -> tuple[list[str], str]:
+    """(the therapists with a profile page, in the document's order; how they were chosen):
+    ``[report] profiles`` (ids) and ``profiles_service`` (a service's therapists), else every
+    therapist up to :data:`PAGES_ALL`, else none."""
+    opts = doc["options"]["report"]
+    ids = [str(t["therapist"]) for t in doc["therapists"]]
+    listed = [str(t) for t in opts.get("profiles") or []]
+    service = str(opts.get("profiles_service") or "")
+    if listed or service:
+        unknown = sorted(set(listed) - set(ids))
+        if unknown:
+            raise InputError(f"[report] profiles names therapist {unknown[0]!r}, which is not in the analysed data"
+                             f"{f' ({len(unknown) - 1} more)' if len(unknown) > 1 else ''}; list ids of the "
+                             "therapists table (tables/therapists.csv)")
+        chosen = set(listed)
+        if service:
+            of_service = {str(t["therapist"]) for t in doc["therapists"] if str(t.get("service", "")) == service}
+            if not of_service:
+                raise InputError(f"[report] profiles_service = {service!r} is not a service of the analysed data; "
+                                 "give a value of the [columns] service column (tables/therapists.csv)")
+            chosen |= of_service
+        how = " and ".join(([f"{len(listed)} listed ([report] profiles)"] if listed else [])
+                           + ([f"service {service} ([report] profiles_service)"] if service else []))
+        return [i for i in ids if i in chosen], how
+    if len(ids) <= PAGES_ALL:
+        return ids, "every therapist"
+    return [], (f"none by default above {PAGES_ALL} therapists: choose them with [report] profiles or "
+                "profiles_service")
+
+
+def drawn_subset(slopes: pd.DataFrame, chosen: list[str], benefit_sign: int) -> tuple[pd.DataFrame, str]:
+    """The rows of ``slopes`` (estimable therapists) a caterpillar draws, and how they were chosen
+    ("" when all are drawn): all up to :data:`DRAWN_MAX`; else the chosen therapists (evenly spaced
+    by rank when more than DRAWN_MAX), else DRAWN_MAX evenly spaced by rank (both ends included)."""
+    if len(slopes) <= DRAWN_MAX:
+        return slopes, ""
+    pool = slopes[slopes["therapist"].astype(str).isin(set(chosen))] if chosen else slopes.iloc[:0]
+    how = "the therapists with a profile page"
+    if not len(pool):
+        pool, how = slopes, "evenly spaced by rank"
+    pool = pool.sort_values("slope", ascending=benefit_sign < 0, kind="stable").reset_index(drop=True)
+    if len(pool) > DRAWN_MAX:
+        pool = pool.iloc[np.unique(np.round(np.linspace(0, len(pool) - 1, DRAWN_MAX)).astype(int))]
+        if how.startswith("the"):
+            how += f", {DRAWN_MAX} of them evenly spaced by rank"
+    return pool, how
 
 
 SECTIONS = [
@@ -468,19 +542,33 @@ def aim2_section(ctx: ReportContext) -> str:
         d = pd.DataFrame(r["therapists"])
         avg = next((a["estimate"] for a in doc["aim1"] if a["process"] == p and a["component"] == ctx.within), None)
         n_est = int(d["estimable"].sum()) if len(d) else 0
-        svg = figures.caterpillar(d[d["estimable"]] if len(d) else d, float(avg) if avg is not None else 0.0,
-                                  ctx.label(p), cats.get(p, {}), ctx.benefit_sign, figures.process_colour(i))
+        est = d[d["estimable"]] if len(d) else d
+        shown, how = drawn_subset(est, ctx.pages, ctx.benefit_sign) if len(est) else (est, "")
+        average = float(avg) if avg is not None else 0.0
+        svg = figures.caterpillar(shown, average, ctx.label(p), cats.get(p, {}), ctx.benefit_sign,
+                                  figures.process_colour(i))
+        drawn = (f"{n_est} therapists with at least two patients" if not how else
+                 f"{len(shown)} of the {n_est} therapists with at least two patients ({esc(how)}; the next figure "
+                 "shows every slope)")
         parts.append(_fig(svg, f"{ctx.figure_label()}. Therapist slopes of {esc(ctx.label(p))} "
-                               f"(b<sub>1j</sub> = \u03b3<sub>10</sub> + u<sub>1j</sub>) with 95% intervals, {n_est} "
-                               "therapists with at least two patients. "
+                               f"(b<sub>1j</sub> = \u03b3<sub>10</sub> + u<sub>1j</sub>) with 95% intervals, {drawn}. "
                                "Filled triangles: strength or growth area (interval entirely on one side of the "
                                "average); filled circles: not distinguishable from the average; hollow circles: "
                                "too uncertain to interpret (caseload below the minimum).", f"fig-caterpillar-{i + 1}"))
+        if how:
+            svg = figures.slope_distribution(est["slope"].to_numpy(dtype=float), average, ctx.label(p),
+                                             ctx.benefit_sign, figures.process_colour(i))
+            parts.append(_fig(svg, f"{ctx.figure_label()}. Distribution of the slopes of {esc(ctx.label(p))} of all "
+                                   f"{n_est} therapists with at least two patients (dashed: the average slope).",
+                              f"fig-slope-distribution-{i + 1}"))
     # a collapsed table with every therapist slope
     rows2 = []
+    listed = set(ctx.pages)
     for r in doc["aim2"]:
         p = r["process"]
         for t in r["therapists"]:
+            if not ctx.every_therapist and str(t["therapist"]) not in listed:
+                continue
             pre = key("aim2", p, "therapists", t["therapist"])
             rows2.append([esc(ctx.label(p)), esc(t["therapist"]),
                           num(t["n_patients"], key(pre, "n_patients"), kind="int"),
@@ -490,7 +578,10 @@ def aim2_section(ctx: ReportContext) -> str:
                               key(pre, "prob_stronger_than_average") if t["prob_stronger_than_average"] is not None
                               else None),
                           num(t["slope_reliability"])])
-    parts.append('<details class="no-print"><summary>Every therapist\'s slope (table)</summary>'
+    which = "Every therapist's slope" if ctx.every_therapist else (
+        f"The slopes of the {len(ctx.pages)} therapists with a profile page (all {ctx.n_therapists}: "
+        "tables/aim2_therapist_slopes.csv)")
+    parts.append(f'<details class="no-print"><summary>{esc(which)} (table)</summary>'
                  + table(["Process", "Therapist", "Patients", "Slope", "95% interval", "P(stronger)", "Reliability"],
                          rows2, numeric=[False, False, True, True, True, True, True], table_id="table-slopes")
                  + "</details></section>")
@@ -661,9 +752,13 @@ def ancillary_section(ctx: ReportContext) -> str:
 # ---------------------------------------------------------------------------------- profiles
 def profiles_section(ctx: ReportContext) -> str:
     rows = []
+    pages = set(ctx.pages)
     for t in ctx.profiles:
+        if not ctx.every_therapist and t.therapist not in pages:
+            continue
         o = t.outcome
-        link = f'<a href="therapists/{esc(profile_filename(t.therapist))}" class="profile-link">{esc(t.therapist)}</a>'
+        link = (f'<a href="therapists/{esc(profile_filename(t.therapist))}" class="profile-link">{esc(t.therapist)}</a>'
+                if t.therapist in pages else esc(t.therapist))
         rows.append([link, num(t.n_patients, key("therapists", t.therapist, "n_patients"), kind="int"),
                      f"{num(o.benefit)} [{num(o.benefit_ci_low)}, {num(o.benefit_ci_high)}]",
                      badge(o.category, short=True)]
@@ -677,12 +772,15 @@ def profiles_section(ctx: ReportContext) -> str:
                      "patients or no slope of their own.",
                 numeric=[False, True, True, False] + [False] * len(ctx.processes), table_id="table-profiles")
     minc = ctx.profiles.min_caseload
+    listed = "" if ctx.every_therapist else "; this table lists them, and tables/therapist_profiles.csv every therapist"
     return ('<section id="profiles"><h2>Therapist profiles</h2>'
             "<p>Each therapist has a page that says, with its uncertainty, where their patients gain most. A slope is "
             f"a <strong>strength</strong> or a <strong>growth area</strong> only when its whole 95% interval lies on "
             "one side of the average; otherwise it is <em>not distinguishable from the average</em> (never a "
             f"weakness). Therapists with fewer than {minc} analysed patients (<code>[report] min_caseload</code>) "
-            f"are <em>too uncertain to interpret</em>.</p>{tab}</section>")
+            f"are <em>too uncertain to interpret</em>.</p>"
+            f"<p class=\"report-size\">Profile pages: {len(ctx.pages)} of {ctx.n_therapists} therapists "
+            f"({esc(ctx.chosen_by)}){listed}. This report: {REPORT_SIZE_MARK}.</p>{tab}</section>")
 
 
 # ------------------------------------------------------------------------------- diagnostics
