@@ -21,6 +21,12 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/bench_scale.py --rows 1            # one size, both designs
     .venv/bin/python benchmarks/bench_scale.py --rows 1,10,100 --record benchmarks/results_scale.json
+    .venv/bin/python benchmarks/bench_scale.py --rows 10 --service            # the four-level model
+    .venv/bin/python benchmarks/bench_scale.py --rows 10 --local-cluster 2    # fits' statistics on Dask workers
+
+Every model of the study is fitted from sufficient statistics computed by DuckDB SQL (no frame
+of the sessions or lagged pairs is built); ``statistics`` is the checks and decomposition,
+``fits`` the model fits, each including its GROUP BY pass over the analysis rows.
 
 The data sets go to ``--data-dir`` (default: the system temp directory) and are deleted
 afterwards unless ``--keep``.
@@ -104,12 +110,17 @@ def write_dataset(folder: Path, rows: int, *, seed: int = 11, chunk_rows: int = 
 _PHASES = re.compile(r"\(([0-9.]+) s, statistics ([0-9.]+) s, fits ([0-9.]+) s\)")
 
 
-def run_analyze(data: Path, design: str, out: Path, memory_limit: str, timeout: float) -> dict:
-    """One ``theralens analyze`` in a child process: wall seconds, the child's peak RSS, phases."""
+def run_analyze(data: Path, design: str, out: Path, memory_limit: str, timeout: float, service: bool = False,
+                scheduler: str | None = None) -> dict:
+    """One ``theralens analyze`` in a child process: wall seconds, the child's peak RSS, phases.
+    ``service``: the four-level model ([columns] service); ``scheduler``: the fits' statistics on
+    that dask.distributed cluster (--scheduler; the Parquet copy goes next to ``out``)."""
     config = out.parent / f"{design}.toml"
-    config.write_text(f'[design]\nlevel = "{design}"\n')
+    config.write_text(f'[design]\nlevel = "{design}"\n' + ('[columns]\nservice = "service"\n' if service else ""))
     argv = [sys.executable, "-m", "theralens.cli", "analyze", str(data), "--engine", "duckdb", "--memory-limit",
             memory_limit, "--config", str(config), "--no-report", "--out", str(out)]
+    if scheduler:
+        argv += ["--scheduler", scheduler, "--scratch", str(out.parent / "scratch")]
     t0 = time.perf_counter()
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -124,7 +135,8 @@ def run_analyze(data: Path, design: str, out: Path, memory_limit: str, timeout: 
     import resource
 
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    row: dict = {"design": design, "returncode": child.returncode, "seconds": seconds, "peak_rss_gb": peak_kb / 1e6}
+    row: dict = {"design": design, "returncode": child.returncode, "seconds": seconds, "peak_rss_gb": peak_kb / 1e6,
+                 "service_level": service, "scheduler": scheduler}
     phases = _PHASES.search(stdout)
     if phases:
         row.update(analysis_seconds=float(phases.group(1)), statistics_seconds=float(phases.group(2)),
@@ -137,7 +149,8 @@ def run_analyze(data: Path, design: str, out: Path, memory_limit: str, timeout: 
 def _measure_one(args: argparse.Namespace) -> None:
     """Child mode: run one analyze and print its row as JSON (a fresh process per measurement,
     so that RUSAGE_CHILDREN holds exactly one child)."""
-    row = run_analyze(Path(args.measure), args.design, Path(args.out_dir), args.memory_limit, args.timeout)
+    row = run_analyze(Path(args.measure), args.design, Path(args.out_dir), args.memory_limit, args.timeout,
+                      service=args.service, scheduler=args.scheduler)
     print(json.dumps(row))
 
 
@@ -151,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=7200)
     p.add_argument("--keep", action="store_true", help="keep the data sets")
     p.add_argument("--record", help="write the results to this JSON file")
+    p.add_argument("--service", action="store_true", help="fit the four-level model ([columns] service)")
+    p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address for --scheduler")
+    p.add_argument("--local-cluster", type=int, default=0, metavar="N",
+                   help="start a LocalCluster of N worker processes and pass its address as --scheduler")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     p.add_argument("--design", help=argparse.SUPPRESS)
     p.add_argument("--out-dir", help=argparse.SUPPRESS)
@@ -160,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     root = Path(tempfile.mkdtemp(prefix="theralens-scale-", dir=args.data_dir))
     results = []
+    cluster = None
+    if args.local_cluster:
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(n_workers=args.local_cluster, threads_per_worker=1, dashboard_address=None)
+        args.scheduler = cluster.scheduler_address
     try:
         for millions in [float(x) for x in args.rows.split(",")]:
             rows = int(millions * 1_000_000)
@@ -172,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
                 out.mkdir()
                 child = subprocess.run([sys.executable, __file__, "--measure", str(data), "--design", design,
                                         "--out-dir", str(out / "result"), "--memory-limit", args.memory_limit,
-                                        "--timeout", str(args.timeout)], capture_output=True, text=True)
+                                        "--timeout", str(args.timeout)]
+                                       + (["--service"] if args.service else [])
+                                       + (["--scheduler", args.scheduler] if args.scheduler else []),
+                                       capture_output=True, text=True)
                 row = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {
                     "design": design, "error": child.stderr.strip()[-300:]}
                 row.update(millions=millions, data=info, memory_limit=args.memory_limit)
@@ -183,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep:
                 shutil.rmtree(data, ignore_errors=True)
     finally:
+        if cluster is not None:
+            cluster.close()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     if args.record:
