@@ -110,3 +110,24 @@ def test_above_the_limits_figures_summarise_and_tables_list_the_chosen(tmp_path,
     assert re.search(r"Caterpillar plot of (\d+) therapists", html).group(1) == str(
         int(np.sum([t["estimable"] and t["therapist"] in chosen
                     for t in clinic_doc["aim2"][0]["therapists"]])))
+
+
+def test_slope_figures_summarise_ten_thousand_therapists():
+    """A slope-by-moderator panel of 10,000 therapists is their density (hexagonal bins), not 10,000
+    points and intervals: the SVG stays about the size of a 500-therapist scatter."""
+    from theralens.report import figures
+
+    rng = np.random.default_rng(0)
+
+    def panel(n: int) -> figures.Panel:
+        x = rng.normal(size=n)
+        y = 0.3 * x + rng.normal(size=n)
+        return figures.Panel(title="cbt", xlabel="moderator", x=x, slope=y, ci_low=y - 1, ci_high=y + 1,
+                             intercept=0.0, coef=0.3, centre=0.0)
+
+    small = len(str(figures.slope_by_covariate([panel(500)], "moderator", -1)))
+    large = len(str(figures.slope_by_covariate([panel(10_000)], "moderator", -1)))
+    points = len(str(figures.slope_by_covariate([panel(figures.MAX_POINTS_DRAWN)], "moderator", -1)))
+    assert large < 2 * small < points * 2 and large < 400_000
+    svg = figures.slope_distribution(rng.normal(size=10_000), 0.1, "alliance", -1, "#0072B2")
+    assert len(str(svg)) < 100_000 and "Histogram of 10000 therapists" in str(svg)

@@ -302,9 +302,15 @@ class Panel:
     binary: bool = False
 
 
+#: Above this many therapists a slope-by-covariate panel shows their density (hexagonal bins)
+#: instead of every therapist's point and interval (the figure stays small at 10,000+ therapists).
+MAX_POINTS_DRAWN = 1000
+
+
 def slope_by_covariate(panels: Sequence[Panel], what: str, benefit_sign: int, share_y: bool = True) -> Svg:
     """Therapist slopes against a therapist-level variable (a moderator for aim 3, the
-    caseload mean for the ancillary within x between interaction), with the fitted line."""
+    caseload mean for the ancillary within x between interaction), with the fitted line;
+    above :data:`MAX_POINTS_DRAWN` therapists in a panel, their density (hexagonal bins)."""
     k = max(1, len(panels))
     cols = min(3, k)
     rows = int(np.ceil(k / cols))
@@ -322,8 +328,11 @@ def slope_by_covariate(panels: Sequence[Panel], what: str, benefit_sign: int, sh
             p = panels[i]
             ok = np.isfinite(p.x) & np.isfinite(p.slope)
             x = p.x[ok] + (rng.uniform(-0.06, 0.06, ok.sum()) if p.binary else 0.0)
-            ax.vlines(x, p.ci_low[ok], p.ci_high[ok], color=p.colour, alpha=0.25, linewidth=1)
-            ax.scatter(x, p.slope[ok], s=12, color=p.colour, zorder=3)
+            if ok.sum() > MAX_POINTS_DRAWN:  # many therapists: their density, not every point and interval
+                ax.hexbin(x, p.slope[ok], gridsize=40, mincnt=1, cmap="Blues", linewidths=0.2)
+            else:
+                ax.vlines(x, p.ci_low[ok], p.ci_high[ok], color=p.colour, alpha=0.25, linewidth=1)
+                ax.scatter(x, p.slope[ok], s=12, color=p.colour, zorder=3)
             if ok.any():
                 xs = np.linspace(np.nanmin(p.x[ok]), np.nanmax(p.x[ok]), 20)
                 ax.plot(xs, p.intercept + p.coef * (xs - p.centre), color="#222222", linewidth=1.4)
