@@ -92,7 +92,8 @@ def training_section(ctx: ReportContext) -> str:
         if r["group"] != "targeted":
             continue
         t = r["therapist"]
-        link = f'<a href="therapists/{esc(profile_filename(t))}" class="training-profile-link">{esc(t)}</a>'
+        link = (f'<a href="therapists/{esc(profile_filename(t))}" class="training-profile-link">{esc(t)}</a>'
+                if t in ctx.pages else esc(t))  # a page only for the chosen therapists ([report] profiles)
         trows.append([link, esc(ctx.label(r["process"])),
                       num(r["n_before"], key("training", "therapists", r["process"], t, "n_before"), kind="int"),
                       num(r["n_after"], key("training", "therapists", r["process"], t, "n_after"), kind="int"),
