@@ -53,6 +53,10 @@ def test_table_columns_and_mc_se(one_worker: PowerResult) -> None:
     assert "power [95% Wilson interval]" in one_worker.summary()
     first = t.iloc[0]
     assert f"{first['power']:.2f} [{first['power_low']:.2f}, {first['power_high']:.2f}]" in one_worker.summary()
+    tables = one_worker.summary().tables  # the summary object: its tables as DataFrames, and HTML
+    assert list(tables) == ["power", "95% Wilson interval", "usable share", "table"]
+    assert tables["power"].shape == (len(one_worker.tests), len(one_worker.cells))
+    assert "<table" in one_worker.summary().as_html()
 
 
 def test_wilson_interval_at_zero_one_and_inside() -> None:

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from theralens.atomic import prepare_dir, write_bytes, write_text
+from theralens.display import Summary
 from theralens.model.ddf import ddf_label, ddf_reference
 from theralens.planning.replicate import ERROR, NONCONVERGED, OK, SINGULAR, ChunkOutcome, PowerSpec, TestSpec
 from theralens.planning.settings import Cell
@@ -237,9 +238,11 @@ class PowerResult:
             doc["search"] = _plain(self.search.to_dict())
         return json.dumps(doc, indent=2, allow_nan=False)
 
-    def summary(self) -> str:
+    def summary(self) -> Summary:
         """Power per test (rows) and design cell (columns): power with its 95% Wilson interval,
-        usable share."""
+        usable share. ``print()`` gives the text, ``.tables`` the power, interval and usable-share
+        tables (tests x cells) and the long ``table``, ``as_html()`` the notebook view
+        (:class:`~theralens.display.Summary`)."""
         s = self.spec
         lines = [
             f"Simulation-based power: {s.origin}, {self.nsim} replicates per design cell, alpha = {s.alpha:g}, "
@@ -294,10 +297,12 @@ class PowerResult:
         if len(low):
             lines.append("With fewer than about 60 therapists, slope variances and cross-level moderators have "
                          "low power (Mathieu et al. 2012; Arend & Schaefer 2019).")
-        return "\n".join(lines)
+        first, *rest = self._status_lines()
+        return Summary("Simulation-based power", "\n".join(lines), {**self._view_tables(), "table": self.table},
+                       [first.removeprefix("<PowerResult: ").removesuffix(">"), *rest], index={"table": False})
 
     def __str__(self) -> str:
-        return self.summary()
+        return str(self.summary())
 
     # -- notebook views ---------------------------------------------------------------------
     def _status_lines(self) -> list[str]:
@@ -324,18 +329,21 @@ class PowerResult:
     def __repr__(self) -> str:
         return "\n".join(self._status_lines())
 
+    def _view_tables(self) -> dict[str, pd.DataFrame]:
+        """Power, its 95% Wilson interval and the usable share, tests x design cells."""
+        low, high = self._wide("power_low"), self._wide("power_high")
+        interval = pd.DataFrame([[f"[{x:.2f}, {y:.2f}]" if x == x else "" for x, y in zip(a, b)]
+                                 for a, b in zip(low.to_numpy(), high.to_numpy())],
+                                index=low.index, columns=low.columns)
+        return {"power": self._wide("power"), "95% Wilson interval": interval,
+                "usable share": self._wide("usable_share")}
+
     def _repr_html_(self) -> str:
         from theralens.display import html_view
 
         first, *rest = self._status_lines()
         head = [first.removeprefix("<PowerResult: ").removesuffix(">"), *rest]
-        low, high = self._wide("power_low"), self._wide("power_high")
-        interval = pd.DataFrame([[f"[{x:.2f}, {y:.2f}]" if x == x else "" for x, y in zip(a, b)]
-                                 for a, b in zip(low.to_numpy(), high.to_numpy())],
-                                index=low.index, columns=low.columns)
-        return html_view("Simulation-based power", head, {"power": self._wide("power"),
-                                                          "95% Wilson interval": interval,
-                                                          "usable share": self._wide("usable_share")})
+        return html_view("Simulation-based power", head, self._view_tables())
 
     def plot(self) -> Any:
         """The power-curve figure (:func:`theralens.planning.plot.power_curves`)."""
