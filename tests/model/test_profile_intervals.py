@@ -164,3 +164,18 @@ def test_gradient_with_explicit_sigma_matches_differences(fits: dict, reml: bool
         e[i] = 1e-5 * max(1.0, abs(x[i]))
         fd[i] = (vf.deviance(x + e) - vf.deviance(x - e)) / (2 * e[i])
     np.testing.assert_allclose(np.r_[g_theta, g_sigma], fd, rtol=1e-5, atol=1e-5)
+
+
+def test_reml_profile_option(fits: dict) -> None:
+    """likelihood='reml' profiles the REML criterion around the REML estimates: the REML
+    estimate lies inside, and the ML fit refuses it (one line)."""
+    fit = fits["sleep_uncorr"]
+    reml = fit.conf_int_varcorr(likelihood="reml")
+    ml = fit.conf_int_varcorr()
+    assert reml.attrs["likelihood"] == "REML" and ml.attrs["likelihood"] == "ML"
+    assert np.all(reml["2.5 %"] < reml.sdcor) and np.all(reml.sdcor < reml["97.5 %"])
+    # REML's SDs are larger than ML's, and so are its random-effect SD bounds
+    assert np.all(reml["97.5 %"].to_numpy()[:2] > ml["97.5 %"].to_numpy()[:2])
+    _, data = load_fixture("sleep_uncorr")
+    with pytest.raises(InputError, match="likelihood must be"):
+        fit_mixed("Reaction ~ Days + (Days || Subject)", data, reml=False).conf_int_varcorr(likelihood="reml")

@@ -295,6 +295,7 @@ class MixedResult:
         nsim: int = 1000,
         seed: int | None = None,
         progress: bool = True,
+        likelihood: str = "ml",
     ) -> pd.DataFrame:
         """Intervals for every random-effect SD and correlation and the residual SD, in the
         layout of :attr:`varcorr` (``grp``, ``var1``, ``var2``, ``sdcor`` = the estimate, then
@@ -304,7 +305,8 @@ class MixedResult:
           "profile")`` (:mod:`theralens.model.profile`). As lme4 does, the likelihood profiled is
           the ML one, also for a REML fit (lme4 refits by ML first), so the bounds are those of
           lme4 while ``sdcor`` stays this fit's estimate. A bound not reached inside the parameter
-          space is its edge (0 for an SD, -1 or 1 for a correlation).
+          space is its edge (0 for an SD, -1 or 1 for a correlation). ``likelihood="reml"``
+          profiles the REML criterion of a REML fit instead (around the REML estimates; not lme4's).
         - ``method="bootstrap"``: parametric-bootstrap percentile intervals (lme4's ``method =
           "boot"``, :mod:`theralens.model.bootstrap`): ``nsim`` responses drawn from this fit, each
           refitted as this fit was (REML or ML), with a progress bar (``progress``) and ``seed``;
@@ -320,6 +322,9 @@ class MixedResult:
         methods = ("profile", "bootstrap")
         if method not in methods:
             raise InputError(f"conf_int_varcorr: method must be one of {', '.join(methods)} (got {method!r})")
+        if likelihood not in ("ml", "reml") or (likelihood == "reml" and not self.reml):
+            raise InputError(f"conf_int_varcorr: likelihood must be 'ml', or 'reml' for a REML fit (got {likelihood!r}"
+                             f" for a{' REML' if self.reml else 'n ML'} fit)")
         every = varcorr_parameters(self.design)  # the rows of varcorr, in its order
         params = every
         if rows is not None:
@@ -337,11 +342,11 @@ class MixedResult:
                               "sdcor": self.varcorr["sdcor"].to_numpy()[idx]})
         with one_blas_thread():
             if method == "profile":
-                ml = self if not self.reml else _fit_criterion(self.criterion, self.formula, False,
-                                                               self.solution.theta, self.design)
-                prof = profile_intervals(ml.criterion, ml.solution.theta, ml.sigma, False, level, params)
+                base = self if (not self.reml or likelihood == "reml") else _fit_criterion(
+                    self.criterion, self.formula, False, self.solution.theta, self.design)
+                prof = profile_intervals(base.criterion, base.solution.theta, base.sigma, base.reml, level, params)
                 frame[low], frame[high] = prof[low].to_numpy(), prof[high].to_numpy()
-                frame.attrs.update(method="profile", level=level, likelihood="ML")
+                frame.attrs.update(method="profile", level=level, likelihood="REML" if base.reml else "ML")
                 return frame
             from theralens.model.bootstrap import bootstrap_statistics, percentile_bounds
 
