@@ -117,7 +117,7 @@ class TrainingResult:
         """The study's results document with the ``training`` section."""
         return {**self.study.to_dict(), "training": self.section()}
 
-    def tojson_rows(self) -> str:
+    def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -127,7 +127,7 @@ class TrainingResult:
 
     def write(self, out: str | Path, document: str | None = None) -> list[Path]:
         """``results.json`` (with this section) and every table of the study and of this section."""
-        written = self.study.write(out, document=self.tojson_rows() if document is None else document)
+        written = self.study.write(out, document=self.to_json() if document is None else document)
         return written + write_tables(out, self.tables())
 
     def summary(self) -> str:
