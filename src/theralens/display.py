@@ -14,12 +14,21 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["Summary", "html_view", "table_html"]
+__all__ = ["Summary", "html_view", "interval_columns", "table_html"]
 
 #: Rows of a table shown in a notebook view before it is cut (the full table is in ``.tables``).
 MAX_ROWS = 30
+
+
+def interval_columns(level: float) -> tuple[str, str]:
+    """The names of an interval's bounds as lme4's ``confint`` gives them: ``2.5 %`` and
+    ``97.5 %`` at level 0.95, ``5 %`` and ``95 %`` at 0.90."""
+    low, high = (f"{np.format_float_positional(100 * a, precision=10, trim='-')} %"
+                 for a in ((1 - level) / 2, (1 + level) / 2))
+    return low, high
 
 
 def _cell(v: Any) -> str:

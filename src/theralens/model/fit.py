@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from theralens.display import Summary
+from theralens.display import Summary, interval_columns
 from theralens.errors import InputError
 from theralens.model.criterion import NestedCriterion, Solution, criterion_from_profile
 from theralens.model.ddf import check_ddf, ddf_label, ddf_method_line
@@ -201,8 +201,7 @@ class MixedResult:
             raise InputError(f"conf_int: level must lie between 0 and 1 (got {level}); e.g. 0.95 for 95% intervals")
         q = stats.t.ppf(0.5 + level / 2, self.df.to_numpy())
         est, se = self.fixed_effects.to_numpy(), self.std_errors.to_numpy()
-        low, high = (f"{np.format_float_positional(100 * p, precision=10, trim='-')} %"
-                     for p in ((1 - level) / 2, (1 + level) / 2))
+        low, high = interval_columns(level)
         return pd.DataFrame({low: est - q * se, high: est + q * se}, index=self.fixed_names)
 
     # statsmodels' names for the same Series (fixed effects only, as MixedLM's fe_params)
@@ -335,8 +334,7 @@ class MixedResult:
                 raise InputError(f"conf_int_varcorr: no variance component {missing[0]} in this model; it has {known}")
             params = [keys[tuple(r)] for r in rows]  # type: ignore[index]
         idx = [every.index(p) for p in params]
-        low, high = (f"{np.format_float_positional(100 * a, precision=10, trim='-')} %"
-                     for a in ((1 - level) / 2, (1 + level) / 2))
+        low, high = interval_columns(level)
         frame = pd.DataFrame({"grp": [p.grp for p in params], "var1": pd.Series([p.var1 for p in params], dtype=object),
                               "var2": pd.Series([p.var2 for p in params], dtype=object),
                               "sdcor": self.varcorr["sdcor"].to_numpy()[idx]})

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from theralens.display import interval_columns
 from theralens.errors import InputError
 from theralens.model.criterion import NestedCriterion
 from theralens.model.design import ThetaLayout, colmajor_tril
@@ -259,8 +260,7 @@ def profile_intervals(
     pr = _Profiler(criterion, theta, sigma, reml)
     params = parm if parm is not None else varcorr_parameters(pr.layout)
     z = float(stats.norm.ppf(0.5 + level / 2))
-    low_name, high_name = (f"{np.format_float_positional(100 * a, precision=10, trim='-')} %"
-                           for a in ((1 - level) / 2, (1 + level) / 2))
+    low_name, high_name = interval_columns(level)
     rows = []
     for p in params:
         prof = _Profile(pr, p)
