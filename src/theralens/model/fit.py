@@ -295,6 +295,7 @@ class MixedResult:
         seed: int | None = None,
         progress: bool = True,
         likelihood: str = "ml",
+        boundary: str = "two-sided",
     ) -> pd.DataFrame:
         """Intervals for every random-effect SD and correlation and the residual SD, in the
         layout of :attr:`varcorr` (``grp``, ``var1``, ``var2``, ``sdcor`` = the estimate, then
@@ -306,6 +307,9 @@ class MixedResult:
           lme4 while ``sdcor`` stays this fit's estimate. A bound not reached inside the parameter
           space is its edge (0 for an SD, -1 or 1 for a correlation). ``likelihood="reml"``
           profiles the REML criterion of a REML fit instead (around the REML estimates; not lme4's).
+          ``boundary="one-sided"`` (not lme4's): an SD interval that reaches 0 cannot miss the truth
+          from below, so its upper bound becomes the one-sided level-``level`` bound (zeta = z_level;
+          :mod:`theralens.model.profile`); ``attrs["one_sided"]`` lists the rows it changed.
         - ``method="bootstrap"``: parametric-bootstrap percentile intervals (lme4's ``method =
           "boot"``, :mod:`theralens.model.bootstrap`): ``nsim`` responses drawn from this fit, each
           refitted as this fit was (REML or ML), with a progress bar (``progress``) and ``seed``;
@@ -324,6 +328,9 @@ class MixedResult:
         if likelihood not in ("ml", "reml") or (likelihood == "reml" and not self.reml):
             raise InputError(f"conf_int_varcorr: likelihood must be 'ml', or 'reml' for a REML fit (got {likelihood!r}"
                              f" for a{' REML' if self.reml else 'n ML'} fit)")
+        if boundary not in ("two-sided", "one-sided") or (boundary == "one-sided" and method != "profile"):
+            raise InputError(f"conf_int_varcorr: boundary must be 'two-sided', or 'one-sided' with method='profile'"
+                             f" (got {boundary!r} with method={method!r})")
         every = varcorr_parameters(self.design)  # the rows of varcorr, in its order
         params = every
         if rows is not None:
@@ -342,9 +349,11 @@ class MixedResult:
             if method == "profile":
                 base = self if (not self.reml or likelihood == "reml") else _fit_criterion(
                     self.criterion, self.formula, False, self.solution.theta, self.design)
-                prof = profile_intervals(base.criterion, base.solution.theta, base.sigma, base.reml, level, params)
+                prof = profile_intervals(base.criterion, base.solution.theta, base.sigma, base.reml, level, params,
+                                         boundary=boundary)
                 frame[low], frame[high] = prof[low].to_numpy(), prof[high].to_numpy()
-                frame.attrs.update(method="profile", level=level, likelihood="REML" if base.reml else "ML")
+                frame.attrs.update(method="profile", level=level, likelihood="REML" if base.reml else "ML",
+                                   boundary=boundary, one_sided=[i for i, o in enumerate(prof["one_sided"]) if o])
                 return frame
             from theralens.model.bootstrap import bootstrap_statistics, percentile_bounds
 

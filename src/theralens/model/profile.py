@@ -19,6 +19,13 @@ exact solutions of |zeta| = z to about 1e-7 of the parameter. A bound that is no
 the edge of the parameter space is the edge: 0 for an SD, -1 or 1 for a correlation, as lme4
 reports them.
 
+``boundary="one-sided"`` (not lme4's) treats an SD whose two-sided interval reaches the boundary 0
+differently: such an interval cannot miss the truth from below, so the whole 1 - L goes to the
+upper side, and the upper bound solves zeta = z_L (the one-sided level-L upper confidence bound;
+for a variance at its boundary the likelihood-ratio statistic is a chi-bar-square mixture, Self
+& Liang 1987, JASA 82:605). Intervals whose lower bound is above 0 stay two-sided. The measured
+coverage of both rules is in validation/slope_sd_interval.md.
+
 Inside the minimisation the other parameters are the fit's own (the relative covariance
 factors, unconstrained, and log sigma; :class:`_Profiler`), so a singular fit (a correlation of
 +-1, an SD of 0) is an interior point and the minimisation has no boundary to stall on.
@@ -248,10 +255,14 @@ def profile_intervals(
     reml: bool,
     level: float = 0.95,
     parm: list[VarcorrParameter] | None = None,
+    boundary: str = "two-sided",
 ) -> pd.DataFrame:
     """Profile-likelihood intervals of the variance components of a fit (module docstring).
 
     ``parm`` selects rows (default: every SD, correlation and sigma, in varcorr order).
+    ``boundary``: "two-sided" (lme4's intervals) or "one-sided" (an SD interval that reaches 0
+    gets the one-sided upper bound, module docstring); the column ``one_sided`` says which rows
+    the second rule changed.
     Returns grp, var1, var2, estimate and the two bounds, named as lme4 names them
     (``2.5 %``, ``97.5 %`` at level 0.95).
     """
@@ -259,20 +270,25 @@ def profile_intervals(
         raise InputError(f"level must lie between 0 and 1 (got {level}); e.g. 0.95 for 95% intervals")
     pr = _Profiler(criterion, theta, sigma, reml)
     params = parm if parm is not None else varcorr_parameters(pr.layout)
+    if boundary not in ("two-sided", "one-sided"):
+        raise InputError(f"boundary must be 'two-sided' or 'one-sided' (got {boundary!r})")
     z = float(stats.norm.ppf(0.5 + level / 2))
+    z_one = float(stats.norm.ppf(level))
     low_name, high_name = interval_columns(level)
     rows = []
     for p in params:
         prof = _Profile(pr, p)
         if p.kind == "cor" and (not np.isfinite(prof.hat)):
-            rows.append((p, prof.hat, np.nan, np.nan))
+            rows.append((p, prof.hat, np.nan, np.nan, False))
             continue
         step = 0.25 if p.kind == "cor" else 0.25 * max(prof.hat, 0.1 * pr.sigma_hat)
-        rows.append((p, prof.hat, prof.bound(-1, z, step), prof.bound(1, z, step)))
+        lo = prof.bound(-1, z, step)
+        one = boundary == "one-sided" and p.kind == "sd" and lo == 0.0
+        rows.append((p, prof.hat, lo, prof.bound(1, z_one if one else z, step), one))
     return pd.DataFrame({
-        "grp": [p.grp for p, *_ in rows], "var1": [p.var1 for p, *_ in rows], "var2": [p.var2 for p, *_ in rows],
-        "estimate": [e for _, e, _, _ in rows], low_name: [lo for *_, lo, _ in rows],
-        high_name: [hi for *_, hi in rows],
+        "grp": [r[0].grp for r in rows], "var1": [r[0].var1 for r in rows], "var2": [r[0].var2 for r in rows],
+        "estimate": [r[1] for r in rows], low_name: [r[2] for r in rows], high_name: [r[3] for r in rows],
+        "one_sided": [r[4] for r in rows],
     })
 
 
