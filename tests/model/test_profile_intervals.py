@@ -179,3 +179,27 @@ def test_reml_profile_option(fits: dict) -> None:
     _, data = load_fixture("sleep_uncorr")
     with pytest.raises(InputError, match="likelihood must be"):
         fit_mixed("Reaction ~ Days + (Days || Subject)", data, reml=False).conf_int_varcorr(likelihood="reml")
+
+
+def test_one_sided_boundary_rule(fits: dict, intervals: dict) -> None:
+    """boundary='one-sided': an SD interval that reaches 0 gets the one-sided upper bound, where
+    zeta = z_0.95 (the upper bound of the two-sided 90% interval); every other row is lme4's
+    two-sided interval unchanged."""
+    fit = fits["singular"]
+    two = intervals["singular"]["0.95"]
+    one = fit.conf_int_varcorr(boundary="one-sided")
+    ninety = fit.conf_int_varcorr(level=0.90)
+    at_zero = (two["2.5 %"] == 0.0) & two.var2.isna() & (two.grp != "Residual")
+    assert at_zero.sum() == 1 and one.attrs["one_sided"] == list(np.flatnonzero(at_zero))
+    np.testing.assert_array_equal(one["2.5 %"], two["2.5 %"])
+    assert np.all(one.loc[at_zero, "97.5 %"] < two.loc[at_zero, "97.5 %"])
+    np.testing.assert_allclose(one.loc[at_zero, "97.5 %"], ninety.loc[at_zero, "95 %"], rtol=1e-7)
+    np.testing.assert_allclose(one.loc[~at_zero, "97.5 %"], two.loc[~at_zero, "97.5 %"], rtol=1e-7)
+    # an interval away from 0 is left two-sided
+    away = fits["sleep_uncorr"].conf_int_varcorr(boundary="one-sided")
+    assert away.attrs["one_sided"] == []
+    np.testing.assert_allclose(away["97.5 %"], intervals["sleep_uncorr"]["0.95"]["97.5 %"], rtol=1e-7)
+    with pytest.raises(InputError, match="boundary must be"):
+        fit.conf_int_varcorr(boundary="mixture")
+    with pytest.raises(InputError, match="boundary must be"):
+        fit.conf_int_varcorr(method="bootstrap", boundary="one-sided")
