@@ -190,12 +190,14 @@ class _Profiler:
         times the Jacobian of the (cheap) map x -> (theta, sigma), by central differences."""
         vp = self.varpar(p, x, v)
         try:
-            dev, g_theta, g_sigma = self.vf.crit.deviance_and_gradient_with_sigma(vp[:-1], vp[-1], self.vf.reml)
+            # far trial points of the line search overflow; they are rejected below, silently
+            with np.errstate(over="ignore", invalid="ignore"):
+                dev, g_theta, g_sigma = self.vf.crit.deviance_and_gradient_with_sigma(vp[:-1], vp[-1], self.vf.reml)
         except (np.linalg.LinAlgError, FloatingPointError):
             return _FAR, np.zeros_like(x)
-        if not np.isfinite(dev):
-            return _FAR, np.zeros_like(x)
         g = np.r_[g_theta, g_sigma]
+        if not (np.isfinite(dev) and np.all(np.isfinite(g))):
+            return _FAR, np.zeros_like(x)
         J = np.empty((vp.size, x.size))
         for m in range(x.size):
             h = 1e-7 * max(abs(x[m]), 1.0)
