@@ -11,6 +11,7 @@ into the document without a change here).
 from __future__ import annotations
 
 import json
+import math
 import platform
 from collections.abc import Callable
 from functools import cache
@@ -24,8 +25,8 @@ from scipy import stats
 
 from theralens.errors import InputError
 
-__all__ = ["MAX_POINTS", "SCHEMA_VERSION", "normal_qq", "read_document", "qq_from_order_statistics",
-           "residual_summary",
+__all__ = ["MAX_POINTS", "SCHEMA_VERSION", "json_ready", "normal_qq", "read_document", "records",
+           "qq_from_order_statistics", "residual_summary",
            "residual_summary_from", "running_mean_at", "running_mean_window", "sample_summary",
            "schema", "software_versions", "validate_document"]
 
@@ -33,6 +34,29 @@ __all__ = ["MAX_POINTS", "SCHEMA_VERSION", "normal_qq", "read_document", "qq_fro
 SCHEMA_VERSION = 2
 #: At most this many points of a residual plot are kept (evenly spaced in the order drawn).
 MAX_POINTS = 2000
+
+
+def json_ready(v: Any) -> Any:
+    """JSON-ready: numpy scalars to Python, NaN/inf to None, tuples to lists, recursively."""
+    if isinstance(v, dict):
+        return {str(k): json_ready(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_ready(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if v is pd.NA or v is None:
+        return None
+    return v
+
+
+def records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every row of ``df`` with every column, JSON-ready (full precision; NaN as null)."""
+    return [json_ready(r) for r in df.to_dict(orient="records")]
 
 
 @cache

@@ -12,7 +12,6 @@ depend on the period and is used as it is.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from theralens.model import fit_mixed
 from theralens.study.aims import DesignTerms, ModelSpec
 from theralens.study.result import StudyResult
 
-__all__ = ["PERIOD_MODES", "PatientStarts", "analysed", "centre_in_periods", "fit_spec", "half_split", "json_rows",
+__all__ = ["PERIOD_MODES", "PatientStarts", "analysed", "centre_in_periods", "fit_spec", "half_split",
            "model_entries", "patient_starts", "period_formula", "write_tables"]
 
 #: How a therapist's patients are split into two halves: by treatment start, or at random.
@@ -176,11 +175,6 @@ def analysed(data: StudyResult | pd.DataFrame, therapists: pd.DataFrame | None, 
     if not isinstance(data, pd.DataFrame):
         raise InputError(f"expected a StudyResult or a sessions DataFrame; got {type(data).__name__}")
     return analyze(data, therapists, config, source=source, therapists_source=therapists_source), data
-
-
-def json_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows of ``df``, JSON-ready (NaN as null)."""
-    return json.loads(df.to_json(orient="records", double_precision=15)) if len(df) else []
 
 
 def write_tables(out: str | Path, tables: dict[str, pd.DataFrame]) -> list[Path]:

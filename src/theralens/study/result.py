@@ -56,7 +56,6 @@ display only. Table rows hold every column of the tables they come from.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,32 +70,16 @@ from theralens.data.validate import ValidatedData
 from theralens.display import Summary
 from theralens.model.ddf import ddf_label, ddf_reference
 from theralens.study.aims import DesignTerms, ModelSpec, ModeratorResults, SlopeResults, coef_name
-from theralens.study.document import SCHEMA_VERSION, normal_qq, sample_summary, software_versions
+from theralens.study.document import (
+    SCHEMA_VERSION,
+    json_ready,
+    normal_qq,
+    records,
+    sample_summary,
+    software_versions,
+)
 from theralens.study.latent import LatentResults
 from theralens.study.rows import FrameRows
-
-
-def _clean(v: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, NaN/inf to None, recursively."""
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    if isinstance(v, np.bool_):
-        return bool(v)
-    if v is pd.NA or v is None:
-        return None
-    return v
-
-
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Every row of ``df`` with every column, JSON-ready."""
-    return [_clean(r) for r in df.to_dict(orient="records")]
 
 
 def _display(df: pd.DataFrame) -> pd.DataFrame:
@@ -190,8 +173,8 @@ class StudyResult:
 
         ther = self.aim2.therapists
         aim2 = []
-        for row in _records(self.aim2.variance):
-            row["therapists"] = _records(ther[ther["process"] == row["process"]])
+        for row in records(self.aim2.variance):
+            row["therapists"] = records(ther[ther["process"] == row["process"]])
             aim2.append(row)
         counts = self.table.counts
         mod_labels = self.moderators.attrs.get("labels", {}) if self.moderators is not None else {}
@@ -220,12 +203,12 @@ class StudyResult:
                 **({"services": int(self._therapist_rows()["service"].nunique())}
                    if "service" in self._therapist_rows() else {}),
             },
-            "aim1": _records(self.aim1),
+            "aim1": records(self.aim1),
             "aim2": aim2,
-            "aim3": _records(self.aim3.table),
-            "ancillary": _records(self.ancillary),
+            "aim3": records(self.aim3.table),
+            "ancillary": records(self.ancillary),
             "therapists": self._therapist_entries(),
-            "reliability": _records(self.table.reliability_summary.assign(
+            "reliability": records(self.table.reliability_summary.assign(
                 process_label=lambda d: d["process"].map(self.label))),
             "models": [self._model_entry(m) for m in self.models()],
             "fitted_lines": self._fitted_lines(),
@@ -237,7 +220,7 @@ class StudyResult:
         }
         if self.latent is not None:
             doc["latent"] = self._latent_section()
-        return _clean(doc)
+        return json_ready(doc)
 
     def _latent_section(self) -> dict[str, Any]:
         """The latent decomposition's own tables (aims 1 and 3, variances, reliability,
@@ -255,10 +238,10 @@ class StudyResult:
                              "max_r_hat": f.max_r_hat, "min_ess_bulk": f.min_ess_bulk, "min_ess_tail": f.min_ess_tail,
                              "chains": f.chains, "draws": f.draws, "warmup": f.warmup, "seed": f.seed,
                              "messages": list(f.messages), "priors": list(f.priors),
-                             "summary": _records(f.summary)})
-        return {"estimator": lat.estimator, "aim1": _records(lat.aim1), "aim3": _records(lat.aim3),
-                "variances": _records(lat.variances), "reliability": _records(lat.reliability),
-                "therapists": _records(lat.therapists), "fits": fits, "notes": list(lat.notes),
+                             "summary": records(f.summary)})
+        return {"estimator": lat.estimator, "aim1": records(lat.aim1), "aim3": records(lat.aim3),
+                "variances": records(lat.variances), "reliability": records(lat.reliability),
+                "therapists": records(lat.therapists), "fits": fits, "notes": list(lat.notes),
                 "warnings": list(lat.warnings)}
 
     @property
@@ -285,7 +268,7 @@ class StudyResult:
                      "moderators": {m: r[f"moderator_{m}"] for m in self._moderator_names()}}
             if "service" in r:
                 entry["service"] = r["service"]
-            out.append(_clean(entry))
+            out.append(json_ready(entry))
         return out
 
     @staticmethod
@@ -297,7 +280,7 @@ class StudyResult:
         # the df of every coefficient of every model would cost more than the rest of the document
         fixed = pd.DataFrame({"term": f.fixed_names, "estimate": f.fixed_effects.to_numpy(),
                               "se": f.std_errors.to_numpy()})
-        return _clean({
+        return json_ready({
             "role": m.role, "formula": m.formula, "nobs": f.nobs, "converged": f.converged,
             "singular": f.singular, "reml_criterion": f.reml_criterion,
             "evaluations": opt.evaluations, "gradient_norm": opt.gradient_norm, "note": m.note,
@@ -305,8 +288,8 @@ class StudyResult:
                           "restarts": opt.restarts, "return_code": str(opt.return_code), "criterion": opt.criterion,
                           "messages": list(opt.messages), "theta_initial": np.asarray(opt.initial).tolist(),
                           "theta_final": np.asarray(opt.final).tolist()},
-            "fixed_effects": _records(fixed),
-            "varcorr": _records(f.varcorr),
+            "fixed_effects": records(fixed),
+            "varcorr": records(f.varcorr),
         })
 
     def _fitted_lines(self) -> list[dict[str, Any]]:

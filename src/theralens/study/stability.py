@@ -35,13 +35,13 @@ from theralens.data.config import StudyConfig
 from theralens.errors import InputError
 from theralens.model import MixedResult
 from theralens.study.aims import ModelSpec
+from theralens.study.document import records
 from theralens.study.periods import (
     PERIOD_MODES,
     analysed,
     centre_in_periods,
     fit_spec,
     half_split,
-    json_rows,
     model_entries,
     patient_starts,
     period_formula,
@@ -154,8 +154,8 @@ class StabilityResult:
         """The ``stability`` section of ``results.json`` (JSON-ready)."""
         return {
             "split": self.split, "repeats": self.repeats, "level": self.level, "stable_r": STABLE_R,
-            "rows": json_rows(self.correlations), "therapists": json_rows(self.therapists),
-            "splits": json_rows(self.splits),
+            "rows": records(self.correlations), "therapists": records(self.therapists),
+            "splits": records(self.splits),
             "models": model_entries(self.models),
             "warnings": list(self.warnings), "notes": list(self.notes),
         }

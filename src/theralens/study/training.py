@@ -40,12 +40,12 @@ from theralens.data.config import StudyConfig
 from theralens.data.validate import normalize_ids, parse_dates
 from theralens.errors import InputError, closest
 from theralens.study.aims import Z975, ModelSpec
+from theralens.study.document import records
 from theralens.study.periods import (
     PatientStarts,
     analysed,
     centre_in_periods,
     fit_spec,
-    json_rows,
     model_entries,
     patient_starts,
     period_formula,
@@ -106,9 +106,9 @@ class TrainingResult:
     def section(self) -> dict[str, Any]:
         """The ``training`` section of ``results.json`` (JSON-ready): ``rows`` are the effects."""
         return {
-            "reference_date": self.reference_date, "rows": json_rows(self.effects),
-            "variance": json_rows(self.variance),
-            "therapists": json_rows(self.therapists), "schedule": json_rows(self.schedule),
+            "reference_date": self.reference_date, "rows": records(self.effects),
+            "variance": records(self.variance),
+            "therapists": records(self.therapists), "schedule": records(self.schedule),
             "models": model_entries(self.models),
             "warnings": list(self.warnings), "notes": list(self.notes),
         }
