@@ -12,10 +12,11 @@ depend on the period and is used as it is.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ from theralens.model import fit_mixed
 from theralens.study.aims import DesignTerms, ModelSpec
 from theralens.study.result import StudyResult
 
-__all__ = ["PERIOD_MODES", "PatientStarts", "analysed", "centre_in_periods", "fit_spec", "half_split",
+__all__ = ["PERIOD_MODES", "PatientStarts", "SectionResult", "analysed", "centre_in_periods", "fit_spec", "half_split",
            "model_entries", "patient_starts", "period_formula", "write_tables"]
 
 #: How a therapist's patients are split into two halves: by treatment start, or at random.
@@ -180,6 +181,41 @@ def analysed(data: StudyResult | pd.DataFrame, therapists: pd.DataFrame | None, 
 def write_tables(out: str | Path, tables: dict[str, pd.DataFrame]) -> list[Path]:
     """Write ``tables`` (file name -> table) into ``out/tables`` (atomically, file by file)."""
     return [write_text(Path(out) / "tables" / name, df.to_csv(index=False)) for name, df in tables.items()]
+
+
+class SectionResult:
+    """A results document made of the study's (:class:`StudyResult`) plus one section
+    (``section_name``: "stability" or "training"): the document, its JSON, the CSV tables and
+    writing them, shared by :class:`~theralens.study.stability.StabilityResult` and
+    :class:`~theralens.study.training.TrainingResult`, which supply ``section()``,
+    ``tables()`` and ``summary()``."""
+
+    study: StudyResult
+    section_name: ClassVar[str]
+
+    def section(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """The study's results document with this section."""
+        return {**self.study.to_dict(), self.section_name: self.section()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+    def write(self, out: str | Path, document: str | None = None) -> list[Path]:
+        """``results.json`` (with this section) and every table of the study and of this section."""
+        written = self.study.write(out, document=self.to_json() if document is None else document)
+        return written + write_tables(out, self.tables())
+
+    def __str__(self) -> str:
+        return self.summary()
 
 
 def model_entries(models: Sequence[ModelSpec]) -> list[dict[str, Any]]:

@@ -22,11 +22,9 @@ excludes zero only, and *not supported* when it includes zero.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -38,6 +36,7 @@ from theralens.study.aims import ModelSpec
 from theralens.study.document import records
 from theralens.study.periods import (
     PERIOD_MODES,
+    SectionResult,
     analysed,
     centre_in_periods,
     fit_spec,
@@ -45,7 +44,6 @@ from theralens.study.periods import (
     model_entries,
     patient_starts,
     period_formula,
-    write_tables,
 )
 from theralens.study.result import StudyResult
 
@@ -124,7 +122,7 @@ def _vc(fit: MixedResult, var1: str, var2: str | None) -> float:
 
 
 @dataclass
-class StabilityResult:
+class StabilityResult(SectionResult):
     """The stability of therapist profiles (module docstring).
 
     Fields: ``study`` (the :class:`StudyResult` of the same data), ``split`` ("time" or
@@ -139,6 +137,7 @@ class StabilityResult:
     (the whole document), :meth:`tables`, :meth:`write`, :meth:`summary`.
     """
 
+    section_name: ClassVar[str] = "stability"
     study: StudyResult
     split: str
     repeats: int
@@ -160,22 +159,13 @@ class StabilityResult:
             "warnings": list(self.warnings), "notes": list(self.notes),
         }
 
-    def to_dict(self) -> dict[str, Any]:
-        """The study's results document with the ``stability`` section."""
-        return {**self.study.to_dict(), "stability": self.section()}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The CSV tables of this section, by file name."""
         return {"stability.csv": self.correlations, "stability_therapists.csv": self.therapists,
                 "stability_splits.csv": self.splits}
 
-    def write(self, out: str | Path, document: str | None = None) -> list[Path]:
-        """``results.json`` (with this section) and every table of the study and of this section."""
-        written = self.study.write(out, document=self.to_json() if document is None else document)
-        return written + write_tables(out, self.tables())
 
     def summary(self) -> str:
         how = "earlier vs later half by treatment start" if self.split == "time" else f"{self.repeats} random halves"
@@ -187,8 +177,6 @@ class StabilityResult:
             lines += ["Warnings:"] + [f"- {w}" for w in self.warnings]
         return "\n".join(lines)
 
-    def __str__(self) -> str:
-        return self.summary()
 
     def __repr__(self) -> str:
         parts = "; ".join(f"{r['process_label']} r = {apa_r(r['correlation'])} [{apa_r(r['ci_low'])}, "

@@ -25,12 +25,10 @@ that covers zero is "no detectable change", never a failure of the training.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -43,13 +41,13 @@ from theralens.study.aims import Z975, ModelSpec
 from theralens.study.document import records
 from theralens.study.periods import (
     PatientStarts,
+    SectionResult,
     analysed,
     centre_in_periods,
     fit_spec,
     model_entries,
     patient_starts,
     period_formula,
-    write_tables,
 )
 from theralens.study.result import StudyResult
 from theralens.study.stability import varcorr_interval
@@ -77,7 +75,7 @@ def change_words(benefit: float | None, low: float | None, high: float | None) -
 
 
 @dataclass
-class TrainingResult:
+class TrainingResult(SectionResult):
     """The training evaluation (module docstring).
 
     Fields: ``study`` (:class:`StudyResult` of the same data); ``schedule`` (one row per
@@ -93,6 +91,7 @@ class TrainingResult:
     :meth:`write`, :meth:`summary`.
     """
 
+    section_name: ClassVar[str] = "training"
     study: StudyResult
     schedule: pd.DataFrame
     reference_date: str
@@ -113,22 +112,13 @@ class TrainingResult:
             "warnings": list(self.warnings), "notes": list(self.notes),
         }
 
-    def to_dict(self) -> dict[str, Any]:
-        """The study's results document with the ``training`` section."""
-        return {**self.study.to_dict(), "training": self.section()}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The CSV tables of this section, by file name."""
         return {"training_effects.csv": self.effects, "training_variance.csv": self.variance,
                 "training_therapists.csv": self.therapists, "training_schedule.csv": self.schedule}
 
-    def write(self, out: str | Path, document: str | None = None) -> list[Path]:
-        """``results.json`` (with this section) and every table of the study and of this section."""
-        written = self.study.write(out, document=self.to_json() if document is None else document)
-        return written + write_tables(out, self.tables())
 
     def summary(self) -> str:
         n_trained = int(self.schedule["trained"].sum())
@@ -143,8 +133,6 @@ class TrainingResult:
             lines += ["Warnings:"] + [f"- {w}" for w in self.warnings]
         return "\n".join(lines)
 
-    def __str__(self) -> str:
-        return self.summary()
 
     def __repr__(self) -> str:
         parts = "; ".join(f"{r['process_label']} targeted_change {r['estimate']:.3g} [{r['ci_low']:.3g}, "
