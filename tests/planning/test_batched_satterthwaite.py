@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from theralens.model.design import build_design
+from theralens.model.elimination import Elimination
 from theralens.model.fit import fit_design
 from theralens.model.satterthwaite import satterthwaite
-from theralens.planning.designs import StudyModels
+from theralens.planning.analysis_table import analysis_table
+from theralens.planning.designs import StudyModels, parsed_formula
+from theralens.planning.replicate import PowerSpec
 from theralens.planning.satterthwaite import batched_profiles, prime_satterthwaite, t_tests
 from theralens.planning.table import patient_arrays
 from theralens.simulation.generate import simulate
@@ -79,3 +83,55 @@ def test_other_random_parts_equal_engine(formula: str) -> None:
     assert fit.criterion.evaluations == before  # the batch, not the engine's fallback
     np.testing.assert_allclose(fit.df.to_numpy(), df, rtol=1e-6)
     np.testing.assert_allclose(fit.__dict__["_satterthwaite"][2], jac, rtol=1e-6, atol=1e-12)
+
+
+def _session_fits(seed: int):
+    """The main and moderator models of the session design (sessions in patients in therapists: a
+    patient intercept nested in the therapist intercept and slopes), as a power replicate fits them."""
+    spec = PowerSpec(overrides={"design": "session"})
+    sim = simulate("coyne2022", seed=seed, design="session")
+    at = analysis_table(sim.sessions, spec.analysis_config)
+    terms = at.terms
+    frame, column = at.with_moderator(sim.therapists, spec.moderator)
+    extra = [column]
+    for p in terms.processes:
+        extra += [f"{terms.within[p]}:{column}", f"{terms.between[p]}:{column}"]
+    out = []
+    for formula, data in ((terms.formula(), at.frame), (terms.formula(extra=extra), frame)):
+        out.append(fit_design(build_design(parsed_formula(formula), data), formula))
+    return out
+
+
+def test_nested_batch_equals_forward() -> None:
+    """The batched elimination of two nested levels equals the one-point elimination at every point,
+    both for points that share the innermost lambda (as the Satterthwaite differences do) and not."""
+    fit = _session_fits(5)[0]
+    crit = fit.criterion
+    assert crit.D == 2 and crit.elimination.fast
+    rng = np.random.default_rng(1)
+    theta = fit.solution.theta
+    thetas = theta + 0.05 * rng.standard_normal((12, theta.size))
+    thetas[:6, 0] = theta[0]  # one innermost lambda shared by half the points
+    thetas[6:9, 0] = theta[0] + 0.01
+    logdet, top = crit.elimination.batch(thetas)
+    for t, th in enumerate(thetas):
+        fw = crit.elimination.forward(th)
+        assert logdet[t] == pytest.approx(fw.logdet, rel=1e-12)
+        np.testing.assert_allclose(top[t], fw.top, rtol=1e-10, atol=1e-10 * np.abs(fw.top).max())
+    # without the closed-form innermost level there is no batch: the engine evaluates point by point
+    assert Elimination(crit.stats, fast=False).batch(thetas) is None
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_session_design_equal_to_engine(seed: int) -> None:
+    """Satterthwaite df of the session design's models from the batch equal the engine's point-by-point
+    numbers. Tolerance 1e-5: numDeriv's second differences with steps down to h / 8 turn the rounding of
+    the deviance (~1e-13) into ~1e-6 relative in a df; the engine's own two eliminations (closed form and
+    general level step) differ from each other by as much."""
+    for fit in _session_fits(seed):
+        df, _, jac = satterthwaite(fit.criterion, fit.solution.theta, fit.sigma, fit.reml)
+        before = fit.criterion.evaluations
+        prime_satterthwaite(fit)
+        assert fit.criterion.evaluations == before  # every profile came from the batch
+        np.testing.assert_allclose(fit.df.to_numpy(), df, rtol=1e-5)
+        np.testing.assert_allclose(fit.__dict__["_satterthwaite"][2], jac, rtol=1e-5, atol=1e-12)

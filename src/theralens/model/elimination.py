@@ -47,7 +47,8 @@ the sensitivity of the criterion F to the statistics of a parent h (symmetric,
 The conditional modes use the factors L_g = chol(A_g) and S_g = L_g' H_g = L_g^{-1} Lambda' Mzr_g
 (:meth:`Elimination.factors`). A batch of theta points (the Satterthwaite differences of the
 power simulations) runs the same level step with a leading axis over the points
-(:meth:`Elimination.batch`). Blocks are batched numpy arrays (#groups, q, q); for small q,
+(:meth:`Elimination.batch`: one grouping factor, or two with the closed-form innermost level,
+which then runs once per distinct lambda). Blocks are batched numpy arrays (#groups, q, q); for small q,
 column-by-column kernels over the whole stack (:func:`chol_stack`, :func:`solve_lower`,
 :func:`solve_upper`) and cofactor inverses (:func:`spd_inverse`) beat one LAPACK call per block.
 Dense products go through :func:`mm`, which keeps each BLAS call below OpenBLAS's threading
@@ -210,18 +211,8 @@ class Elimination:
         ia = q2 = np.empty(0)
         M: np.ndarray | None = None
         if self.fast:  # (G5): the innermost level from the constant products m_p' m_p
-            lam0 = float(lams[0][0, 0])
-            a = lam0 * lam0 * self._czz + 1.0
-            logdet += float(self._mult @ np.log(a))
-            ia = 1.0 / a
-            if gradient:
-                self._agg.data = np.concatenate([ia, ia * ia])
-                tri = self._agg @ self._O
-                q2 = tri[self._T :]  # sum_p m_p' m_p / a_p^2 per parent (upper triangles)
-            else:
-                self._agg1.data = ia
-                tri = self._agg1 @ self._O
-            Mtri = self._Mrr_tri - (lam0 * lam0) * tri[: self._T]  # the parents' statistics
+            ld0, ia, q2, Mtri = self._fast_inner(float(lams[0][0, 0]), gradient)
+            logdet += ld0
             caches.append(None)
             if D == 1:
                 M = self.unpack(Mtri)
@@ -229,12 +220,7 @@ class Elimination:
             if l == 0:  # the general level step at the innermost level
                 blocks = self._inner_blocks
             elif M is None:  # the parents of the fast innermost level: their blocks from Mtri
-                q1, T = self.q[1], self._T
-                tzz, trz, trr = self._take
-                r1 = len(trz) // q1
-                blocks = (np.take(Mtri, tzz, axis=1).reshape(T, q1, q1), np.take(Mtri, trz, axis=1).reshape(T, r1, q1),
-                          np.take(Mtri.sum(0), trr).reshape(r1, r1) if D == 2
-                          else np.add.reduceat(np.take(Mtri, trr, axis=1).reshape(T, r1, r1), self.starts[1], axis=0))
+                blocks = self._parent_blocks(Mtri)
             else:
                 blocks = _blocks(M, self.q[l], self.starts[l])
             ld, M, cache = _forward_level(lams[l], *blocks, self.starts[l])
@@ -242,6 +228,33 @@ class Elimination:
             caches.append(cache)
         assert M is not None
         return Forward(logdet=logdet, top=M[0], caches=caches, lams=lams, ia=ia, q2=q2)
+
+    def _fast_inner(self, lam0: float, gradient: bool) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        """The closed-form innermost level (G5) at lambda = ``lam0``: its log-determinant, the weights
+        1/a_p, the Q2_h upper triangles (with ``gradient``; else empty) and the parents' statistics
+        Mrr_h - lambda^2 Q1_h (upper triangles, (T, r(r+1)/2))."""
+        a = lam0 * lam0 * self._czz + 1.0
+        logdet = float(self._mult @ np.log(a))
+        ia = 1.0 / a
+        q2 = np.empty(0)
+        if gradient:
+            self._agg.data = np.concatenate([ia, ia * ia])
+            tri = self._agg @ self._O
+            q2 = tri[self._T :]  # sum_p m_p' m_p / a_p^2 per parent (upper triangles)
+        else:
+            self._agg1.data = ia
+            tri = self._agg1 @ self._O
+        return logdet, ia, q2, self._Mrr_tri - (lam0 * lam0) * tri[: self._T]
+
+    def _parent_blocks(self, Mtri: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The blocks that :func:`_forward_level` takes (as :func:`_blocks` gives them) of the parents of
+        the closed-form innermost level, from their statistics' upper triangles ``Mtri``."""
+        q1, T = self.q[1], self._T
+        tzz, trz, trr = self._take
+        r1 = len(trz) // q1
+        return (np.take(Mtri, tzz, axis=1).reshape(T, q1, q1), np.take(Mtri, trz, axis=1).reshape(T, r1, q1),
+                np.take(Mtri.sum(0), trr).reshape(r1, r1) if self.D == 2
+                else np.add.reduceat(np.take(Mtri, trr, axis=1).reshape(T, r1, r1), self.starts[1], axis=0))
 
     # -- the backward pass ----------------------------------------------------------------------
     def backward(self, fw: Forward, top_psi: np.ndarray) -> np.ndarray:
@@ -303,14 +316,34 @@ class Elimination:
 
     # -- many points at once ----------------------------------------------------------------------
     def batch(self, thetas: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Log-determinants (T,) and top blocks (T, r, r) at every row of ``thetas``: the level step
-        with a leading axis over the points. For one grouping factor (None otherwise); raises
-        LinAlgError when a point is not positive definite."""
-        if self.D != 1:
+        """Log-determinants (T,) and top blocks (T, r, r) at every row of ``thetas``: the level steps
+        with a leading axis over the points. For one grouping factor, and for two nested levels whose
+        innermost one has the closed form (G5: one random term per cluster, e.g. a patient intercept
+        in therapists); None otherwise. Raises LinAlgError when a point is not positive definite.
+
+        Nested: the innermost level depends on a point only through its lambda (the Satterthwaite
+        differences of a fit have 2 x 4 + 1 distinct ones), so it runs once per distinct lambda, as
+        :meth:`forward` runs it, and the parents' level step (the top) runs with the axis over the
+        points that share that lambda."""
+        lams = self.lambdas(thetas)
+        if self.D == 1:
+            logdet, top, _ = _forward_level(lams[0], *self._inner_blocks, None)
+            return np.asarray(logdet), top
+        if not (self.fast and self.D == 2):
             return None
-        lam = self.lambdas(thetas)[0]
-        logdet, top, _ = _forward_level(lam, *self._inner_blocks, None)
-        return np.asarray(logdet), top
+        T = lams[0].shape[0]
+        r = self.d - self.q[0] - self.q[1]
+        logdet, top = np.empty(T), np.empty((T, r, r))
+        lam0 = lams[0][:, 0, 0]
+        values, which = np.unique(lam0, return_inverse=True)
+        order = np.argsort(which, kind="stable")
+        bounds = np.r_[0, np.cumsum(np.bincount(which, minlength=len(values)))]
+        for u, value in enumerate(values):
+            sel = order[bounds[u] : bounds[u + 1]]
+            ld0, _, _, Mtri = self._fast_inner(float(value), False)
+            ld1, top[sel], _ = _forward_level(lams[1][sel], *self._parent_blocks(Mtri), None)
+            logdet[sel] = ld0 + ld1
+        return logdet, top
 
 
 BLAS_MNK = 131072  # OpenBLAS runs a matrix product in the calling thread below m n k = 262144

@@ -11,11 +11,13 @@ g_i the gradient of C_ii in varpar, both by central differences with numDeriv's 
 evaluates the profiled criterion at those ~300 theta points one after the other: two
 thirds of the time of a power replicate. Here the same points are evaluated at once
 (:func:`batched_profiles`: the engine's elimination with an axis over the points, every point
-and every therapist in a few numpy calls, for designs with one grouping factor), and the
-differences and extrapolations are taken on arrays. :func:`prime_satterthwaite` stores the result where
+and every therapist in a few numpy calls, for designs with one grouping factor and for the
+session design's patients nested in therapists), and the differences and extrapolations are
+taken on arrays. :func:`prime_satterthwaite` stores the result where
 :class:`~theralens.model.fit.MixedResult` keeps its own, so ``fit.df``, ``fit.p_values``
 and ``fit.contrast`` use it; ``tests/planning/test_batched_satterthwaite.py`` holds it equal to the
-engine's numbers (df to 1e-6). Other designs fall back to the engine.
+engine's numbers (df to 1e-6; the session design to 1e-5, the rounding noise of the
+engine's own differences there). Other designs fall back to the engine.
 """
 
 from __future__ import annotations
@@ -59,13 +61,12 @@ def batched_profiles(crit: NestedCriterion, thetas: np.ndarray) -> Profiles | No
     (:meth:`theralens.model.elimination.Elimination.batch`: every point and every group in a few
     numpy calls), taken in chunks of at most ``BLOCK`` (point, group) blocks; one batched
     Cholesky factor of the Schur complements left gives RX, z and r2. Returns None for designs
-    with more than one grouping factor, or when a point is not positive definite (the engine then
-    evaluates, and reports, it itself).
+    the batch does not cover (more than two grouping factors, or two whose innermost has more than
+    one random term), or when a point is not positive definite (the engine then evaluates, and
+    reports, it itself).
     """
-    if crit.D != 1:
-        return None
     k = crit.k
-    G = crit.stats.levels[0].ngroups
+    G = crit.stats.levels[-1].ngroups  # the groups of the batched level step (the top)
     parts: list[tuple[np.ndarray, ...]] = []
     step = max(1, BLOCK // max(G, 1))
     for start in range(0, len(thetas), step):
