@@ -3,6 +3,8 @@ the file, column, rows or therapist (data/validate.py)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pyreadstat
@@ -367,3 +369,31 @@ def test_unusable_column_of_an_unconfigured_table_says_why_it_is_a_moderator():
     assert "every column" not in str(err.value)  # configured: the plain message
     assert validate_therapists(t, v, mods("skill"), source=TSRC).attrs["moderators"] == {"skill": ["skill"]}
     tfails(t.assign(name=np.nan), v, "'name'", "no values; fill it in or delete the column")
+
+
+@pytest.mark.parametrize("values, dtype", [
+    (["a", " b ", "NA", None, np.nan, "3.0", "-4.00", "3", "x.0", "", "?", "3.0", " b "], object),
+    (["a", " b ", "NA", None, "3.0", "7.00"], "string"),
+    ([1, "1", 1.0, None, " 2.0", True, "2.0"], object),  # mixed: 1 and 1.0 are equal keys, not equal text
+    ([None, np.nan], object),
+])
+def test_text_views_of_distinct_values_equal_cell_by_cell(values: list, dtype: object) -> None:
+    """_as_text and normalize_ids convert text columns one distinct value at a time: the same
+    as converting every cell (trimmed, missing tokens None, '3.0' -> '3')."""
+    from theralens.data.validate import MISSING_TOKENS, _as_text, normalize_ids
+
+    series = pd.Series(values, dtype=dtype, index=np.arange(len(values)) * 3)
+
+    def cell(v: object) -> str | None:
+        if pd.isna(v):
+            return None
+        t = str(v).strip()
+        return None if t.lower() in MISSING_TOKENS else t
+
+    expected = [cell(v) for v in series.to_numpy(dtype=object)]
+    text = _as_text(series)
+    assert text.index.equals(series.index) and text.dtype == object and list(text) == expected
+    ids = normalize_ids(series)
+    pattern = re.compile(r"^(-?\d+)\.0+$")
+    assert ids.index.equals(series.index) and list(ids) == [None if t is None else pattern.sub(r"\1", t)
+                                                             for t in expected]

@@ -186,17 +186,34 @@ def _show(values: list[Any], limit: int = 3) -> str:
     return ", ".join(repr(v) if isinstance(v, str) else str(v) for v in values[:limit])
 
 
+def _text_or_none(value: Any) -> str | None:
+    """One cell as text, trimmed; None for a common missing-value token (or a blank)."""
+    t = str(value).strip()
+    return None if t.lower() in MISSING_TOKENS else t
+
+
 def _as_text(series: pd.Series) -> pd.Series:
-    """Text view (object dtype) with blanks and common missing-value tokens as None."""
+    """Text view (object dtype) with blanks and common missing-value tokens as None.
+
+    A column of text (every filled cell a str: ids, labels) is converted one distinct value at a
+    time (equal strings give equal text); other columns cell by cell (3 and 3.0 are equal keys but
+    different text)."""
     arr = series.to_numpy(dtype=object)
-    missing = pd.isna(arr)
     out = np.empty(len(arr), dtype=object)
-    for i, (v, m) in enumerate(zip(arr, missing, strict=True)):
-        if not m:
-            t = str(v).strip()
-            if t.lower() not in MISSING_TOKENS:
-                out[i] = t
+    if pd.api.types.infer_dtype(arr, skipna=True) == "string":
+        codes, uniques = pd.factorize(arr)  # missing cells (None, NaN, NA): code -1
+        text = np.empty(len(uniques) + 1, dtype=object)  # the last one (None) for code -1
+        text[:-1] = [_text_or_none(v) for v in uniques]
+        out[:] = text[codes]
+    else:
+        missing = pd.isna(arr)
+        for i, (v, m) in enumerate(zip(arr, missing, strict=True)):
+            if not m:
+                out[i] = _text_or_none(v)
     return pd.Series(out, index=series.index, dtype=object)
+
+
+_INTEGRAL_TEXT = re.compile(r"^(-?\d+)\.0+$")
 
 
 def normalize_ids(series: pd.Series) -> pd.Series:
@@ -211,9 +228,11 @@ def normalize_ids(series: pd.Series) -> pd.Series:
         out[integral] = values[integral].astype("int64").astype(str)
         out[ok & ~integral] = values[ok & ~integral].astype(str)
         return out
-    s = _as_text(series)
-    s = s.str.replace(r"^(-?\d+)\.0+$", r"\1", regex=True)
-    return s.astype("object").where(s.notna(), None)
+    # the '.0' is dropped once per distinct id (a few hundred), not once per row
+    codes, uniques = pd.factorize(_as_text(series).to_numpy(dtype=object))
+    ids = np.empty(len(uniques) + 1, dtype=object)  # the last one (None) for a missing id
+    ids[:-1] = [_INTEGRAL_TEXT.sub(r"\1", v) for v in uniques]
+    return pd.Series(ids[codes], index=series.index, dtype=object)
 
 
 def to_numeric(
