@@ -133,3 +133,56 @@ def test_building_a_design_leaves_no_cyclic_garbage_of_the_data() -> None:
         gc.enable()
     assert design.X.shape == (n, 4)
     assert left == 0
+
+
+def _same_design(a, b) -> None:
+    """Two designs hold the same rows, columns, terms, levels and theta layout."""
+    assert a.formula == b.formula and a.fixed_names == b.fixed_names
+    np.testing.assert_array_equal(a.y, b.y)
+    np.testing.assert_array_equal(a.X, b.X)
+    assert [(t.spec, t.columns, t.name) for t in a.terms] == [(t.spec, t.columns, t.name) for t in b.terms]
+    for s, t in zip(a.terms, b.terms):
+        np.testing.assert_array_equal(s.Z, t.Z)
+    assert [(lv.group, lv.theta_slices, lv.numeric, [t.columns for t in lv.terms]) for lv in a.levels] == \
+        [(lv.group, lv.theta_slices, lv.numeric, [t.columns for t in lv.terms]) for lv in b.levels]
+    for s, t in zip(a.levels, b.levels):
+        np.testing.assert_array_equal(s.codes, t.codes)
+        np.testing.assert_array_equal(s.labels, t.labels)
+    assert len(a.parents) == len(b.parents) and all(np.array_equal(p, q) for p, q in zip(a.parents, b.parents))
+    assert a.n_dropped == b.n_dropped and a.dropped_columns == b.dropped_columns and a.row_index.equals(b.row_index)
+
+
+def test_design_without_a_random_slope_equals_the_built_one() -> None:
+    """with_random_columns (a slope left out of the main model's design) equals build_design of that
+    formula, and its fit is the same to the last bit; other formulas give None."""
+    from theralens.model.design import build_design, with_random_columns
+    from theralens.model.fit import fit_design
+
+    rng = np.random.default_rng(3)
+    n = 400
+    g = rng.integers(0, 12, n)
+    p = g * 10 + rng.integers(0, 4, n)
+    x, z = rng.standard_normal(n), rng.standard_normal(n)
+    y = 0.5 * x + rng.standard_normal(12)[g] * (1 + 0.3 * z) + rng.standard_normal(60 * 2)[p % 120] * 0.5
+    y += rng.standard_normal(n)
+    df = pd.DataFrame({"y": y, "x": x, "z": z, "g": g.astype(str), "p": (p % 120).astype(str)})
+    df.loc[5, "x"] = np.nan  # a dropped row: the same rows in both
+    main_f = "y ~ x + z + (1 + x + z | g) + (1 | g:p)"
+    main = build_design(parse_formula(main_f), df)
+    for reduced in ("y ~ x + z + (1 + z | g) + (1 | g:p)", "y ~ x + z + (1 + x | g) + (1 | g:p)",
+                    "y ~ x + z + (1 | g) + (1 | g:p)", "y ~ x + z + (0 + z | g) + (1 | g:p)"):
+        parsed = parse_formula(reduced)
+        got = with_random_columns(main, parsed)
+        assert got is not None
+        built = build_design(parsed, df)
+        _same_design(got, built)
+        a, b = fit_design(got, reduced), fit_design(built, reduced)
+        assert a.reml_criterion == b.reml_criterion
+        np.testing.assert_array_equal(a.solution.theta, b.solution.theta)
+        np.testing.assert_array_equal(a.solution.beta, b.solution.beta)
+    for other in ("y ~ x + (1 + z | g) + (1 | g:p)",  # another fixed part
+                  "y ~ x + z + (1 + z | g)",  # another set of terms
+                  "y ~ x + z + (1 + z | p) + (1 | g:p)",  # another grouping factor
+                  "y ~ x + z + (1 + I(z * 2) | g) + (1 | g:p)",  # not plain names
+                  "y ~ x + z + (1 + x | g) + (1 + x | g:p)"):  # a column the main term does not have
+        assert with_random_columns(main, parse_formula(other)) is None

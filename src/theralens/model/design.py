@@ -210,30 +210,71 @@ def _model_matrix(
 _TOKEN = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
 
 
-def _columns_of(rhs: str, X: np.ndarray, raw: list[str]) -> tuple[np.ndarray, list[str]] | None:
-    """The model matrix of a random-effects term read off the fixed-effects matrix, when it can be.
-
-    A term made of ``1``/``0`` and plain names of numeric columns that are themselves columns of
-    the fixed-effects matrix (``raw``: formulaic's names, which name a numeric variable by itself
-    and a categorical one ``x[T.level]``) has, as formulaic builds it, the intercept first and
-    then those columns in the order written. Anything else (interactions, functions, factors)
-    returns None: the term then goes through formulaic. The matrix is stored column by column
-    (Fortran order), so that its columns are contiguous for the cross-products.
-    """
+def _plain_columns(rhs: str) -> list[str] | None:
+    """The column names of a random-effects term made of ``1``/``0`` and plain names (the
+    intercept, as ``(Intercept)``, first and then the names in the order written, as formulaic
+    builds it), or None for anything else (interactions, functions, repeated names, no column)."""
     tokens = [t.strip() for t in rhs.split("+")]
     intercept = "0" not in tokens
     names_only = [t for t in tokens if t not in ("0", "1")]
     if (not all(_TOKEN.match(t) for t in names_only) or len(set(names_only)) != len(names_only)
-            or ("0" in tokens and "1" in tokens) or not all(t in raw for t in names_only)):
+            or ("0" in tokens and "1" in tokens)):
         return None
     if not intercept and not names_only:
         return None
-    Z = np.empty((X.shape[0], int(intercept) + len(names_only)), order="F")
-    if intercept:
-        Z[:, 0] = 1.0
-    for i, t in enumerate(names_only, start=int(intercept)):
-        Z[:, i] = X[:, raw.index(t)]
-    return Z, (["(Intercept)"] if intercept else []) + names_only
+    return (["(Intercept)"] if intercept else []) + names_only
+
+
+def _columns_of(rhs: str, X: np.ndarray, raw: list[str]) -> tuple[np.ndarray, list[str]] | None:
+    """The model matrix of a random-effects term read off the fixed-effects matrix, when it can be.
+
+    A term of plain names (:func:`_plain_columns`) of numeric columns that are themselves columns
+    of the fixed-effects matrix (``raw``: formulaic's names, which name a numeric variable by itself
+    and a categorical one ``x[T.level]``); anything else returns None: the term then goes through
+    formulaic. The matrix is stored column by column (Fortran order), so that its columns are
+    contiguous for the cross-products.
+    """
+    cols = _plain_columns(rhs)
+    if cols is None or not all(t in raw for t in cols if t != "(Intercept)"):
+        return None
+    Z = np.empty((X.shape[0], len(cols)), order="F")
+    for i, t in enumerate(cols):
+        Z[:, i] = 1.0 if t == "(Intercept)" else X[:, raw.index(t)]
+    return Z, cols
+
+
+def with_random_columns(design: Design, parsed: ParsedFormula) -> Design | None:
+    """The design of ``parsed`` on ``design``'s rows, built without evaluating a formula, when
+    ``parsed`` has ``design``'s response, fixed part and random terms (the same grouping factors in
+    the same order) and each of its terms is made of plain names (:func:`_plain_columns`) among the
+    columns of ``design``'s term of that factor: ``(1 + x | g)`` from ``(1 + x + z | g)``, a random
+    slope left out. What :func:`build_design` builds from the same data (the same rows, y, X, groups
+    and order; Z the selected columns, theta laid out for the new terms); None for other formulas."""
+    f = design.formula
+    if (parsed.response != f.response or parsed.fixed != f.fixed or len(parsed.random) != len(f.random)
+            or any(a.group != b.group or a.factors != b.factors for a, b in zip(parsed.random, f.random))):
+        return None
+    spec_of = {id(old): new for old, new in zip(f.random, parsed.random)}
+    new_terms: dict[int, Term] = {}
+    for t in design.terms:
+        spec = spec_of.get(id(t.spec))
+        cols = None if spec is None or t.Z is None else _plain_columns(spec.lhs)
+        if cols is None or not all(c in t.columns for c in cols):
+            return None
+        Z = np.asfortranarray(t.Z[:, [t.columns.index(c) for c in cols]])
+        new_terms[id(t)] = Term(spec=spec, columns=cols, Z=Z, name=t.name)
+    terms = [new_terms[id(t)] for t in design.terms]
+    offsets = np.cumsum([0] + [t.ntheta for t in terms])
+    where = {id(t): i for i, t in enumerate(design.terms)}
+    levels = []
+    for lv in design.levels:
+        new = Level(group=lv.group, terms=[new_terms[id(t)] for t in lv.terms], codes=lv.codes, labels=lv.labels,
+                    numeric=lv.numeric)
+        new.theta_slices = [slice(int(offsets[where[id(t)]]), int(offsets[where[id(t)] + 1])) for t in lv.terms]
+        levels.append(new)
+    return Design(formula=parsed, y=design.y, X=design.X, fixed_names=list(design.fixed_names), terms=terms,
+                  levels=levels, parents=list(design.parents), n_dropped=design.n_dropped,
+                  dropped_columns=list(design.dropped_columns), row_index=design.row_index)
 
 
 def _factorize(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -46,7 +46,7 @@ from theralens.errors import InputError
 from theralens.latent.ml import LatentFit
 from theralens.model.chibar import ChiBarSquare, slope_mixture
 from theralens.model.ddf import check_ddf
-from theralens.model.design import build_design
+from theralens.model.design import Design, build_design, with_random_columns
 from theralens.model.fit import MixedResult, fit_design
 from theralens.planning.analysis_table import analysis_table
 from theralens.planning.designs import StudyModels, parsed_formula
@@ -285,18 +285,28 @@ def _fit(role: str, build: Any, formula: str, fits: dict[str, Any]) -> None:
         fits[role] = exc
 
 
+def _reduced_design(main: Design, formula: str, frame: Any) -> Design:
+    """The design of ``formula`` (the main model without a therapist slope) on ``frame``: the main
+    model's design with that Z column left out (:func:`~theralens.model.design.with_random_columns`,
+    what ``build_design`` gives without evaluating the formula again), else built."""
+    parsed = parsed_formula(formula)
+    design = with_random_columns(main, parsed)
+    return build_design(parsed, frame) if design is None else design
+
+
 def _pipeline_fits(spec: PowerSpec, sim: Any, needed: set[str], fits: dict[str, Any]) -> None:
     """The models of ``spec.tests`` on the pipeline's analysis table of ``sim``
     (:mod:`theralens.planning.analysis_table`): the session design, or non-default options."""
     at = analysis_table(sim.sessions, spec.analysis_config)
     terms = at.terms
     _fit("main", lambda: build_design(parsed_formula(terms.formula()), at.frame), terms.formula(), fits)
-    if isinstance(fits["main"], MixedResult):
+    main = fits["main"]
+    if isinstance(main, MixedResult):
         for proc in terms.processes:
             role = f"without_slope:{proc}"
             if role in needed:
                 formula = terms.formula(slopes=[terms.within[o] for o in terms.processes if o != proc])
-                _fit(role, lambda f=formula: build_design(parsed_formula(f), at.frame), formula, fits)
+                _fit(role, lambda f=formula: _reduced_design(main.design, f, at.frame), formula, fits)
     if "moderator" in needed and spec.moderator is not None:
         try:
             frame, column = at.with_moderator(sim.therapists, spec.moderator)
