@@ -168,7 +168,10 @@ def methods_paragraphs(doc: dict[str, Any], processes: list[str], moderators: li
         "therapist-level slope variance was tested by a REML "
         "likelihood-ratio test against the model without that random slope (same fixed effects), referred to the "
         "chi-bar-square mixture of chi-square distributions that applies to a variance on the boundary of its "
-        f"parameter space (Self & Liang, 1987; Stram & Lee, 1994).{mod_text} The ancillary analysis added the "
+        "parameter space (Self & Liang, 1987; Stram & Lee, 1994); its 95% interval is the profile-likelihood "
+        "interval of the slope standard deviation (the ML profile, as lme4's confint), whose upper bound is the "
+        "one-sided 95% bound when the interval reaches 0."
+        f"{mod_text} The ancillary analysis added the "
         "product of the within and between-therapist components of every process (a within \u00d7 between "
         "interaction) to the main model.")
     paras.append(

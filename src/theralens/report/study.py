@@ -513,7 +513,8 @@ def aim2_section(ctx: ReportContext) -> str:
         rows.append([esc(ctx.label(r["process"])), esc(COMPONENT_LABELS.get(r["component"], r["component"])),
                      num(r["slope_variance"], key(pre, "slope_variance")), num(r["slope_sd"], key(pre, "slope_sd")),
                      f"[{num(r['slope_sd_ci_low'], key(pre, 'slope_sd_ci_low'))}, "
-                     f"{num(r['slope_sd_ci_high'], key(pre, 'slope_sd_ci_high'))}]",
+                     f"{num(r['slope_sd_ci_high'], key(pre, 'slope_sd_ci_high'))}]"
+                     f"{'<sup>a</sup>' if r.get('slope_sd_ci_one_sided') else ''}",
                      num(r["lrt_statistic"], key(pre, "lrt_statistic")),
                      num(r["lrt_df"], key(pre, "lrt_df"), kind="df"), num(r["p"], key(pre, "p"), kind="p"),
                      esc(r["reference"]), num(r["mean_slope_reliability"], key(pre, "mean_slope_reliability"))])
@@ -523,7 +524,9 @@ def aim2_section(ctx: ReportContext) -> str:
                 title="Therapist-level variance of the within slopes (aim 2)",
                 note="SD 95% CI: profile-likelihood interval of the slope SD (lme4's confint(method = "
                      "&quot;profile&quot;), which profiles the ML likelihood; a lower bound of 0 means the interval "
-                     "reaches the boundary). "
+                     "reaches the boundary; <sup>a</sup> such an interval cannot miss the true SD from below, so its "
+                     "upper bound is the one-sided 95% bound, lower than lme4's two-sided one, which over-covers "
+                     "there). "
                      "REML likelihood-ratio test of each random slope against the model without it (same fixed "
                      "effects); the variance lies on the boundary of its parameter space, so the statistic is "
                      "referred to a chi-bar-square mixture (Self &amp; Liang, 1987; Stram &amp; Lee, 1994); "

@@ -159,7 +159,8 @@ def aim1(main: MixedResult, terms: DesignTerms, labels: dict[str, str]) -> pd.Da
 @dataclass
 class SlopeResults:
     """Aim 2: ``variance`` (one row per process: slope_variance, slope_sd with its 95%
-    profile-likelihood interval slope_sd_ci_low / slope_sd_ci_high, lrt_statistic, lrt_df, p,
+    profile-likelihood interval slope_sd_ci_low / slope_sd_ci_high (slope_sd_ci_one_sided: the
+    interval reaches 0 and its upper bound is the one-sided one), lrt_statistic, lrt_df, p,
     reference, mean and min slope reliability) and ``therapists`` (one row per
     therapist and process: slope, se, ci, the deviation from the average with its
     conditional SD, probability of being stronger than average, n_patients, reliability,
@@ -182,10 +183,15 @@ def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame | AnalysisRows,
     The slope SD's interval is the profile-likelihood interval of lme4's ``confint(m, method =
     "profile")`` (:meth:`~theralens.model.fit.MixedResult.conf_int_varcorr`): how large the
     differences between therapists could be, which a non-significant test alone does not say.
+    When that interval reaches 0 it cannot miss the truth from below, and its upper bound is the
+    one-sided 95% bound (``boundary="one-sided"``; lme4's two-sided bound over-covers there:
+    validation/slope_sd_interval.md); ``slope_sd_ci_one_sided`` says which rows.
     """
     fit = main.fit
     vc = fit.varcorr
-    sd_ci = fit.conf_int_varcorr(level=0.95, rows=[("therapist", terms.within[p], None) for p in terms.processes])
+    sd_ci = fit.conf_int_varcorr(level=0.95, rows=[("therapist", terms.within[p], None) for p in terms.processes],
+                                 boundary="one-sided")
+    one_sided = {terms.processes[i] for i in sd_ci.attrs["one_sided"]}
     sd_ci.index = list(terms.processes)
     re = fit.random_effects("therapist")
     rows = as_rows(data, terms.processes, terms.between)
@@ -218,6 +224,7 @@ def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame | AnalysisRows,
             "component": "within_therapist" if terms.level == "patient" else "within_patient",
             "term": col, "slope_variance": slope_var, "slope_sd": float(np.sqrt(max(slope_var, 0.0))),
             "slope_sd_ci_low": float(sd_ci.loc[p, "2.5 %"]), "slope_sd_ci_high": float(sd_ci.loc[p, "97.5 %"]),
+            "slope_sd_ci_one_sided": p in one_sided,
             "lrt_statistic": test.statistic, "lrt_df": test.df, "p": test.p_value, "reference": test.reference,
             "mean_slope_reliability": float(rel[estimable].mean()) if estimable.any() else float("nan"),
             "min_slope_reliability": float(rel[estimable].min()) if estimable.any() else float("nan"),
