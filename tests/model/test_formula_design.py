@@ -186,3 +186,25 @@ def test_design_without_a_random_slope_equals_the_built_one() -> None:
                   "y ~ x + z + (1 + I(z * 2) | g) + (1 | g:p)",  # not plain names
                   "y ~ x + z + (1 + x | g) + (1 + x | g:p)"):  # a column the main term does not have
         assert with_random_columns(main, parse_formula(other)) is None
+
+
+def test_kept_formulaic_parse_gives_the_same_model_matrix() -> None:
+    """_model_matrix reuses formulaic's parse of the text: the same matrix and names as parsing it
+    with the data each time; a formula whose parse needs the data ('.') or fails goes to formulaic as
+    text."""
+    from formulaic import model_matrix
+
+    from theralens.model.design import _formulaic, _model_matrix
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"y": rng.standard_normal(30), "x": rng.standard_normal(30), "z": rng.standard_normal(30),
+                       "f": rng.choice(["a", "b", "c"], 30)})
+    for rhs in ("x + z", "x * f", "x:z + C(f)", "np.log(np.abs(x)) + z"):
+        X, names, raw = _model_matrix(rhs, df, {"y": 0, "x": 1, "z": 2, "f": 3}, "test")
+        ref = model_matrix(rhs, df, na_action="ignore", output="numpy")
+        np.testing.assert_array_equal(X, np.asarray(ref, dtype=float))
+        assert raw == list(ref.model_spec.column_names)
+        assert _formulaic(rhs) is _formulaic(rhs)
+    assert _formulaic(". - y") == ". - y"  # parsed with the data's columns
+    with pytest.raises(ModelSpecError, match="cannot build"):
+        _model_matrix("x +", df, {}, "test")

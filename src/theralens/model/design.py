@@ -12,10 +12,11 @@ import gc
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from formulaic import model_matrix
+from formulaic import Formula, model_matrix
 
 from theralens.errors import InputError, ModelSpecError
 from theralens.model.formula import ParsedFormula, RandomTermSpec
@@ -187,12 +188,25 @@ def _lme4_name(column: str, order: dict[str, int]) -> str:
     return ":".join(label for _, label in keyed)
 
 
+@lru_cache(maxsize=256)
+def _formulaic(rhs: str) -> Formula | str:
+    """formulaic's parse of ``rhs``, kept: a pure function of the text (half the cost of a model
+    matrix of a few thousand rows; a power study builds the same few thousands of times). The text
+    itself where the parse needs the data (``.``, the other columns) or fails (formulaic then
+    parses, and reports, it with the data). The model spec (levels, transforms) is built anew from
+    each data set."""
+    try:
+        return Formula(rhs)
+    except Exception:  # formulaic raises many types
+        return rhs
+
+
 def _model_matrix(
     rhs: str, data: pd.DataFrame, order: dict[str, int], what: str
 ) -> tuple[np.ndarray, list[str], list[str]]:
     """The model matrix of ``rhs`` through formulaic, its lme4 column names and formulaic's."""
     try:
-        mm = model_matrix(rhs, data, na_action="ignore", output="numpy")
+        mm = model_matrix(_formulaic(rhs), data, na_action="ignore", output="numpy")
     except Exception as exc:  # formulaic raises many types; report as one line
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelSpecError(f"cannot build the {what} from '{rhs}': {msg}") from None
@@ -515,7 +529,7 @@ def model_matrix_like(rhs: str, data: pd.DataFrame, reference: pd.DataFrame,
     lme4 column names; rows with a missing value give NaN rows (R's ``na.pass``)."""
     order = {v: i for i, v in enumerate(parsed.variables())}
     try:
-        spec = model_matrix(rhs, reference, na_action="ignore").model_spec
+        spec = model_matrix(_formulaic(rhs), reference, na_action="ignore").model_spec
         mm = spec.get_model_matrix(data, na_action="ignore", output="numpy")
     except Exception as exc:  # formulaic raises many types (e.g. a level the fit never saw)
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
