@@ -397,3 +397,17 @@ def test_text_views_of_distinct_values_equal_cell_by_cell(values: list, dtype: o
     pattern = re.compile(r"^(-?\d+)\.0+$")
     assert ids.index.equals(series.index) and list(ids) == [None if t is None else pattern.sub(r"\1", t)
                                                              for t in expected]
+
+
+def test_dropped_rows_count_the_patients_touched_and_removed():
+    """An exclusion counts the patients with a dropped row and those left with none (ids compared
+    by value, whatever their storage)."""
+    df = sessions()
+    df.loc[df["patient"] == "P01", "session"] = np.nan  # every row of P01
+    df.loc[(df["patient"] == "P12") & (df["session"] == 2), "session"] = np.nan  # one row of P12
+    df.loc[(df["patient"] == "P20") & (df["session"] == 2), "patient"] = None  # a row without an id
+    df.loc[(df["patient"] == "P20") & (df["session"] == 3), "session"] = np.nan
+    v = validate_sessions(df, source=SRC)
+    exc = {e.reason: e for e in v.exclusions}["no time (column 'session')"]
+    assert (exc.rows, exc.patients, exc.patients_removed) == (6, 3, 1)
+    assert "P01" not in set(v.sessions["patient"]) and "P12" in set(v.sessions["patient"])

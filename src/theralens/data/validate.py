@@ -738,11 +738,14 @@ def validate_sessions(
         nonlocal out
         if not mask.any():
             return
-        before = set(out["patient"].dropna())
-        touched = out.loc[mask, "patient"].dropna().nunique()
+        # patients by code (-1: no id), not as Python sets of the (Arrow) id strings
+        codes = pd.factorize(out["patient"])[0]
+        has_id = codes >= 0
+        touched = len(np.unique(codes[mask & has_id]))  # patients with a dropped row
+        rows_left = np.bincount(codes[has_id & ~mask], minlength=codes.max() + 1)
+        removed = int((rows_left[np.unique(codes[mask & has_id])] == 0).sum())  # ... and no row left
         examples = tuple(int(r) for r in out.loc[mask, "row"].to_numpy()[:5])
         out = out.loc[~mask].reset_index(drop=True)
-        removed = len(before - set(out["patient"]))
         exclusions.append(Exclusion(reason, int(mask.sum()), int(touched), removed, examples))
 
     reasons = exclusion_reasons(config)
