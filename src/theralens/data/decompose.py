@@ -650,20 +650,21 @@ def session_table(
     n_per = np.bincount(tcode_p, minlength=J)
     _check_enough(n_per, data, "session", exclusions)  # before the table is built (session_summary checks again)
 
-    table = pd.DataFrame(
-        {
-            "therapist": therapist_of[row_p],
-            "patient": patients[row_p],
-            "row": np.asarray(pairs["row"])[keep],
-            "time": np.asarray(pairs["time"], dtype=float)[keep],
-            "time_next": np.asarray(pairs["time_next"], dtype=float)[keep],
-        }
-    )
-    table["gap"] = table["time_next"] - table["time"]
-    table["outcome"] = np.asarray(pairs["outcome"], dtype=float)[keep]
-    table["outcome_next"] = np.asarray(pairs["outcome_next"], dtype=float)[keep]
+    # the columns in table order, gathered first and made into one frame (not inserted one by one)
+    time = np.asarray(pairs["time"], dtype=float)[keep]
+    time_next = np.asarray(pairs["time_next"], dtype=float)[keep]
+    columns: dict[str, np.ndarray] = {
+        "therapist": therapist_of[row_p],
+        "patient": patients[row_p],
+        "row": np.asarray(pairs["row"])[keep],
+        "time": time,
+        "time_next": time_next,
+        "gap": time_next - time,
+        "outcome": np.asarray(pairs["outcome"], dtype=float)[keep],
+        "outcome_next": np.asarray(pairs["outcome_next"], dtype=float)[keep],
+    }
     for c in covariates:
-        table[c] = cov_values[c]
+        columns[c] = cov_values[c]
     n_lags = np.bincount(pcode_l, minlength=n_pat)
     weighted = design.caseload_weighting == "session"
     pm_frame = {"therapist": pat_ther}
@@ -675,17 +676,17 @@ def session_table(
         else:
             xbar_j = _group_mean(tcode_p, xbar_i, J)
         grand = float(xbar_j.mean())
-        table[p] = x
-        table[f"{p}_within_patient"] = x - xbar_i[pcode_l]
-        table[f"{p}_between_patient"] = xbar_i[pcode_l] - xbar_j[tcode_r]
-        table[f"{p}_between_therapist"] = xbar_j[tcode_r] - grand
-        table[f"{p}_patient_mean"] = xbar_i[pcode_l]
-        table[f"{p}_caseload_mean"] = xbar_j[tcode_r]
+        columns[p] = x
+        columns[f"{p}_within_patient"] = x - xbar_i[pcode_l]
+        columns[f"{p}_between_patient"] = xbar_i[pcode_l] - xbar_j[tcode_r]
+        columns[f"{p}_between_therapist"] = xbar_j[tcode_r] - grand
+        columns[f"{p}_patient_mean"] = xbar_i[pcode_l]
+        columns[f"{p}_caseload_mean"] = xbar_j[tcode_r]
         pm_frame[p] = xbar_i
-    table["n_lags"] = n_lags[pcode_l]
-    table["n_patients"] = n_per[tcode_r]
-    order = np.lexsort((table["time"].to_numpy(), pcode_l, tcode_r))
-    table = table.iloc[order].reset_index(drop=True)
+    columns["n_lags"] = n_lags[pcode_l]
+    columns["n_patients"] = n_per[tcode_r]
+    order = np.lexsort((time, pcode_l, tcode_r))
+    table = pd.DataFrame({name: values[order] for name, values in columns.items()})
 
     return session_summary(table, pd.DataFrame(pm_frame), n_lags, n_per,
                            int(rows_per_patient[np.asarray(pat_index, dtype=int)].sum()), exclusions, data, config)
