@@ -699,33 +699,35 @@ def validate_sessions(
     frame, rows = frame.loc[~blank].reset_index(drop=True), rows[~blank]
     check_not_empty(len(frame), where)
 
-    out = pd.DataFrame({"row": rows})
-    out["therapist"] = normalize_ids(frame[cols.therapist]).to_numpy()
-    out["patient"] = normalize_ids(frame[cols.patient]).to_numpy()
+    columns: dict[str, Any] = {"row": rows}  # the canonical columns, made into one frame below
+    columns["therapist"] = normalize_ids(frame[cols.therapist]).to_numpy()
+    columns["patient"] = normalize_ids(frame[cols.patient]).to_numpy()
     if cols.service:
-        out["service"] = normalize_ids(frame[cols.service]).to_numpy()
+        columns["service"] = normalize_ids(frame[cols.service]).to_numpy()
 
     time, dates = parse_time(frame[cols.time], cols.time, rows, where)
-    out["time"] = time.to_numpy()
+    columns["time"] = time.to_numpy()
     if dates is not None:
-        out["date"] = dates.to_numpy()
+        columns["date"] = dates.to_numpy()
     time_kind = "date" if dates is not None else "number"
 
-    out["outcome"] = to_numeric(
+    columns["outcome"] = to_numeric(
         frame[cols.outcome], cols.outcome, "outcome", rows, where, notes, cols.outcome in applied
     ).to_numpy()
     labels, processes = value_names(config)
     taken = set(RESERVED_NAMES) | set(processes)
     for name in processes:
         p = labels[name]
-        out[name] = to_numeric(frame[p], p, "process", rows, where, notes, p in applied).to_numpy()
+        columns[name] = to_numeric(frame[p], p, "process", rows, where, notes, p in applied).to_numpy()
     covariates: list[str] = []
     for c in cols.covariates:
         coded, lab = code_column(frame[c], c, "covariate", rows, where, taken, notes, c in applied)
         for name, values in coded.items():
-            out[name] = values.to_numpy()
+            columns[name] = values.to_numpy()
             covariates.append(name)
         labels.update(lab)
+
+    out = pd.DataFrame(columns)
 
     check_filled({name: int(out[name].notna().sum()) for name in ["outcome", *processes, *covariates]}, labels, where)
     check_covariates_vary({name: int(out[name].nunique(dropna=True)) for name in covariates}, labels, where)
