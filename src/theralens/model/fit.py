@@ -318,7 +318,7 @@ class MixedResult:
         ``rows`` restricts the result to some (grp, var1, var2) rows (e.g. ``[("therapist",
         "alliance", None)]`` for one slope SD): a profile is then computed for those alone.
         """
-        from theralens.model.profile import profile_intervals, varcorr_parameters
+        from theralens.model.profile import BOUNDARY_RULES, profile_intervals, varcorr_parameters
 
         if not 0 < level < 1:
             raise InputError(f"conf_int_varcorr: level must lie between 0 and 1 (got {level}); e.g. 0.95")
@@ -328,7 +328,7 @@ class MixedResult:
         if likelihood not in ("ml", "reml") or (likelihood == "reml" and not self.reml):
             raise InputError(f"conf_int_varcorr: likelihood must be 'ml', or 'reml' for a REML fit (got {likelihood!r}"
                              f" for a{' REML' if self.reml else 'n ML'} fit)")
-        if boundary not in ("two-sided", "one-sided") or (boundary == "one-sided" and method != "profile"):
+        if boundary not in BOUNDARY_RULES or (boundary == "one-sided" and method != "profile"):
             raise InputError(f"conf_int_varcorr: boundary must be 'two-sided', or 'one-sided' with method='profile'"
                              f" (got {boundary!r} with method={method!r})")
         every = varcorr_parameters(self.design)  # the rows of varcorr, in its order

@@ -47,7 +47,10 @@ from theralens.model.satterthwaite import VarparFunctions
 
 _FAR = 1e30  # deviance given where it cannot be evaluated: the optimiser backs off
 
-__all__ = ["VarcorrParameter", "profile_intervals", "profile_zeta", "varcorr_parameters"]
+__all__ = ["BOUNDARY_RULES", "VarcorrParameter", "profile_intervals", "profile_zeta", "varcorr_parameters"]
+
+#: The rules for an SD interval that reaches 0: lme4's two-sided one, or the one-sided upper bound.
+BOUNDARY_RULES = ("two-sided", "one-sided")
 
 
 @dataclass(frozen=True)
@@ -272,7 +275,7 @@ def profile_intervals(
         raise InputError(f"level must lie between 0 and 1 (got {level}); e.g. 0.95 for 95% intervals")
     pr = _Profiler(criterion, theta, sigma, reml)
     params = parm if parm is not None else varcorr_parameters(pr.layout)
-    if boundary not in ("two-sided", "one-sided"):
+    if boundary not in BOUNDARY_RULES:
         raise InputError(f"boundary must be 'two-sided' or 'one-sided' (got {boundary!r})")
     z = float(stats.norm.ppf(0.5 + level / 2))
     z_one = float(stats.norm.ppf(level))
