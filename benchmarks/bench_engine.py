@@ -77,6 +77,8 @@ SIZES: dict[str, Size] = {
     "small": Size("small", 42, 212),
     "medium": Size("medium", 400, 4_000),
     "large": Size("large", 2_000, 40_000),
+    # About 1 million session rows (issue #11: lme4 and mixedlm beside theralens at 1M rows).
+    "xlarge": Size("xlarge", 4_600, 92_000),
 }
 
 # True generating values (documented in benchmarks/README.md).
@@ -674,7 +676,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sizes",
         type=lambda s: _csv_list(s, list(SIZES), "size"),
         default=["small", "medium", "large"],
-        help="comma list of small,medium,large (default: all)",
+        help="comma list of small,medium,large,xlarge (default: small,medium,large; xlarge is about 1M rows)",
     )
     p.add_argument(
         "--peers",
@@ -754,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
             size = SIZES[size_name]
             repeats = args.repeats
             if repeats is None:
-                repeats = 1 if size_name == "large" else 3
+                repeats = 1 if size_name in ("large", "xlarge") else 3
             sim = simulate(size, args.seed)
             for path in args.paths:
                 formula = PATHS[path]
@@ -784,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
                             # 1-minute load average before the run: others' work skews timings.
                             "loadavg_before": round(os.getloadavg()[0], 2),
                         }
-                        if peer == "statsmodels" and size_name == "large" and not args.statsmodels_large:
+                        if peer == "statsmodels" and size_name in ("large", "xlarge") and not args.statsmodels_large:
                             res = {
                                 "status": "skipped",
                                 "error": "statsmodels skipped on large by default (too slow); use --statsmodels-large",

@@ -277,10 +277,10 @@ def test_sufficient_statistics_by_sql_equal_the_frames(tmp_path, demo):
     those of the rows (model/stats.py), and a fit from them reaches the same REML criterion."""
     import duckdb
 
-    from theralens.data.scan import sufficient_stats
     from theralens.model.fit import fit_mixed, fit_stats
     from theralens.model.stats import SufficientStats
     from theralens.study.aims import design_terms
+    from theralens.study.sql_stats import sufficient_stats
 
     path = tmp_path / "s.parquet"
     messy(demo).to_parquet(path, index=False)

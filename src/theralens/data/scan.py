@@ -27,10 +27,9 @@ where they stay (table ``lagged``; the SessionTable's ``table`` has its columns 
 ``relation`` names it): only per-patient numbers (outcome assessments, patient means for
 the reliability) and per-exclusion-step counts leave DuckDB, and
 :func:`theralens.data.decompose.session_summary` (shared with the pandas path) computes the
-reliability, warnings and counts. :func:`decompose_scan` returns the design's table, and
-:func:`sufficient_stats` reduces a relation to the engine's
-:class:`~theralens.model.stats.SufficientStats` by GROUP BY (SUM(a*b)): the study's models
-are fitted from those (:mod:`theralens.study.rows`).
+reliability, warnings and counts. :func:`decompose_scan` returns the design's table; the
+study reduces it to the engine's :class:`~theralens.model.stats.SufficientStats` by GROUP BY (SUM(a*b),
+:mod:`theralens.study.sql_stats`) and fits its models from those (:mod:`theralens.study.rows`).
 
 Which implementation is the one. The checks are one: validate.py decides and words every
 message, on what pandas or SQL found. The decomposition and the statistics are the two data
@@ -121,6 +120,7 @@ __all__ = [
     "lagged_pairs",
     "parse_memory",
     "patient_aggregates",
+    "quote_identifier",
     "scan_files",
     "scan_sessions",
     "scannable",
@@ -201,8 +201,12 @@ def input_bytes(path: str | Path) -> int:
 # ----------------------------------------------------------------------------- SQL text
 
 
-def _q(name: str) -> str:
+def quote_identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier (double quotes doubled): how every query here names a column."""
     return '"' + str(name).replace('"', '""') + '"'
+
+
+_q = quote_identifier
 
 
 def _lit(value: str) -> str:
@@ -915,123 +919,7 @@ def choose_engine(path: str | Path, engine: str = "auto", memory_limit: int | st
     return engine, f"Engine: pandas ({why}): the sessions were read whole into memory."
 
 
-# ----------------------------------------------------------------------------- sufficient statistics
-
-
-def _column_sql(name: str) -> str:
-    """SQL of a model-matrix column named as formulaic names it: the intercept, a column, or a product a:b."""
-    if name in ("Intercept", "(Intercept)", "1"):
-        return "1.0"
-    return "(" + " * ".join(f"CAST({_q(part)} AS DOUBLE)" for part in name.split(":")) + ")"
-
-
-def sufficient_stats(con: Any, relation: str, formula: str, *, sample_groups: int = 200) -> Any:
-    """:class:`~theralens.model.stats.SufficientStats` of ``formula`` over the rows of a DuckDB
-    ``relation`` (a table or view), by GROUP BY: per innermost group (patient) its count and the
-    sums SUM(z_i * w_j) of its q_1 rows of W'W, per group of every coarser level (therapist,
-    service) every SUM(w_i * w_j) of W = [Z_1, .., Z_D, X, y] (engine.md, "Statistics per
-    innermost cluster"); with one grouping factor, the totals by one SUM over all rows. No row
-    leaves DuckDB.
-
-    This is the statistics pass of the DuckDB path; :meth:`SufficientStats.from_frame
-    <theralens.model.stats.SufficientStats.from_frame>` is that of rows in memory. Both compute
-    the one definition C = W'W per cluster, as layout.md's two data adapters do, for inputs that
-    fit in memory and inputs that do not; tests/data/test_scan.py holds them equal.
-
-    Nested grouping factors (e.g. ``(1 | therapist:patient)`` inside ``(... | therapist)``,
-    inside ``(1 | service)``), innermost first by their number of factors, then of groups; the
-    fixed effects are columns of the relation or their products (``a:b``). The layout (column
-    names, terms, theta) is that of the same formula on a few groups' rows; rows with a missing
-    value in a column of the model are left out (counted, as ``fit_mixed`` drops them).
-    """
-    from theralens.model.design import Level
-    from theralens.model.stats import SufficientStats
-
-    groups = _groups_of(con, relation, formula)
-    keys = [_key_sql(factors) for _, factors in groups]
-    top = keys[-1]
-    sample = con.execute(f"SELECT * FROM {relation} WHERE {top} IN (SELECT DISTINCT {top} "
-                         f"FROM {relation} ORDER BY 1 LIMIT {int(sample_groups)})").df()
-    layout = SufficientStats.from_frame(formula, sample, order=[g for g, _ in groups])
-    if [lv.group for lv in layout.levels] != [g for g, _ in groups]:
-        raise InputError(f"sufficient statistics by SQL need nested grouping factors; the formula {formula!r} "
-                         f"has {[lv.group for lv in layout.levels]}")
-    columns = [c for lv in layout.levels for t in lv.terms for c in t.columns]
-    columns += list(layout.fixed_names) + [layout.formula.response]
-    exprs = [_column_sql(c) for c in columns]
-    d, q1, D = len(exprs), layout.q[0], len(groups)
-    complete = " AND ".join(f"{e} IS NOT NULL" for e in exprs)
-    n_all = con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
-    rows = f"(SELECT * FROM {relation} WHERE {complete})"
-    pairs = [(i, j) for i in range(d) for j in range(i, d)]
-    full = ", ".join(f"sum({exprs[i]} * {exprs[j]})" for i, j in pairs)
-
-    def blocks(records: list[tuple[Any, ...]], start: int) -> np.ndarray:
-        out = np.zeros((len(records), d, d))
-        values = np.array([r[start:] for r in records], dtype=float).reshape(len(records), len(pairs))
-        for k, (i, j) in enumerate(pairs):
-            out[:, i, j] = values[:, k]
-            out[:, j, i] = values[:, k]
-        return out
-
-    def parent_sql(l: int) -> str:
-        return f", min({keys[l + 1]})" if l + 1 < D else ", NULL"
-
-    inner_pairs = [(i, j) for i in range(q1) for j in range(d)]
-    per_inner = con.execute(f"SELECT {keys[0]} AS g{parent_sql(0)}, count(*) AS n, "
-                            + ", ".join(f"sum({exprs[i]} * {exprs[j]})" for i, j in inner_pairs)
-                            + f" FROM {rows} GROUP BY 1 ORDER BY 1").fetchall()
-    labels = [np.array([r[0] for r in per_inner], dtype=object)]
-    parent_labels = [[r[1] for r in per_inner]]
-    counts = np.array([r[2] for r in per_inner], dtype=np.int64)
-    inner = np.array([r[3:] for r in per_inner], dtype=float).reshape(len(per_inner), q1, d)
-    sums: list[np.ndarray | None] = [None]
-    for l in range(1, D):
-        per = con.execute(f"SELECT {keys[l]} AS g{parent_sql(l)}, {full} FROM {rows} GROUP BY 1 ORDER BY 1").fetchall()
-        labels.append(np.array([r[0] for r in per], dtype=object))
-        parent_labels.append([r[1] for r in per])
-        sums.append(blocks(per, 2))
-    total = sums[-1].sum(axis=0) if D > 1 else blocks(con.execute(f"SELECT {full} FROM {rows}").fetchall(), 0)[0]
-    parents = []
-    for l in range(D - 1):
-        where = {g: k for k, g in enumerate(labels[l + 1])}
-        parents.append(np.array([where[g] for g in parent_labels[l]], dtype=np.int64))
-    levels = []
-    for lv, lab in zip(layout.levels, labels, strict=True):
-        new = Level(group=lv.group, terms=lv.terms, codes=None, labels=lab, numeric=lv.numeric)
-        new.theta_slices = list(lv.theta_slices)
-        levels.append(new)
-    stats = SufficientStats(fixed_names=list(layout.fixed_names), terms=layout.terms, levels=levels,
-                            parents=parents, counts=counts, inner=inner, sums=sums,
-                            total=total, formula=layout.formula, n_dropped=int(n_all - counts.sum()))
-    return SufficientStats.combine([stats])  # groups numbered as every other constructor numbers them
-
-
-def _groups_of(con: Any, relation: str, formula: str) -> list[tuple[str, tuple[str, ...]]]:
-    """(name, factors) of every grouping factor of ``formula``, innermost first: by their number of
-    factors (``therapist:patient`` inside ``therapist``), then by their number of groups in
-    ``relation`` (``therapist`` inside ``service``)."""
-    from theralens.model.formula import parse_formula
-
-    groups = list(dict.fromkeys((spec.group, tuple(spec.factors)) for spec in parse_formula(formula).random))
-    if not groups:
-        raise InputError(f"sufficient statistics by SQL need a grouping factor; {formula!r} has none")
-    sizes = {g: con.execute(f"SELECT count(DISTINCT {_key_sql(f)}) FROM {relation}").fetchone()[0] if len(groups) > 1
-             else 0 for g, f in groups}
-    groups.sort(key=lambda g: (-len(g[1]), -sizes[g[0]]))
-    return groups
-
-
-def _key_sql(factors: tuple[str, ...]) -> str:
-    """The label of a group as the model design writes it: the factors' ids joined by ':'."""
-    parts = [f"CAST({_q(f)} AS VARCHAR)" for f in factors]
-    return parts[0] if len(parts) == 1 else "concat_ws(':', " + ", ".join(parts) + ")"
-
-
-def grouping_order(con: Any, relation: str, formula: str) -> list[str]:
-    """The grouping factors of ``formula`` innermost first, as :func:`sufficient_stats` orders them
-    over ``relation`` (what statistics of parts of the rows need: ``from_frame(..., order=)``)."""
-    return [g for g, _ in _groups_of(con, relation, formula)]
+# ----------------------------------------------------------------------------- Parquet copy
 
 
 def export_parquet(con: Any, relation: str, folder: str | Path, rows_per_file: int = 1_000_000) -> Path:
@@ -1049,17 +937,6 @@ def export_parquet(con: Any, relation: str, folder: str | Path, rows_per_file: i
     con.execute(f"""COPY (SELECT *, (row_number() OVER () - 1) // {int(rows_per_file)} AS __part FROM {relation})
         TO {_lit(str(out))} (FORMAT parquet, PARTITION_BY (__part))""").fetchall()
     return out
-
-
-def column_sql(name: str) -> str:
-    """SQL of a model-matrix column named as formulaic names it (public: the study's SQL rows
-    compute fitted values with it)."""
-    return _column_sql(name)
-
-
-def key_sql(factors: tuple[str, ...]) -> str:
-    """SQL of a group's label (factors joined by ':'), as :func:`sufficient_stats` labels groups."""
-    return _key_sql(factors)
 
 
 def lagged_table(scan: ScannedSessions, config: StudyConfig | None = None) -> str:

@@ -298,14 +298,30 @@ def _sorted_labels(labels: np.ndarray, numeric: tuple[bool, ...]) -> np.ndarray:
     labels of interactions), by value where the factor's ids are numbers
     (:attr:`Level.numeric <theralens.model.design.Level.numeric>`), as text otherwise."""
     parts = max(len(numeric), 1)
+    uniq = pd.unique(np.array([str(v) for v in labels.tolist()], dtype=object))
+    rest = np.asarray(uniq, dtype=str)
+    pieces, whole = [], True
+    for i in range(parts):  # split at the first parts - 1 colons, vectorised (numpy.strings)
+        if i == parts - 1:
+            pieces.append(rest)
+            break
+        head, sep, rest = np.strings.partition(rest, ":")
+        whole = whole and bool((sep == ":").all())
+        pieces.append(head)
+    if not whole:
+        # labels with fewer pieces than factors: compare them piece by piece as tuples
+        def key(label: str) -> tuple[float | str, ...]:
+            split = label.split(":", parts - 1)
+            return tuple(float(x) if i < len(numeric) and numeric[i] else x for i, x in enumerate(split))
 
-    def key(label: str) -> tuple[float | str, ...]:
-        pieces = label.split(":", parts - 1) if parts > 1 else [label]
-        return tuple(float(x) if i < len(numeric) and numeric[i] else x for i, x in enumerate(pieces))
-
-    uniq = sorted(set(map(str, labels.tolist())), key=key)
+        order = np.array(sorted(range(len(uniq)), key=lambda k: key(uniq[k])), dtype=np.int64)
+    else:
+        keys = [piece.astype(float) if i < len(numeric) and numeric[i]
+                else pd.factorize(piece, sort=True)[0]  # ranks in text order
+                for i, piece in enumerate(pieces)]
+        order = np.lexsort(keys[::-1])
     out = np.empty(len(uniq), dtype=object)
-    out[:] = uniq
+    out[:] = uniq[order] if len(uniq) else uniq
     return out
 
 

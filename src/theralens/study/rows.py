@@ -9,7 +9,7 @@ the same analysis table (one row per analysed patient, or per lagged pair):
 - :class:`RelationRows`: the table as a DuckDB relation (the DuckDB engine,
   :mod:`theralens.data.scan`). Models are fitted by :func:`~theralens.model.fit.fit_stats` from
   the :class:`~theralens.model.stats.SufficientStats` that
-  :func:`~theralens.data.scan.sufficient_stats` computes by GROUP BY; no frame of the rows is
+  :func:`~theralens.study.sql_stats.sufficient_stats` computes by GROUP BY; no frame of the rows is
   built. Conditional modes need only the statistics; the residual summaries of the
   diagnostics need the rows, so they are a second pass in SQL: fitted values X beta + Z b
   with the conditional modes joined by group label, ordered by the fitted values and by the
@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from theralens.data.scan import column_sql, grouping_order, key_sql, sufficient_stats
 from theralens.errors import InputError
 from theralens.model import MixedResult, fit_mixed
 from theralens.model.fit import fit_stats
 from theralens.model.stats import SufficientStats
 from theralens.study.document import residual_summary, residual_summary_from
+from theralens.study.sql_stats import column_sql, grouping_order, key_sql, sufficient_stats
 
 __all__ = ["AnalysisRows", "ClusterRows", "FrameRows", "RelationRows", "as_rows", "partial_stats"]
 
