@@ -80,6 +80,8 @@ SIZES: dict[str, Size] = {
     # About 1 million session rows (issue #11: lme4 and mixedlm beside theralens at 1M rows).
     "xlarge": Size("xlarge", 4_600, 92_000),
 }
+#: Sizes fitted once per peer by default, where statsmodels is skipped unless asked for.
+LARGE_SIZES = ("large", "xlarge")
 
 # True generating values (documented in benchmarks/README.md).
 TRUE_BETA = {"(Intercept)": 20.0, "alliance": -1.0, "expectancy": -0.5, "session": -0.4}
@@ -756,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
             size = SIZES[size_name]
             repeats = args.repeats
             if repeats is None:
-                repeats = 1 if size_name in ("large", "xlarge") else 3
+                repeats = 1 if size_name in LARGE_SIZES else 3
             sim = simulate(size, args.seed)
             for path in args.paths:
                 formula = PATHS[path]
@@ -786,10 +788,11 @@ def main(argv: list[str] | None = None) -> int:
                             # 1-minute load average before the run: others' work skews timings.
                             "loadavg_before": round(os.getloadavg()[0], 2),
                         }
-                        if peer == "statsmodels" and size_name in ("large", "xlarge") and not args.statsmodels_large:
+                        if peer == "statsmodels" and size_name in LARGE_SIZES and not args.statsmodels_large:
                             res = {
                                 "status": "skipped",
-                                "error": "statsmodels skipped on large by default (too slow); use --statsmodels-large",
+                                "error": f"statsmodels skipped on {size_name} by default (too slow); "
+                                "use --statsmodels-large",
                             }
                         elif peer == "lme4":
                             res = run_lme4(csv, tmpdir, repeats, args.warmup, args.timeout, threads, formula)

@@ -213,3 +213,32 @@ def test_lrt_from_statistics_alone() -> None:
     assert from_stats.refitted and from_frame.refitted
     assert from_stats.statistic == pytest.approx(from_frame.statistic, rel=1e-8, abs=1e-8)
     assert from_stats.p_value == pytest.approx(from_frame.p_value, rel=1e-6)
+
+
+def test_group_labels_sorted_as_the_design_numbers_them():
+    """Group labels in the order of the tuple key the design numbers groups by: piece by piece
+    (``a:b``), by value where a factor's ids are numbers, as text otherwise; duplicates once;
+    labels with fewer pieces than factors and an empty set of labels too."""
+    from theralens.model.stats import _sorted_labels
+
+    def expected(labels, numeric):
+        parts = max(len(numeric), 1)
+
+        def key(label):
+            pieces = label.split(":", parts - 1)
+            return tuple(float(x) if i < len(numeric) and numeric[i] else x for i, x in enumerate(pieces))
+
+        return sorted(set(labels), key=key)
+
+    rng = np.random.default_rng(3)
+    two = [f"{t}:{p}" for t in rng.integers(0, 300, 400) for p in rng.integers(0, 1000, 3)]
+    for numeric in [(True, True), (False, False), (True, False), (False, True)]:
+        got = _sorted_labels(np.array(two, dtype=object), numeric)
+        assert got.tolist() == expected(two, numeric)
+    one = [str(v) for v in rng.integers(0, 10_000, 2_000)] + ["b", "a", "Z", "é"]
+    assert _sorted_labels(np.array(one, dtype=object), (False,)).tolist() == expected(one, (False,))
+    numbers = [str(v) for v in rng.integers(0, 10_000, 2_000)]
+    assert _sorted_labels(np.array(numbers, dtype=object), (True,)).tolist() == expected(numbers, (True,))
+    short = ["3:1", "10", "2:5", "2:10"]
+    assert _sorted_labels(np.array(short, dtype=object), (True, True)).tolist() == ["2:5", "2:10", "3:1", "10"]
+    assert _sorted_labels(np.array([], dtype=object), (True, True)).tolist() == []

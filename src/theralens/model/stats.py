@@ -299,6 +299,8 @@ def _sorted_labels(labels: np.ndarray, numeric: tuple[bool, ...]) -> np.ndarray:
     (:attr:`Level.numeric <theralens.model.design.Level.numeric>`), as text otherwise."""
     parts = max(len(numeric), 1)
     uniq = pd.unique(np.array([str(v) for v in labels.tolist()], dtype=object))
+    if not len(uniq):
+        return np.empty(0, dtype=object)  # (numpy.strings.partition fails on an empty array)
     rest = np.asarray(uniq, dtype=str)
     pieces, whole = [], True
     for i in range(parts):  # split at the first parts - 1 colons, vectorised (numpy.strings)
@@ -321,7 +323,7 @@ def _sorted_labels(labels: np.ndarray, numeric: tuple[bool, ...]) -> np.ndarray:
                 for i, piece in enumerate(pieces)]
         order = np.lexsort(keys[::-1])
     out = np.empty(len(uniq), dtype=object)
-    out[:] = uniq[order] if len(uniq) else uniq
+    out[:] = uniq[order]
     return out
 
 
