@@ -1,4 +1,4 @@
-"""The catalogue of bad inputs: each is answered by the real CLI (a subprocess) with exit code
+"""The catalogue of bad inputs: each is answered by the CLI with exit code
 2 and ONE line on stderr that names the file and the column, row(s), therapist or key and
 says how to fix it; no traceback; and no file of the user is changed, no output appears
 (not even a half-written one: an earlier ``results.json`` in the output folder stays as it
@@ -9,6 +9,10 @@ files into ``folder`` (the working directory of the run) and returns the command
 the pieces the error line must contain. ``sessions`` and ``therapists`` are copies of the
 demo tables (42 therapists, 212 patients). The catalogue with causes and fixes is
 ``docs/troubleshooting.md``.
+
+Every case runs through ``theralens.cli.main`` in this process (``clirun.run_main``), and a
+sample of cases through the real command in a subprocess (``clirun.run_cli``), which is the
+test that the entry point adds nothing to the line (no traceback, no warning, nothing on stdout).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from clirun import fingerprint, run_cli
+from clirun import fingerprint, run_cli, run_main
 
 Case = Callable[[Path, pd.DataFrame, pd.DataFrame], tuple[list[str], list[str]]]
 CASES: dict[str, Case] = {}
@@ -457,6 +461,20 @@ ENGINES = ("pandas", "duckdb")
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_clear_line(name, tmp_path, demo_frames):
     """Each case through both engines (analyze and validate take --engine): the same one line."""
+    _check_case(name, tmp_path, demo_frames, run_main)
+
+
+# a file error, a value error on both engines, a therapist-table error and a config error
+THROUGH_THE_COMMAND = ("missing_file", "infinite_values", "therapist_table_duplicate_ids", "toml_syntax_error")
+
+
+@pytest.mark.parametrize("name", THROUGH_THE_COMMAND)
+def test_bad_input_through_the_real_command(name, tmp_path, demo_frames):
+    """The same cases through ``python -m theralens.cli`` in a subprocess: still one line, exit 2."""
+    _check_case(name, tmp_path, demo_frames, run_cli)
+
+
+def _check_case(name, tmp_path, demo_frames, run):
     s, t = (f.copy() for f in demo_frames)
     argv, parts = CASES[name](tmp_path, s, t)
     if argv[0] == "analyze" and "--out" not in argv:
@@ -469,7 +487,7 @@ def test_bad_input_is_one_clear_line(name, tmp_path, demo_frames):
     lines = {}
     for engine in engines:
         before = fingerprint(tmp_path)
-        r = run_cli(*argv, "--engine", engine, cwd=tmp_path) if len(engines) > 1 else run_cli(*argv, cwd=tmp_path)
+        r = run(*argv, "--engine", engine, cwd=tmp_path) if len(engines) > 1 else run(*argv, cwd=tmp_path)
         assert r.returncode == 2, (engine, r.returncode, r.stderr)
         assert "Traceback" not in r.stderr + r.stdout
         out = r.stderr.splitlines()
