@@ -212,23 +212,31 @@ class _Profiler:
 
 
 class _Profile:
-    """zeta(v) of one parameter, with warm starts from the nearest point already computed."""
+    """zeta(v) of one parameter, with warm starts from the nearest point already computed:
+    its minimiser and its BFGS inverse-Hessian approximation (scipy's ``hess_inv0``), so the
+    minimisation at a neighbouring point starts almost as Newton's method would."""
 
     def __init__(self, profiler: _Profiler, p: VarcorrParameter) -> None:
         self.pr = profiler
         self.p = p
         self.hat = profiler.estimate(p)
-        self.points: dict[float, np.ndarray] = {self.hat: profiler.start(p)}
+        self.points: dict[float, tuple[np.ndarray, np.ndarray | None]] = {self.hat: (profiler.start(p), None)}
         self.low, self.high = (-1.0, 1.0) if p.kind == "cor" else (0.0, float("inf"))
         if p.kind == "sigma":
             self.low = 1e-8 * profiler.sigma_hat
 
     def deviance_at(self, v: float) -> float:
         nearest = min(self.points, key=lambda u: abs(u - v))
-        x0 = self.points[nearest]
+        x0, h0 = self.points[nearest]
+        options = {"gtol": 1e-8, "maxiter": 2000}
+        if h0 is not None:
+            options["hess_inv0"] = h0
         res = optimize.minimize(lambda x: self.pr.deviance_and_gradient(self.p, x, v), x0, method="BFGS",
-                                jac=True, options={"gtol": 1e-8, "maxiter": 2000})
-        self.points[v] = res.x
+                                jac=True, options=options)
+        hess_inv = np.asarray(res.hess_inv)
+        ok = hess_inv.shape == (x0.size, x0.size) and np.all(np.isfinite(hess_inv)) and np.all(
+            np.linalg.eigvalsh((hess_inv + hess_inv.T) / 2) > 0)
+        self.points[v] = (res.x, (hess_inv + hess_inv.T) / 2 if ok else None)
         return float(res.fun)
 
     def zeta(self, v: float) -> float:
