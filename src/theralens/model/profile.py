@@ -228,7 +228,7 @@ class _Profile:
     def deviance_at(self, v: float) -> float:
         nearest = min(self.points, key=lambda u: abs(u - v))
         x0, h0 = self.points[nearest]
-        options = {"gtol": 1e-8, "maxiter": 2000}
+        options = {"gtol": 1e-6, "maxiter": 2000}
         if h0 is not None:
             options["hess_inv0"] = h0
         res = optimize.minimize(lambda x: self.pr.deviance_and_gradient(self.p, x, v), x0, method="BFGS",
