@@ -121,7 +121,10 @@ def test_session_design_converges_and_reports_diagnostics():
 
 def test_too_short_run_is_reported_as_not_converged():
     _needs_extra()
-    table, _ = _session_table()
+    # a small study: early warmup builds trees of the maximum depth, whose cost grows with the data
+    study = simulate("coyne2022", seed=5, design="session", n_therapists=12, n_patients=48, caseload_shape=None)
+    config = StudyConfig(columns=ONE_PROCESS, design=DesignConfig(level="session"))
+    table = session_level(validate_sessions(study.sessions, config), config)
     fit = fit_bayes(table, seed=1, chains=2, warmup=5, draws=5)
     assert not fit.converged
     assert fit.messages[0].startswith("The sampler did not converge:")

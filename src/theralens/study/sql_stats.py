@@ -131,7 +131,9 @@ def _groups_of(con: Any, relation: str, formula: str) -> list[tuple[str, tuple[s
     groups = list(dict.fromkeys((spec.group, tuple(spec.factors)) for spec in parse_formula(formula).random))
     if not groups:
         raise InputError(f"sufficient statistics by SQL need a grouping factor; {formula!r} has none")
-    sizes = {g: con.execute(f"SELECT count(DISTINCT {key_sql(f)}) FROM {relation}").fetchone()[0] if len(groups) > 1
+    # groups are counted (a pass over the rows each) only where the number of factors leaves a tie
+    ties = {g for g, f in groups if sum(len(f2) == len(f) for _, f2 in groups) > 1}
+    sizes = {g: con.execute(f"SELECT count(DISTINCT {key_sql(f)}) FROM {relation}").fetchone()[0] if g in ties
              else 0 for g, f in groups}
     groups.sort(key=lambda g: (-len(g[1]), -sizes[g[0]]))
     return groups
