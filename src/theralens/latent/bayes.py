@@ -792,6 +792,10 @@ def fit_bayes(
         warnings.simplefilter("ignore")
         data = {k: jax.numpy.asarray(v) for k, v in _arrays(d).items()}
 
+        # jitted: NumPyro evaluates the potential and its gradient once outside its compiled loop
+        # (to check the initial point); unjitted, that evaluation compiles every operation on its own
+        # (about 400 compilations, 25 s on the first fit of a process)
+        @jax.jit
         def potential(theta: Any) -> Any:
             return -(_log_prior(jax, theta, layout)
                      + _log_likelihood(jax, _values(jax.numpy, theta, layout), data, session))
