@@ -41,7 +41,15 @@ from theralens.model import MixedResult, fit_mixed
 from theralens.model.fit import fit_stats
 from theralens.model.stats import SufficientStats
 from theralens.study.document import residual_summary, residual_summary_from
-from theralens.study.sql_stats import column_sql, grouping_order, key_sql, sufficient_stats
+from theralens.study.sql_stats import (
+    RowSums,
+    column_sql,
+    derived_stats,
+    grouping_order,
+    key_sql,
+    row_sums,
+    sufficient_stats,
+)
 
 __all__ = ["AnalysisRows", "ClusterRows", "FrameRows", "RelationRows", "as_rows", "partial_stats"]
 
@@ -133,15 +141,29 @@ class FrameRows(AnalysisRows):
 class RelationRows(AnalysisRows):
     """The analysis table as the DuckDB relation ``relation`` of connection ``con``."""
 
-    def __init__(self, con: Any, relation: str, processes: tuple[str, ...], between: dict[str, str]) -> None:
+    def __init__(self, con: Any, relation: str, processes: tuple[str, ...], between: dict[str, str],
+                 root: RelationRows | None = None, moderators: pd.DataFrame | None = None) -> None:
         self.con = con
         self.relation = relation
         self.processes = tuple(processes)
         self.between = dict(between)
         self._therapists: pd.DataFrame | None = None
+        self._root = root if root is not None else self  # the rows without moderators
+        self._moderators = moderators
+        self._sums: RowSums | None | bool = False  # the root's RowSums: False until computed, None if unusable
 
     def fit(self, formula: str, ddf: str) -> MixedResult:
-        return fit_stats(sufficient_stats(self.con, self.relation, formula), ddf=ddf)
+        """The model from the root's one pass of :func:`~theralens.study.sql_stats.row_sums` when its
+        columns allow (every model of the study), else from its own :func:`sufficient_stats` pass."""
+        root = self._root
+        if root._sums is False:
+            root._sums = row_sums(root.con, root.relation, formula, tuple(self.between.values()))
+        stats = None
+        if root._sums is not None:
+            stats = derived_stats(self.con, self.relation, formula, root._sums, self._moderators)
+        if stats is None:
+            stats = sufficient_stats(self.con, self.relation, formula)
+        return fit_stats(stats, ddf=ddf)
 
     def with_moderators(self, moderators: pd.DataFrame) -> RelationRows:
         k = next(_views)
@@ -150,7 +172,9 @@ class RelationRows(AnalysisRows):
         extra = ", ".join(f'm."{c}"' for c in moderators.columns if c != "therapist")
         self.con.execute(f"""CREATE OR REPLACE TEMP VIEW {view} AS SELECT r.*{', ' + extra if extra else ''}
             FROM {self.relation} r JOIN {table} m ON CAST(r.therapist AS VARCHAR) = m.therapist""").fetchall()
-        return RelationRows(self.con, view, self.processes, self.between)
+        if self._moderators is not None:  # moderators of moderators: no shared pass
+            return RelationRows(self.con, view, self.processes, self.between, root=None)
+        return RelationRows(self.con, view, self.processes, self.between, root=self._root, moderators=moderators)
 
     def therapists(self) -> pd.DataFrame:
         if self._therapists is None:
