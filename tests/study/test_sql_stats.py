@@ -20,13 +20,17 @@ from theralens.study.aims import DesignTerms, design_terms
 from theralens.study.sql_stats import derived_stats, row_sums, sufficient_stats
 
 
-def _relation(design: str, service: bool) -> tuple[duckdb.DuckDBPyConnection, DesignTerms, pd.DataFrame]:
+def _relation(design: str, service: bool, numeric_ids: bool = False
+              ) -> tuple[duckdb.DuckDBPyConnection, DesignTerms, pd.DataFrame]:
     sessions, therapists = load_demo()
     config = config_from_dict({"design": {"level": design}})
     data = validate_sessions(sessions, config)
     table = (session_level if design == "session" else patient_level)(data, config)
     terms = design_terms(table)
     frame = table.table.astype({"therapist": str, "patient": str})
+    if numeric_ids:  # numbers: groups are numbered by value (T2 before T10), not as text
+        frame["therapist"] = frame["therapist"].str[1:].astype(int)
+        frame["patient"] = frame["patient"].str[1:].astype(int) * 7 % 1000
     if service:
         codes = {t: f"S{k % 4}" for k, t in enumerate(sorted(frame["therapist"].unique()))}
         frame["service"] = frame["therapist"].map(codes)
@@ -35,6 +39,8 @@ def _relation(design: str, service: bool) -> tuple[duckdb.DuckDBPyConnection, De
     con.register("rows_frame", frame)
     con.execute("CREATE TABLE study_rows AS SELECT * FROM rows_frame")
     moderators = therapists[["therapist", "cbt"]].astype({"therapist": str}).iloc[3:].copy()  # 3 without a row
+    if numeric_ids:
+        moderators["therapist"] = moderators["therapist"].str[1:].astype(int).astype(str)
     moderators["cbt_c"] = moderators["cbt"] - moderators["cbt"].mean()
     con.register("mods", moderators)
     con.execute("""CREATE VIEW study_view AS SELECT r.*, m.cbt, m.cbt_c FROM study_rows r
@@ -58,10 +64,10 @@ def _assert_same(a: SufficientStats, b: SufficientStats) -> None:
     np.testing.assert_allclose(a.total, b.total, rtol=1e-12, atol=1e-9)
 
 
-@pytest.mark.parametrize("service", [False, True])
+@pytest.mark.parametrize(("service", "numeric_ids"), [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("design", ["patient", "session"])
-def test_every_model_of_the_study_from_one_pass(design, service):
-    con, terms, moderators = _relation(design, service)
+def test_every_model_of_the_study_from_one_pass(design, service, numeric_ids):
+    con, terms, moderators = _relation(design, service, numeric_ids)
     main = terms.formula()
     base = row_sums(con, "study_rows", main, tuple(terms.between.values()))
     assert base is not None

@@ -37,7 +37,7 @@ from theralens.errors import InputError
 from theralens.model.design import Design, Level, Term, ThetaLayout, build_design, independent_columns
 from theralens.model.formula import ParsedFormula, RandomTermSpec, parse_formula
 
-__all__ = ["SufficientStats", "cross_products", "nesting_order"]
+__all__ = ["SufficientStats", "cross_products", "design_order", "nesting_order"]
 
 
 @dataclass
@@ -249,10 +249,20 @@ class SufficientStats(ThetaLayout):
         inner = _permute(inner, order[0])
         counts = _permute(counts, order[0])
         sums = [None] + [_permute(sums[l], order[l]) for l in range(1, D)]  # type: ignore[arg-type]
-        levels, terms = _layout(first.terms, first.levels, [_reorder_labels(union[l], order[l]) for l in range(D)])
-        return cls(fixed_names=list(first.fixed_names), terms=terms, levels=levels, parents=parents, counts=counts,
-                   inner=inner, sums=sums, total=total, formula=first.formula,
-                   n_dropped=sum(p.n_dropped for p in parts), dropped_columns=list(first.dropped_columns))
+        return cls.numbered(first, [_reorder_labels(union[l], order[l]) for l in range(D)], parents, counts, inner,
+                            sums, total, n_dropped=sum(p.n_dropped for p in parts))
+
+    @classmethod
+    def numbered(cls, layout: SufficientStats, labels: Sequence[np.ndarray], parents: Sequence[np.ndarray],
+                 counts: np.ndarray, inner: np.ndarray, sums: Sequence[np.ndarray | None], total: np.ndarray,
+                 n_dropped: int = 0) -> SufficientStats:
+        """The statistics of ``layout``'s model (its terms, levels and formula; any statistics of it)
+        from blocks whose groups are already numbered as a design numbers them (:func:`design_order`):
+        row-free copies of the layout's levels get ``labels``."""
+        levels, terms = _layout(layout.terms, layout.levels, list(labels))
+        return cls(fixed_names=list(layout.fixed_names), terms=terms, levels=levels, parents=list(parents),
+                   counts=counts, inner=inner, sums=list(sums), total=total, formula=layout.formula,
+                   n_dropped=int(n_dropped), dropped_columns=list(layout.dropped_columns))
 
     def __add__(self, other: SufficientStats) -> SufficientStats:
         return SufficientStats.combine([self, other])
@@ -291,6 +301,25 @@ def nesting_order(sizes: Sequence[int], parents: Sequence[np.ndarray]) -> list[n
         new[old_in_order] = np.arange(len(old_in_order))
         out.append(new)
     return out
+
+
+def design_order(labels: Sequence[np.ndarray], parents: Sequence[np.ndarray],
+                 numeric: Sequence[tuple[bool, ...]]) -> list[np.ndarray]:
+    """For every level (innermost first; distinct ``labels``, ``parents[l]`` the index of each
+    group's parent at level l + 1), the index of each group in the numbering of a design: labels
+    sorted as :func:`_sorted_labels` sorts them, then children contiguous under parents in order
+    (:func:`nesting_order`), as :meth:`SufficientStats.combine` numbers groups. Dropping groups
+    with all their descendants keeps the order of the others, so a subset needs no new numbering."""
+    D = len(labels)
+    rank = [pd.Index(_sorted_labels(labels[l], numeric[l])).get_indexer(
+        np.array([str(v) for v in labels[l].tolist()], dtype=object)) for l in range(D)]
+    ranked_parents = []
+    for l in range(D - 1):
+        par = np.empty(len(labels[l]), dtype=np.int64)
+        par[rank[l]] = rank[l + 1][parents[l]]
+        ranked_parents.append(par)
+    nest = nesting_order([len(x) for x in labels], ranked_parents)
+    return [nest[l][rank[l]] for l in range(D)]
 
 
 def _sorted_labels(labels: np.ndarray, numeric: tuple[bool, ...]) -> np.ndarray:

@@ -23,7 +23,7 @@ from theralens.data.scan import quote_identifier
 from theralens.errors import InputError
 from theralens.model.design import Level
 from theralens.model.formula import parse_formula
-from theralens.model.stats import SufficientStats
+from theralens.model.stats import SufficientStats, design_order
 
 __all__ = ["RowSums", "column_sql", "derived_stats", "grouping_order", "key_sql", "row_sums", "sufficient_stats"]
 
@@ -206,7 +206,7 @@ class RowSums:
     therapist_level: int  # index of the therapist level in groups (0: no patient level)
     columns: dict[tuple[str, ...], int]  # row-level part -> index into the sums
     inner_columns: dict[tuple[str, ...], int]  # row-level parts of the patient level's Z (patient level only)
-    labels: list[np.ndarray]  # per level, as the queries return them
+    labels: list[np.ndarray]  # per level, in the numbering of a design (model/stats.py design_order)
     parents: list[np.ndarray]  # per level but the outermost, its parent's index
     counts: np.ndarray  # rows per group of the innermost level
     patient_sums: np.ndarray | None  # patients x |inner_columns| x |columns|
@@ -292,6 +292,15 @@ def row_sums(con: Any, relation: str, formula: str, constants: tuple[str, ...]) 
         s_labels = np.array(sorted(set(outer.tolist())), dtype=object)
         labels.append(s_labels)
         parents.append(pd.Index(s_labels).get_indexer(outer).astype(np.int64))
+    # into the numbering of a design once (subsets of it, as the models take, keep it)
+    order = design_order(labels, parents, [lv.numeric for lv in layout.levels])
+    labels = [_moved(labels[l], order[l]) for l in range(D)]
+    parents = [_moved(order[l + 1][parents[l]], order[l]) for l in range(D - 1)]
+    counts = _moved(counts, order[0])
+    S = _moved(S, order[h])
+    values = {c: _moved(v, order[h]) for c, v in values.items()}
+    if P is not None:
+        P = _moved(P, order[0])
     return RowSums(groups=groups, therapist_level=h, columns={p: i for i, p in enumerate(parts)},
                    inner_columns={p: i for i, p in enumerate(zparts)}, labels=labels, parents=parents, counts=counts,
                    patient_sums=P, therapist_sums=S, values=values, n_rows=int(n_rows))
@@ -365,4 +374,11 @@ def derived_stats(con: Any, relation: str, formula: str, base: RowSums,
         labels.append(base.labels[h + 1][used])
         parents.append(new_s[outer])
         sums.append(agg)
-    return _assemble(layout, labels, parents, counts, inner, sums, S.sum(axis=0), 0)
+    return SufficientStats.numbered(layout, labels, parents, counts, inner, sums, S.sum(axis=0))
+
+
+def _moved(a: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``a`` with the entry of index i moved to ``order[i]``."""
+    out = np.empty_like(a)
+    out[order] = a
+    return out
