@@ -3,7 +3,7 @@
 :func:`sufficient_stats` reduces a DuckDB relation (a table or view of the analysis rows) to the
 engine's :class:`~theralens.model.stats.SufficientStats` by GROUP BY, summing products of
 model-matrix columns (SUM(a*b)) per innermost group and per group of every coarser level
-(engine.md in the repository's docs, "Statistics per innermost cluster"). It is the SQL twin of
+(docs/design/engine.md, "Statistics per innermost cluster"). It is the SQL twin of
 :meth:`SufficientStats.from_frame <theralens.model.stats.SufficientStats.from_frame>` for rows in
 memory: the one definition C = W'W per cluster computed by each of layout.md's two data adapters
 on its own rows (tests/data/test_scan.py holds them equal). It lives in the study layer because
