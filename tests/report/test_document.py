@@ -25,8 +25,10 @@ from theralens.study.analysis import analyze
 from theralens.study.document import (
     MAX_POINTS,
     SCHEMA_VERSION,
+    json_ready,
     normal_qq,
     read_document,
+    records,
     residual_summary,
     validate_document,
 )
@@ -180,3 +182,24 @@ def test_residual_summary_keeps_at_most_max_points() -> None:
     small = residual_summary([3.0, 1.0, 2.0], [0.3, 0.1, 0.2])
     assert small["fitted"] == [1.0, 2.0, 3.0] and small["residual"] == [0.1, 0.2, 0.3]
     assert small["running_mean"] == [None, None, None]
+
+
+def test_records_are_json_ready_rows():
+    """records() (column by column) gives what json_ready makes of every row: floats with NaN
+    and infinities as null, numpy ints and bools as Python's, text, missing values and objects."""
+    df = pd.DataFrame({
+        "x": [1.5, np.nan, np.inf, -np.inf, 2.0 ** -1074],
+        "n": np.array([1, 2, 3, 4, 5], dtype=np.int64),
+        "u": np.array([0, 1, 2, 3, 2**63], dtype=np.uint64),
+        "b": [True, False, True, True, False],
+        "s": ["a", None, "c", "d", "e"],
+        "nullable": pd.array([1, None, 3, 4, 5], dtype="Int64"),
+        "obj": [np.float64(0.5), np.int32(3), float("nan"), (1, 2), {"k": np.nan}],
+        7: [0.1, 0.2, 0.3, 0.4, 0.5],
+    })
+    expected = [json_ready(r) for r in df.to_dict(orient="records")]
+    got = records(df)
+    assert got == expected
+    assert json.dumps(got, allow_nan=False) == json.dumps(expected, allow_nan=False)
+    assert [type(v) for v in got[0].values()] == [type(v) for v in expected[0].values()]
+    assert records(df.iloc[:0]) == [] and records(pd.DataFrame(index=range(2))) == [{}, {}]
