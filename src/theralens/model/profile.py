@@ -211,9 +211,11 @@ class _Profiler:
         return dev, J.T @ g
 
 
-#: Stop a profile minimisation when the predicted decrease of the deviance is below this: zeta
-#: = sqrt(deviance - minimum) is then exact to about 1e-10 / (2 zeta), far below the 1e-3 of the
-#: parity tests (tests/model/test_profile_intervals.py).
+#: Stop a profile minimisation when the predicted decrease of the deviance is below this (or,
+#: for a deviance so large that this is below its rounding, 64 units in its last place): zeta =
+#: sqrt(deviance - minimum) is then exact to about 1e-10 / (2 zeta), far below the 1e-3 of the
+#: parity tests (tests/model/test_profile_intervals.py); at a million rows (deviance ~4e6) to
+#: about 3e-8 / (2 zeta).
 DECREMENT = 1e-10
 
 
@@ -229,6 +231,7 @@ class _Profile:
         x0 = profiler.start(p)
         self.points: dict[float, tuple[np.ndarray, np.ndarray | None]] = {self.hat: (x0, self._inverse_hessian(x0))}
         self.low, self.high = (-1.0, 1.0) if p.kind == "cor" else (0.0, float("inf"))
+        self.limit = max(DECREMENT, 64 * np.finfo(float).eps * abs(profiler.dev_hat))
         if p.kind == "sigma":
             self.low = 1e-8 * profiler.sigma_hat
 
@@ -287,16 +290,16 @@ class _Profile:
         if h0 is not None:
             # Near the minimum the finite-difference Jacobian leaves a noise floor in the gradient
             # that no line search gets below; stop instead when the predicted decrease of the
-            # deviance, g' H0 g / 2 with the neighbour's inverse Hessian H0, is below DECREMENT.
+            # deviance, g' H0 g / 2 with the neighbour's inverse Hessian H0, is below the limit.
             dev0, g0 = fun(x0)
-            if 0.5 * float(g0 @ h0 @ g0) < DECREMENT:
+            if 0.5 * float(g0 @ h0 @ g0) < self.limit:
                 self.points[v] = (x0, h0)
                 return float(dev0)
             options["hess_inv0"] = h0
 
             def callback(intermediate_result: optimize.OptimizeResult) -> None:
                 g = grads.get(np.asarray(intermediate_result.x).tobytes())
-                if g is not None and 0.5 * float(g @ h0 @ g) < DECREMENT:
+                if g is not None and 0.5 * float(g @ h0 @ g) < self.limit:
                     raise StopIteration
 
         res = optimize.minimize(fun, x0, method="BFGS", jac=True, options=options, callback=callback)
