@@ -54,6 +54,7 @@ import pandas as pd
 from scipy import optimize, stats
 from scipy.special import logsumexp
 
+from theralens.model.satterthwaite import central_jacobian
 from theralens.model.threads import one_blas_thread
 
 __all__ = ["LatentFit", "LatentStats", "fit_latent", "latent_stats", "stats_from_arrays"]
@@ -739,7 +740,7 @@ def _fit_latent(
         Q += 4
         theta, ll, nd, converged = optimise(theta, Q, nd)
     ll, g, ex = crit.evaluate(theta, nd)
-    H = _hessian(lambda th: crit.evaluate(th, nd)[1], theta)
+    H = central_jacobian(lambda th: crit.evaluate(th, nd)[1], theta)  # of the analytic gradient
     vcov = _covariance(-0.5 * (H + H.T), theta, lay, messages)
     fit = _assemble(st, crit, theta, ll, vcov, ex, Q, random_slopes, converged, messages, rounds_total, evals,
                     time.perf_counter() - t0)
@@ -815,18 +816,6 @@ def _covariance(info: np.ndarray, theta: np.ndarray, lay: _Layout, messages: lis
     messages.append("the observed information is not positive definite (the maximum is not a proper one): no "
                     "standard errors")
     return np.full_like(info, np.nan)
-
-
-def _hessian(grad, theta: np.ndarray) -> np.ndarray:
-    """Central differences of the analytic gradient."""
-    k = len(theta)
-    H = np.empty((k, k))
-    for i in range(k):
-        h = 1e-5 * max(1.0, abs(theta[i]))
-        e = np.zeros(k)
-        e[i] = h
-        H[:, i] = (grad(theta + e) - grad(theta - e)) / (2 * h)
-    return H
 
 
 def _wald(est: float, se: float) -> dict[str, float]:

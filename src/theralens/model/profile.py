@@ -43,7 +43,7 @@ from theralens.display import interval_columns
 from theralens.errors import InputError
 from theralens.model.criterion import NestedCriterion
 from theralens.model.design import ThetaLayout, colmajor_tril
-from theralens.model.satterthwaite import VarparFunctions
+from theralens.model.satterthwaite import VarparFunctions, central_jacobian
 
 _FAR = 1e30  # deviance given where it cannot be evaluated: the optimiser backs off
 
@@ -243,18 +243,13 @@ class _Profile:
         is not a minimum in these coordinates)."""
         if not np.isfinite(self.hat):
             return None
-        n = x.size
-        H = np.empty((n, n))
-        for m in range(n):
-            h = 1e-5 * max(abs(x[m]), 1.0)
-            lo, hi = x.copy(), x.copy()
-            lo[m] -= h
-            hi[m] += h
-            f_hi, g_hi = self.pr.deviance_and_gradient(self.p, hi, self.hat)
-            f_lo, g_lo = self.pr.deviance_and_gradient(self.p, lo, self.hat)
-            if f_hi >= _FAR or f_lo >= _FAR:
-                return None
-            H[:, m] = (g_hi - g_lo) / (2 * h)
+        def gradient(y: np.ndarray) -> np.ndarray:
+            dev, g = self.pr.deviance_and_gradient(self.p, y, self.hat)
+            return g if dev < _FAR else np.full(y.size, np.nan)  # not evaluable: no starting curvature
+
+        H = central_jacobian(gradient, x)
+        if not np.all(np.isfinite(H)):
+            return None
         H = (H + H.T) / 2
         try:
             w, V = np.linalg.eigh(H)

@@ -54,6 +54,20 @@ def jacobian(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray
     return J
 
 
+def central_jacobian(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, rel_step: float = 1e-5) -> np.ndarray:
+    """Jacobian of vector-valued f (columns = components of x) by one central difference per
+    component, step ``rel_step * max(|x_m|, 1)``: 2 evaluations per component, for a Hessian from
+    an exact gradient where :func:`jacobian`'s Richardson steps are not needed (a starting
+    curvature, an observed information)."""
+    cols = []
+    for m in range(x.size):
+        h = rel_step * max(abs(float(x[m])), 1.0)
+        e = np.zeros(x.size)
+        e[m] = h
+        cols.append((np.asarray(f(x + e), dtype=float) - np.asarray(f(x - e), dtype=float)) / (2 * h))
+    return np.column_stack(cols)
+
+
 def hessian(gradient: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
     """Hessian of a scalar function from its exact gradient: the Richardson-extrapolated
     Jacobian of the gradient (:func:`jacobian`, numDeriv's steps), symmetrised.
