@@ -37,7 +37,7 @@ from theralens.errors import InputError
 from theralens.model.design import Design, Level, Term, ThetaLayout, build_design, independent_columns
 from theralens.model.formula import ParsedFormula, RandomTermSpec, parse_formula
 
-__all__ = ["SufficientStats", "cross_products", "design_order", "nesting_order"]
+__all__ = ["SufficientStats", "cross_products", "design_order", "nesting_order", "placed"]
 
 
 @dataclass
@@ -246,9 +246,9 @@ class SufficientStats(ThetaLayout):
         total = np.sum([p.total for p in parts], axis=0)
         order = nesting_order(G, parents)
         parents = [_renumber(order[l], order[l + 1], parents[l]) for l in range(D - 1)]
-        inner = _permute(inner, order[0])
-        counts = _permute(counts, order[0])
-        sums = [None] + [_permute(sums[l], order[l]) for l in range(1, D)]  # type: ignore[arg-type]
+        inner = placed(inner, order[0])
+        counts = placed(counts, order[0])
+        sums = [None] + [placed(sums[l], order[l]) for l in range(1, D)]  # type: ignore[arg-type]
         return cls.numbered(first, [_reorder_labels(union[l], order[l]) for l in range(D)], parents, counts, inner,
                             sums, total, n_dropped=sum(p.n_dropped for p in parts))
 
@@ -363,17 +363,16 @@ def _renumber(order_fine: np.ndarray, order_coarse: np.ndarray, parent: np.ndarr
     return out
 
 
-def _permute(a: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """``a`` with the row of old index i moved to ``order[i]``."""
+def placed(a: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``a`` with the row of old index i moved to ``order[i]`` (into the numbering that
+    :func:`nesting_order` or :func:`design_order` gives)."""
     out = np.empty_like(a)
     out[order] = a
     return out
 
 
 def _reorder_labels(labels: np.ndarray, order: np.ndarray) -> np.ndarray:
-    out = np.empty(len(labels), dtype=object)
-    out[order] = labels
-    return out
+    return placed(np.asarray(labels, dtype=object), order)
 
 
 def _sum_groups(C: np.ndarray, parent: np.ndarray, G: int) -> np.ndarray:

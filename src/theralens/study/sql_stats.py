@@ -23,7 +23,7 @@ from theralens.data.scan import quote_identifier
 from theralens.errors import InputError
 from theralens.model.design import Level
 from theralens.model.formula import parse_formula
-from theralens.model.stats import SufficientStats, design_order
+from theralens.model.stats import SufficientStats, design_order, placed
 
 __all__ = ["RowSums", "column_sql", "derived_stats", "grouping_order", "key_sql", "row_sums", "sufficient_stats"]
 
@@ -212,7 +212,6 @@ class RowSums:
     patient_sums: np.ndarray | None  # patients x |inner_columns| x |columns|
     therapist_sums: np.ndarray  # therapists x |columns| x |columns|
     values: dict[str, np.ndarray]  # constant column -> its value per therapist (NaN: not constant)
-    n_rows: int  # rows of the relation
 
 
 def row_sums(con: Any, relation: str, formula: str, constants: tuple[str, ...]) -> RowSums | None:
@@ -234,17 +233,17 @@ def row_sums(con: Any, relation: str, formula: str, constants: tuple[str, ...]) 
     layout = _layout(con, relation, formula, groups)
     have = {r[0] for r in con.execute(f"DESCRIBE {relation}").fetchall()}
     const = [c for c in constants if c in have]
+    const_set = set(const)
     names_w = _columns(layout)
-    parts = list(dict.fromkeys(_split(n, set(const))[1] for n in names_w))
+    parts = list(dict.fromkeys(_split(n, const_set)[1] for n in names_w))
     if any(f not in have for part in parts for f in part):
         return None
     q1 = layout.q[0]
-    zparts = list(dict.fromkeys(_split(n, set(const))[1] for n in names_w[:q1])) if h == 1 else []
+    zparts = list(dict.fromkeys(_split(n, const_set)[1] for n in names_w[:q1])) if h == 1 else []
     exprs = ["1.0" if not part else column_sql(":".join(part)) for part in parts]
     cexprs = [column_sql(c) for c in const]
     complete = " AND ".join(f"{e} IS NOT NULL" for e in exprs + cexprs) or "TRUE"
-    n_rows, n_incomplete = con.execute(
-        f"SELECT count(*), count(*) FILTER (WHERE NOT ({complete})) FROM {relation}").fetchone()
+    n_incomplete = con.execute(f"SELECT count(*) FILTER (WHERE NOT ({complete})) FROM {relation}").fetchone()[0]
     if n_incomplete:
         return None
     keys = [key_sql(f) for _, f in groups]
@@ -294,16 +293,16 @@ def row_sums(con: Any, relation: str, formula: str, constants: tuple[str, ...]) 
         parents.append(pd.Index(s_labels).get_indexer(outer).astype(np.int64))
     # into the numbering of a design once (subsets of it, as the models take, keep it)
     order = design_order(labels, parents, [lv.numeric for lv in layout.levels])
-    labels = [_moved(labels[l], order[l]) for l in range(D)]
-    parents = [_moved(order[l + 1][parents[l]], order[l]) for l in range(D - 1)]
-    counts = _moved(counts, order[0])
-    S = _moved(S, order[h])
-    values = {c: _moved(v, order[h]) for c, v in values.items()}
+    labels = [placed(labels[l], order[l]) for l in range(D)]
+    parents = [placed(order[l + 1][parents[l]], order[l]) for l in range(D - 1)]
+    counts = placed(counts, order[0])
+    S = placed(S, order[h])
+    values = {c: placed(v, order[h]) for c, v in values.items()}
     if P is not None:
-        P = _moved(P, order[0])
+        P = placed(P, order[0])
     return RowSums(groups=groups, therapist_level=h, columns={p: i for i, p in enumerate(parts)},
                    inner_columns={p: i for i, p in enumerate(zparts)}, labels=labels, parents=parents, counts=counts,
-                   patient_sums=P, therapist_sums=S, values=values, n_rows=int(n_rows))
+                   patient_sums=P, therapist_sums=S, values=values)
 
 
 def derived_stats(con: Any, relation: str, formula: str, base: RowSums,
@@ -329,10 +328,11 @@ def derived_stats(con: Any, relation: str, formula: str, base: RowSums,
     else:
         in_table = np.ones(len(t_labels), dtype=bool)
     names = _columns(layout)
+    constant = set(values)
     T = np.ones((len(t_labels), len(names)))
     r = []
     for k, name in enumerate(names):
-        consts, part = _split(name, set(values))
+        consts, part = _split(name, constant)
         if part not in base.columns:
             return None
         r.append(base.columns[part])
@@ -353,7 +353,7 @@ def derived_stats(con: Any, relation: str, formula: str, base: RowSums,
         inner = S[:, :q1, :].copy()
         labels.append(t_labels[keep])
     else:
-        z = [base.inner_columns.get(_split(n, set(values))[1]) for n in names[:q1]]
+        z = [base.inner_columns.get(_split(n, constant)[1]) for n in names[:q1]]
         if any(i is None for i in z):
             return None
         pmask = keep[base.parents[0]]
@@ -376,9 +376,3 @@ def derived_stats(con: Any, relation: str, formula: str, base: RowSums,
         sums.append(agg)
     return SufficientStats.numbered(layout, labels, parents, counts, inner, sums, S.sum(axis=0))
 
-
-def _moved(a: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """``a`` with the entry of index i moved to ``order[i]``."""
-    out = np.empty_like(a)
-    out[order] = a
-    return out
