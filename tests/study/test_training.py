@@ -3,6 +3,7 @@ known targeted training effects, each therapist's change, and the wording of a c
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -136,3 +137,28 @@ def test_several_targets_and_therapists_missing_from_the_table():
     ther = res.therapists.set_index(["process", "therapist"])
     assert ther.loc[("alliance", t.loc[first, "therapist"]), "group"] == "targeted"
     assert ther.loc[("expectancy", t.loc[first, "therapist"]), "group"] == "targeted"
+
+
+def test_the_study_ddf_is_the_df_of_the_training_and_stability_models():
+    """``[inference] ddf`` reaches the period models: with Kenward-Roger the training rows carry
+    pbkrtest's contrast df (and the adjusted SE) of the fitted model, not Satterthwaite's."""
+    from theralens.study.stability import stability
+
+    sim, cfg = _schedule_study()
+    kr = config_from_dict({**sim.config, "inference": {"ddf": "kenward-roger"}})
+    sw = training(sim.sessions, sim.therapists, cfg)
+    res = training(sim.sessions, sim.therapists, kr)
+    assert all(m.fit.ddf == "kenward-roger" for m in res.models)
+    assert all(m.fit.ddf == "satterthwaite" for m in sw.models)
+    fit = res.models[0].fit
+    p = res.models[0].role.split(":", 1)[1]
+    row = res.effects[(res.effects["process"] == p) & (res.effects["term"] == "change_targeted")].iloc[0]
+    c = fit.contrast({f"{p}_change_targeted": 1.0})
+    assert row["df"] == pytest.approx(c["df"], rel=1e-12)
+    assert row["se"] == pytest.approx(c["se"], rel=1e-12)
+    other = sw.effects[(sw.effects["process"] == p) & (sw.effects["term"] == "change_targeted")].iloc[0]
+    assert row["estimate"] == pytest.approx(other["estimate"], rel=1e-9)  # same REML fit
+    assert abs(row["df"] - other["df"]) > 1e-3 * other["df"]
+    assert "Kenward-Roger" in json.loads(res.to_json())["inference"]["label"]
+    st = stability(sim.sessions, sim.therapists, kr)
+    assert all(m.fit.ddf == "kenward-roger" for m in st.models)

@@ -76,8 +76,8 @@ def training_section(ctx: ReportContext) -> str:
                  "Reading"], rows, caption=ctx.table_label(),
                 title="Change in the within-therapist slope after training (difference in differences)",
                 note=f"<em>b</em>: change in the slope per unit of the process, in outcome units; {sign}. "
-                     "Satterthwaite df. Reading: stronger or weaker when the whole interval lies on one side of "
-                     "zero, otherwise no detectable change.",
+                     "Reading: stronger or weaker when the whole interval lies on one side of "
+                     "zero, otherwise no detectable change." + ctx.df_note,
                 numeric=[False, False, True, True, True, True, True, False], table_id="table-training")
     vrows = []
     for v in sec["variance"]:

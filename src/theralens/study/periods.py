@@ -155,11 +155,12 @@ def period_formula(terms: DesignTerms, process: str, fixed: Sequence[str], rando
     return f"{terms.response} ~ {' + '.join([*keep, *fixed])} + {part}"
 
 
-def fit_spec(role: str, formula: str, data: pd.DataFrame, note: str = "") -> ModelSpec:
-    """:func:`theralens.fit_mixed` of ``formula`` as a :class:`ModelSpec`; a singular design is a
+def fit_spec(role: str, formula: str, data: pd.DataFrame, note: str = "", ddf: str = "satterthwaite") -> ModelSpec:
+    """:func:`theralens.fit_mixed` of ``formula`` as a :class:`ModelSpec`, its tests by ``ddf`` (the
+    study's ``[inference] ddf``, :mod:`theralens.model.ddf`); a singular design is a
     :class:`ModelSpecError` naming the model."""
     try:
-        return ModelSpec(role=role, formula=formula, fit=fit_mixed(formula, data), note=note)
+        return ModelSpec(role=role, formula=formula, fit=fit_mixed(formula, data, ddf=ddf), note=note)
     except np.linalg.LinAlgError as exc:
         raise ModelSpecError(f"the {role} model could not be fitted ({exc}); check that every process varies "
                              "within therapists in each period") from None

@@ -288,7 +288,8 @@ def _fit_halves(result: StudyResult, frame: pd.DataFrame, later: pd.Series, leve
             d[f"{p}_half_shift"] = c["shift"]
             fixed.append(f"{p}_half_shift")
         formula = period_formula(terms, p, [*fixed, early, late], [early, late])
-        spec = fit_spec(f"stability:{p}", formula, d, note="therapist slopes in the earlier and later half")
+        spec = fit_spec(f"stability:{p}", formula, d, note="therapist slopes in the earlier and later half",
+                        ddf=result.config.inference.ddf)
         fit = spec.fit
         lo, hi, method = varcorr_interval(fit, early, late, level)
         rows.append({"process": p, "correlation": _vc(fit, early, late), "ci_low": lo, "ci_high": hi,

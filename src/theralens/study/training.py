@@ -310,7 +310,8 @@ def training(
             d[f"{p}_change_{g}"] = d[change] * (group == g)
             fixed.append(f"{p}_change_{g}")
         formula = period_formula(terms, p, fixed, [slope, change])
-        spec = fit_spec(f"training:{p}", formula, d, note="therapist slopes before and after training")
+        spec = fit_spec(f"training:{p}", formula, d, note="therapist slopes before and after training",
+                        ddf=result.config.inference.ddf)
         models.append(spec)
         fit = spec.fit
         label = result.label(p)
