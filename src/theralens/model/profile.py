@@ -319,8 +319,11 @@ class _Profile:
             zv = self.zeta(v)
             if side * zv >= z:
                 known = {prev: z_prev, v: zv}  # brentq starts from the bracket's ends: no refits there
-                return float(optimize.brentq(lambda u, known=known: (known[u] if u in known else self.zeta(u)) - side * z,
-                                             min(prev, v), max(prev, v),
+
+                def crossing(u: float, known: dict = known) -> float:
+                    return (known[u] if u in known else self.zeta(u)) - side * z
+
+                return float(optimize.brentq(crossing, min(prev, v), max(prev, v),
                                              xtol=1e-9 * max(abs(self.hat), 1.0), rtol=1e-10))
             if v == edge:
                 return float(edge)
