@@ -184,7 +184,7 @@ class _Profiler:
     def deviance(self, p: VarcorrParameter, x: np.ndarray, v: float) -> float:
         try:
             return self.vf.deviance(self.varpar(p, x, v))
-        except (np.linalg.LinAlgError, FloatingPointError):
+        except (np.linalg.LinAlgError, FloatingPointError, OverflowError):
             return _FAR  # a point where the criterion cannot be evaluated (far from the estimate)
 
     def deviance_and_gradient(self, p: VarcorrParameter, x: np.ndarray, v: float) -> tuple[float, np.ndarray]:
@@ -196,7 +196,7 @@ class _Profiler:
             # far trial points of the line search overflow; they are rejected below, silently
             with np.errstate(over="ignore", invalid="ignore"):
                 dev, g_theta, g_sigma = self.vf.crit.deviance_and_gradient_with_sigma(vp[:-1], vp[-1], self.vf.reml)
-        except (np.linalg.LinAlgError, FloatingPointError):
+        except (np.linalg.LinAlgError, FloatingPointError, OverflowError):
             return _FAR, np.zeros_like(x)
         g = np.r_[g_theta, g_sigma]
         if not (np.isfinite(dev) and np.all(np.isfinite(g))):
