@@ -207,8 +207,9 @@ def test_one_sided_boundary_rule(fits: dict, intervals: dict) -> None:
 
 def test_a_far_trial_point_is_rejected_not_raised(fits: dict) -> None:
     """A line search of the profile may try a residual SD so large that sigma**2 overflows a
-    Python float (OverflowError, seen in replicate 267 of validation/training_stability.py):
-    that point is 'far' (deviance _FAR), as one where the criterion cannot be evaluated."""
+    Python float (OverflowError, seen in replicate 267 of validation/training_stability.py),
+    and one so small that it underflows to 0 (ZeroDivisionError): such a point is
+    'far' (deviance _FAR), as one where the criterion cannot be evaluated."""
     from theralens.model.profile import _FAR, _Profiler
 
     fit = fits[NAMES[0]]
@@ -216,6 +217,10 @@ def test_a_far_trial_point_is_rejected_not_raised(fits: dict) -> None:
     p = next(q for q in varcorr_parameters(pr.layout) if q.kind == "sd")
     x = pr.start(p)
     x[-1] = 460.0  # log sigma: sigma = 1e200, sigma**2 overflows
+    dev, g = pr.deviance_and_gradient(p, x, pr.estimate(p))
+    assert dev == _FAR and np.all(g == 0)
+    assert pr.deviance(p, x, pr.estimate(p)) == _FAR
+    x[-1] = -800.0  # sigma = exp(-800) underflows to 0 (replicate 531): v / sigma divides by zero
     dev, g = pr.deviance_and_gradient(p, x, pr.estimate(p))
     assert dev == _FAR and np.all(g == 0)
     assert pr.deviance(p, x, pr.estimate(p)) == _FAR

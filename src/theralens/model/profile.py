@@ -83,6 +83,10 @@ def varcorr_parameters(layout: ThetaLayout) -> list[VarcorrParameter]:
     return out
 
 
+#: what evaluating the criterion at a far trial point of a line search can raise: a singular
+#: factor, a residual SD whose square overflows a float, or one that underflows to 0 (x = log sigma)
+FAR_ERRORS = (np.linalg.LinAlgError, FloatingPointError, OverflowError, ZeroDivisionError)
+
 class _Profiler:
     """The deviance of a fit as a function of its variance parameters, and their profiles.
 
@@ -184,30 +188,31 @@ class _Profiler:
     def deviance(self, p: VarcorrParameter, x: np.ndarray, v: float) -> float:
         try:
             return self.vf.deviance(self.varpar(p, x, v))
-        except (np.linalg.LinAlgError, FloatingPointError, OverflowError):
+        except FAR_ERRORS:
             return _FAR  # a point where the criterion cannot be evaluated (far from the estimate)
 
     def deviance_and_gradient(self, p: VarcorrParameter, x: np.ndarray, v: float) -> tuple[float, np.ndarray]:
         """The deviance and its gradient in x: the exact gradient in (theta, sigma)
         (:meth:`~theralens.model.criterion.NestedCriterion.deviance_and_gradient_with_sigma`)
         times the Jacobian of the (cheap) map x -> (theta, sigma), by central differences."""
-        vp = self.varpar(p, x, v)
         try:
-            # far trial points of the line search overflow; they are rejected below, silently
+            # far trial points of the line search overflow or underflow (sigma = exp(x) of 0 or
+            # beyond a float); they are rejected, silently
             with np.errstate(over="ignore", invalid="ignore"):
+                vp = self.varpar(p, x, v)
                 dev, g_theta, g_sigma = self.vf.crit.deviance_and_gradient_with_sigma(vp[:-1], vp[-1], self.vf.reml)
-        except (np.linalg.LinAlgError, FloatingPointError, OverflowError):
+                g = np.r_[g_theta, g_sigma]
+                if not (np.isfinite(dev) and np.all(np.isfinite(g))):
+                    return _FAR, np.zeros_like(x)
+                J = np.empty((vp.size, x.size))
+                for m in range(x.size):
+                    h = 1e-7 * max(abs(x[m]), 1.0)
+                    lo, hi = x.copy(), x.copy()
+                    lo[m] -= h
+                    hi[m] += h
+                    J[:, m] = (self.varpar(p, hi, v) - self.varpar(p, lo, v)) / (2 * h)
+        except FAR_ERRORS:
             return _FAR, np.zeros_like(x)
-        g = np.r_[g_theta, g_sigma]
-        if not (np.isfinite(dev) and np.all(np.isfinite(g))):
-            return _FAR, np.zeros_like(x)
-        J = np.empty((vp.size, x.size))
-        for m in range(x.size):
-            h = 1e-7 * max(abs(x[m]), 1.0)
-            lo, hi = x.copy(), x.copy()
-            lo[m] -= h
-            hi[m] += h
-            J[:, m] = (self.varpar(p, hi, v) - self.varpar(p, lo, v)) / (2 * h)
         return dev, J.T @ g
 
 
