@@ -87,6 +87,7 @@ def varcorr_parameters(layout: ThetaLayout) -> list[VarcorrParameter]:
 #: factor, a residual SD whose square overflows a float, or one that underflows to 0 (x = log sigma)
 FAR_ERRORS = (np.linalg.LinAlgError, FloatingPointError, OverflowError, ZeroDivisionError)
 
+
 class _Profiler:
     """The deviance of a fit as a function of its variance parameters, and their profiles.
 
@@ -316,30 +317,18 @@ class _Profile:
     def bound(self, side: int, z: float, start_step: float) -> float:
         """The crossing of zeta = side * z beyond the estimate, or the edge of the space."""
         edge = self.low if side < 0 else self.high
-        prev, z_prev, step = self.hat, 0.0, start_step
+        prev, step = self.hat, start_step
         for _ in range(60):
             v = self.hat + side * step
             if (side < 0 and v <= edge) or (side > 0 and v >= edge):
                 v = edge
             zv = self.zeta(v)
             if side * zv >= z:
-                known = {prev: z_prev, v: zv}  # brentq starts from the bracket's ends: no refits there
-
-                def crossing(u: float, known: dict = known) -> float:
-                    return (known[u] if u in known else self.zeta(u)) - side * z
-
-                return float(optimize.brentq(crossing, min(prev, v), max(prev, v),
+                return float(optimize.brentq(lambda u: self.zeta(u) - side * z, min(prev, v), max(prev, v),
                                              xtol=1e-9 * max(abs(self.hat), 1.0), rtol=1e-10))
             if v == edge:
                 return float(edge)
-            # zeta is close to linear in the parameter (that is what it is for): the secant through
-            # the last two points predicts the crossing; step 10% beyond it, so that the next
-            # point brackets the root, but never less than 1.1 or more than 4 times the last step
-            rise = side * (zv - z_prev) / abs(v - prev)
-            grow = 1.6
-            if rise > 0:
-                grow = min(max(1.1 * (abs(v - self.hat) + (z - side * zv) / rise) / step, 1.1), 4.0)
-            prev, z_prev, step = v, zv, step * grow
+            prev, step = v, step * 1.6
         return float("nan")
 
 
