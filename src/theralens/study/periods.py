@@ -155,7 +155,7 @@ def period_formula(terms: DesignTerms, process: str, fixed: Sequence[str], rando
     return f"{terms.response} ~ {' + '.join([*keep, *fixed])} + {part}"
 
 
-def fit_spec(role: str, formula: str, data: pd.DataFrame, note: str = "", ddf: str = "satterthwaite") -> ModelSpec:
+def fit_spec(role: str, formula: str, data: pd.DataFrame, *, ddf: str, note: str = "") -> ModelSpec:
     """:func:`theralens.fit_mixed` of ``formula`` as a :class:`ModelSpec`, its tests by ``ddf`` (the
     study's ``[inference] ddf``, :mod:`theralens.model.ddf`); a singular design is a
     :class:`ModelSpecError` naming the model."""
