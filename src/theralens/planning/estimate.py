@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,13 @@ import pandas as pd
 from theralens.errors import InputError
 from theralens.planning.execution import available_cores, execute
 from theralens.planning.latent import estimate_seconds
+from theralens.planning.loop import LOOP_STUDIES, LoopSpec, loop_cells, loop_overrides
 from theralens.planning.pilot import study_parameters
 from theralens.planning.replicate import PowerSpec, run_replicate
 from theralens.planning.result import PowerResult, summarise
 from theralens.planning.search import parse_search, run_search
 from theralens.planning.settings import CELL_FIELDS, Cell, design_cells, parse_settings, resolve_overrides
-from theralens.simulation.generate import PRESETS, REPLACED, TARGETS, SimulationParameters, resolve_parameters, simulate
+from theralens.simulation.generate import PRESETS, REPLACED, TARGETS, SimulationParameters, resolve_parameters
 
 __all__ = ["power"]
 
@@ -131,6 +132,18 @@ def power(
     t0 = time.perf_counter()
     if isinstance(nsim, bool) or not isinstance(nsim, int) or nsim < 1:
         raise InputError(f"--nsim {nsim}: give a whole number of replicates, 1 or more (500 or more for a plan)")
+    if isinstance(study, str) and study in LOOP_STUDIES:
+        if decomposition != "manifest" or design not in (None, "patient"):
+            raise InputError(f"--preset {study}: the training-loop studies are simulated and analysed at the patient "
+                             "level with the manifest decomposition; leave out --design and --decomposition")
+        if (moderator, moderator_process, moderator_target) != (*DEFAULT_MODERATOR, "within_slope"):
+            raise InputError(f"--preset {study}: the training-loop studies have no moderator test; leave out the "
+                             "moderator options")
+        loop = LoopSpec(study=study, overrides=loop_overrides(study, parse_settings(settings), overrides),
+                        alpha=float(alpha), seed=int(seed), ddf=ddf or "satterthwaite",
+                        exclude_singular=bool(exclude_singular))
+        return _plan(loop, loop_cells, therapists, patients_per_therapist, search, nsim, workers, scheduler,
+                     progress, chunk_size, "manifest", [], t0)
     truth = None
     if isinstance(study, str) and (study in PRESETS or not (study.endswith(".json") or Path(study).exists())):
         preset = study
@@ -148,30 +161,45 @@ def power(
     mod_key = (moderator or "", moderator_process, moderator_target)
     resolved = _layer(_layer(from_study, resolve_overrides(preset, parse_settings(settings), mod_key, base.design,
                                                            base=given)), overrides)
-    goal = None
-    if search is not None:
-        goal = parse_search(search, therapists)
-        if patients_per_therapist is not None and len(list(patients_per_therapist)) != 1:
-            raise InputError("--search: give one caseload (--patients-per-therapist M); the search is over therapists")
-        therapists = [goal.low]
-    cells = design_cells(preset, therapists, patients_per_therapist, resolved)
     spec = PowerSpec(preset=preset, overrides={k: v for k, v in resolved.items() if k not in CELL_FIELDS},
                      alpha=float(alpha), seed=int(seed), moderator=moderator, moderator_process=moderator_process,
                      moderator_target=moderator_target, exclude_singular=bool(exclude_singular),
                      decomposition=decomposition, config=truth.config if truth else None,
                      source=truth.source if truth else "",
                      ddf=ddf if ddf is not None else (truth.ddf if truth else "satterthwaite"))
+
+    def cells_for(js: Iterable[int] | None, ms: Iterable[float] | None) -> list[Cell]:
+        return design_cells(preset, js, ms, resolved)
+
+    return _plan(spec, cells_for, therapists, patients_per_therapist, search, nsim, workers, scheduler, progress,
+                 chunk_size, decomposition, list(truth.notes) if truth else [], t0)
+
+
+def _plan(spec: Any, cells_for: Callable[[Iterable[int] | None, Iterable[float] | None], list[Cell]],
+          therapists: Iterable[int] | None, patients_per_therapist: Iterable[float] | None, search: Any, nsim: int,
+          workers: int | None, scheduler: Any, progress: bool, chunk_size: int | None, decomposition: str,
+          notes: list[str], t0: float) -> PowerResult:
+    """The power table of ``spec`` (a :class:`PowerSpec` or a :class:`LoopSpec`) over the grid of
+    design cells, or the sample-size search (``search``) with every cell it evaluated;
+    ``cells_for(therapists, patients_per_therapist)`` gives the cells."""
+    goal = None
+    if search is not None:
+        goal = parse_search(search, therapists)
+        if patients_per_therapist is not None and len(list(patients_per_therapist)) != 1:
+            raise InputError("--search: give one caseload (--patients-per-therapist M); the search is over therapists")
+        therapists = [goal.low]
+    cells = cells_for(therapists, patients_per_therapist)
     if goal is None:
         result = _run_cells(spec, cells, nsim, workers, scheduler, progress, chunk_size, decomposition)
         result.seconds = time.perf_counter() - t0
-        result.notes = list(truth.notes) if truth else []
+        result.notes = notes
         return result
     test = goal.pick(spec.tests)
     m = cells[0].patients_per_therapist
     runs: list[PowerResult] = []
 
     def evaluate(js: list[int]) -> pd.DataFrame:
-        new = design_cells(preset, js, [m], resolved)
+        new = cells_for(js, [m])
         runs.append(_run_cells(spec, new, nsim, workers, scheduler, progress, chunk_size, decomposition))
         t = runs[-1].table
         return t[(t["test"] == test.kind) & (t["process"] == test.process)]
@@ -186,18 +214,14 @@ def power(
     return PowerResult(table=joined("table"), replicates=joined("replicates"), failures=joined("failures"),
                        cells=cells, tests=spec.tests, spec=spec, nsim=nsim,
                        seconds=time.perf_counter() - t0, execution=runs[0].execution,
-                       notes=list(truth.notes) if truth else [], search=found)
+                       notes=notes, search=found)
 
 
 def _run_cells(spec: PowerSpec, cells: list[Cell], nsim: int, workers: int | None, scheduler: Any, progress: bool,
                chunk_size: int | None, decomposition: str) -> PowerResult:
     """Every replicate of ``cells``: the power table of those cells."""
     t0 = time.perf_counter()
-    truths = []
-    for c in cells:  # checks every setting once, here, and gives the true values
-        sim = simulate(spec.preset, seed=0, n_therapists=c.n_therapists, n_patients=c.n_patients,
-                       decomposition=decomposition, **spec.overrides)
-        truths.append(sim.truth)
+    truths = [spec.truth(c) for c in cells]  # checks every setting once, here, and gives the true values
     if decomposition == "latent":
         biggest = max(cells, key=lambda c: c.n_patients)
         n_workers = 1 if workers == 1 else (workers or available_cores())

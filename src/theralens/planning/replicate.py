@@ -45,7 +45,7 @@ from theralens.data.config import ColumnsConfig, DesignConfig, StudyConfig
 from theralens.errors import InputError
 from theralens.latent.ml import LatentFit
 from theralens.model.chibar import ChiBarSquare, slope_mixture
-from theralens.model.ddf import check_ddf
+from theralens.model.ddf import check_ddf, ddf_label, ddf_reference
 from theralens.model.design import Design, build_design, with_random_columns
 from theralens.model.fit import MixedResult, fit_design
 from theralens.planning.analysis_table import analysis_table
@@ -188,6 +188,60 @@ class PowerSpec:
                                 f"{self.moderator} x {self.moderator_process} {what}", ("moderator",)))
         return tuple(out)
 
+    # -- what the shared parts of a power study ask of a spec (run_chunk, planning.result) -----
+    def run(self, cell: Cell, replicate: int, tests: Sequence[TestSpec] | None = None) -> ReplicateOutcome:
+        """Replicate ``replicate`` of ``cell`` (:func:`run_replicate`)."""
+        return run_replicate(self, cell, replicate, tests)
+
+    def truth(self, cell: Cell) -> dict[str, Any]:
+        """The simulation's true values in ``cell`` (the data of seed 0; checks every setting)."""
+        return simulate(self.preset, seed=0, n_therapists=cell.n_therapists, n_patients=cell.n_patients,
+                        decomposition=self.decomposition, **self.overrides).truth
+
+    def true_value(self, test: TestSpec, truth: dict[str, Any]) -> float:
+        """The simulated value of what ``test`` tests (slope variances: the marginal slope SD,
+        which the main model, without the moderator, sees)."""
+        if test.kind == "slope_variance":
+            return float(truth["slope_sd_marginal"][test.process])
+        if test.kind != "moderator":
+            comp = COMPONENTS[self.level][test.kind]
+            return float(next(e["estimate"] for e in truth["effects"] if e["process"] == test.process
+                              and e["component"] == comp))
+        return float(next(m["estimate"] for m in truth["moderators"] if m["moderator"] == self.moderator
+                          and m["process"] == self.moderator_process and m["target"] == self.moderator_target))
+
+    def method(self, test: TestSpec) -> str:
+        """How ``test`` is tested, in words (the ``method`` column of the power table)."""
+        if test.kind == "slope_variance":
+            return "REML likelihood ratio, chi-bar-square reference"
+        if self.decomposition == "latent" and test.kind in LATENT_KINDS:
+            return "latent ML fit, Wald test"
+        return f"t test, {ddf_label(self.ddf)} df"
+
+    def meta(self) -> dict[str, Any]:
+        """The settings of ``power.json``'s ``meta`` that belong to this kind of study."""
+        return {"preset": self.preset, "study": self.source or None, "overrides": self.overrides,
+                "moderator": self.moderator, "moderator_process": self.moderator_process,
+                "moderator_target": self.moderator_target, "exclude_singular": self.exclude_singular,
+                "ddf": self.ddf, "design": self.level,
+                "analysis": ("patient level (residualized change)" if self.level == "patient" else
+                             "session level (lagged outcome)") + ", manifest decomposition, REML; slope variances by "
+                            f"chi-bar-square LRT, fixed effects by t tests with {ddf_reference(self.ddf)} df"}
+
+    def design_line(self) -> str:
+        """The summary's line on the design and the tests."""
+        return (f"Design: {self.level} level" + (" (lagged: the outcome at the next assessment, adjusted for the "
+                                                 "current one)" if self.level == "session" else
+                                                 " (residualized change)")
+                + f"; fixed effects by t tests with {ddf_reference(self.ddf)} df, slope variances by "
+                "chi-bar-square likelihood ratio")
+
+
+#: The truth's component of each fixed-effect test, per design level.
+COMPONENTS = {"patient": {"within": "within_therapist", "between": "between_therapist"},
+              "session": {"within": "within_patient", "between_patient": "between_patient",
+                          "between": "between_therapist"}}
+
 
 def fixed_effect_tests(fit: MixedResult, ddf: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(estimate, SE, df, p) of every fixed effect by the ``ddf`` method: Satterthwaite's on
@@ -212,7 +266,9 @@ def replicate_seed(seed: int, cell: Cell, replicate: int) -> int:
 class ReplicateOutcome:
     """One replicate, per test: ``p``, ``estimate`` (the coefficient; the therapist slope SD
     for slope variances), ``se`` (fixed effects), ``status`` (:data:`STATUS` codes),
-    ``singular``; ``messages``: (model, error) of what failed."""
+    ``singular``, ``reject`` (the test rejected at alpha: p < alpha, or for a test decided by an
+    interval, the interval excludes the null; False unless ``status`` is OK); ``messages``:
+    (model, error) of what failed."""
 
     p: np.ndarray
     estimate: np.ndarray
@@ -220,6 +276,11 @@ class ReplicateOutcome:
     status: np.ndarray
     singular: np.ndarray
     messages: list[tuple[str, str]]
+    reject: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def __post_init__(self) -> None:
+        if len(self.reject) != len(self.p):
+            self.reject = np.zeros(len(self.p), dtype=bool)
 
 
 @dataclass
@@ -238,6 +299,7 @@ class ChunkOutcome:
     messages: list[tuple[int, str, str]]
     seconds: float
     cpu_seconds: float = 0.0
+    reject: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
 
 
 def _therapist_level(fit: MixedResult) -> Any:
@@ -347,6 +409,7 @@ def run_replicate(spec: PowerSpec, cell: Cell, replicate: int,
     if spec.from_arrays:
         _array_fits(spec, sim, arrays, main_design, needed, fits)
     _collect(spec, tests, fits, out)
+    out.reject[:] = (out.status == OK) & (out.p < spec.alpha)
     return out
 
 
@@ -424,8 +487,9 @@ def _collect(spec: PowerSpec, tests: Sequence[TestSpec], fits: dict[str, Any], o
             messages.append((t.kind, "the test gave no p-value (not finite)"))
 
 
-def run_chunk(spec: PowerSpec, cells: Sequence[Cell], cell: int, start: int, stop: int) -> ChunkOutcome:
-    """Replicates ``start``..``stop - 1`` of ``cells[cell]`` (what one worker task runs),
+def run_chunk(spec: Any, cells: Sequence[Cell], cell: int, start: int, stop: int) -> ChunkOutcome:
+    """Replicates ``start``..``stop - 1`` of ``cells[cell]`` (what one worker task runs) by
+    ``spec.run`` (a :class:`PowerSpec`, or :class:`theralens.planning.loop.LoopSpec`),
     with one BLAS thread and freed memory kept for reuse (:mod:`theralens.planning.blas`,
     :mod:`theralens.planning.memory`: speed only, the numbers do not depend on them)."""
     import time
@@ -438,12 +502,13 @@ def run_chunk(spec: PowerSpec, cells: Sequence[Cell], cell: int, start: int, sto
     n, m = stop - start, len(tests)
     out = ChunkOutcome(cell=cell, start=start, p=np.full((n, m), np.nan), estimate=np.full((n, m), np.nan),
                        se=np.full((n, m), np.nan), status=np.zeros((n, m), dtype=np.int8),
-                       singular=np.zeros((n, m), dtype=bool), messages=[], seconds=0.0)
+                       singular=np.zeros((n, m), dtype=bool), messages=[], seconds=0.0,
+                       reject=np.zeros((n, m), dtype=bool))
     with single_thread_blas(), reuse_freed_memory():
         for k, r in enumerate(range(start, stop)):
-            rep = run_replicate(spec, cells[cell], r, tests)
+            rep = spec.run(cells[cell], r, tests)
             out.p[k], out.estimate[k], out.se[k] = rep.p, rep.estimate, rep.se
-            out.status[k], out.singular[k] = rep.status, rep.singular
+            out.status[k], out.singular[k], out.reject[k] = rep.status, rep.singular, rep.reject
             out.messages += [(r, role, text) for role, text in rep.messages]
     out.seconds, out.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     return out

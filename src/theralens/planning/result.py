@@ -35,7 +35,6 @@ import pandas as pd
 
 from theralens.atomic import prepare_dir, write_bytes, write_text
 from theralens.display import Summary
-from theralens.model.ddf import ddf_label, ddf_reference
 from theralens.planning.replicate import ERROR, NONCONVERGED, OK, SINGULAR, ChunkOutcome, PowerSpec, TestSpec
 from theralens.planning.settings import Cell
 
@@ -78,46 +77,23 @@ def wilson_interval(rejections: int | np.ndarray, n_usable: int | np.ndarray,
     return low, high
 
 
-#: The truth's component of each fixed-effect test, per design level.
-COMPONENTS = {"patient": {"within": "within_therapist", "between": "between_therapist"},
-              "session": {"within": "within_patient", "between_patient": "between_patient",
-                          "between": "between_therapist"}}
-
-
-def _true_value(t: TestSpec, truth: dict[str, Any], spec: PowerSpec) -> float:
-    if t.kind == "slope_variance":  # the main model has no moderator: the marginal slope SD
-        return float(truth["slope_sd_marginal"][t.process])
-    if t.kind != "moderator":
-        comp = COMPONENTS[spec.level][t.kind]
-        return float(next(e["estimate"] for e in truth["effects"] if e["process"] == t.process
-                          and e["component"] == comp))
-    return float(next(m["estimate"] for m in truth["moderators"] if m["moderator"] == spec.moderator
-                      and m["process"] == spec.moderator_process and m["target"] == spec.moderator_target))
-
-
-def _method(t: TestSpec, spec: PowerSpec) -> str:
-    """How ``t`` is tested, in words (the ``method`` column)."""
-    if t.kind == "slope_variance":
-        return "REML likelihood ratio, chi-bar-square reference"
-    if spec.decomposition == "latent" and t.kind in ("within", "between", "moderator"):
-        return "latent ML fit, Wald test"
-    return f"t test, {ddf_label(spec.ddf)} df"
-
-
-def summarise(chunks: list[ChunkOutcome], cells: list[Cell], tests: tuple[TestSpec, ...], spec: PowerSpec,
+def summarise(chunks: list[ChunkOutcome], cells: list[Cell], tests: tuple[TestSpec, ...], spec: Any,
               nsim: int, truths: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(table, replicates, failures) from the chunks (see :class:`PowerResult`)."""
+    """(table, replicates, failures) from the chunks (see :class:`PowerResult`); ``spec`` (a
+    :class:`~theralens.planning.replicate.PowerSpec` or :class:`~theralens.planning.loop.LoopSpec`)
+    gives each test's true value and method."""
     m = len(tests)
     p = np.full((len(cells), nsim, m), np.nan)
     est = np.full_like(p, np.nan)
     ses = np.full_like(p, np.nan)
     status = np.full((len(cells), nsim, m), -1, dtype=np.int8)
     sing = np.zeros((len(cells), nsim, m), dtype=bool)
+    reject = np.zeros((len(cells), nsim, m), dtype=bool)
     fails = []
     for ch in chunks:
         sl = slice(ch.start, ch.start + len(ch.p))
         p[ch.cell, sl], est[ch.cell, sl], ses[ch.cell, sl] = ch.p, ch.estimate, ch.se
-        status[ch.cell, sl], sing[ch.cell, sl] = ch.status, ch.singular
+        status[ch.cell, sl], sing[ch.cell, sl], reject[ch.cell, sl] = ch.status, ch.singular, ch.reject
         for r, role, text in ch.messages:
             c = cells[ch.cell]
             fails.append({"n_therapists": c.n_therapists, "n_patients": c.n_patients, "replicate": r,
@@ -130,15 +106,15 @@ def summarise(chunks: list[ChunkOutcome], cells: list[Cell], tests: tuple[TestSp
             s, pv = status[ci, :, ti], p[ci, :, ti]
             usable = s == OK
             n_ok = int(usable.sum())
-            rej = int((pv[usable] < spec.alpha).sum())
+            rej = int(reject[ci, usable, ti].sum())
             pw = rej / n_ok if n_ok else float("nan")
             se = mc_se(pw, n_ok)
             low, high = wilson_interval(rej, n_ok)
             rows.append({
                 "n_therapists": c.n_therapists, "patients_per_therapist": c.patients_per_therapist,
                 "n_patients": c.n_patients, "test": t.kind, "process": t.process, "term": t.term, "label": t.label,
-                "method": _method(t, spec),
-                "true_value": _true_value(t, truths[ci], spec), "alpha": spec.alpha, "nsim": nsim,
+                "method": spec.method(t),
+                "true_value": spec.true_value(t, truths[ci]), "alpha": spec.alpha, "nsim": nsim,
                 "n_usable": n_ok, "usable_share": n_ok / nsim, "n_failed": nsim - n_ok,
                 "n_errors": int((s == ERROR).sum()), "n_nonconverged": int((s == NONCONVERGED).sum()),
                 "n_singular_excluded": int((s == SINGULAR).sum()), "n_singular": int(sing[ci, :, ti].sum()),
@@ -148,7 +124,8 @@ def summarise(chunks: list[ChunkOutcome], cells: list[Cell], tests: tuple[TestSp
             })
             reps.append(pd.DataFrame({
                 "n_therapists": c.n_therapists, "n_patients": c.n_patients, "replicate": np.arange(nsim),
-                "test": t.kind, "process": t.process, "p": pv, "estimate": est[ci, :, ti], "se": ses[ci, :, ti],
+                "test": t.kind, "process": t.process, "p": pv, "reject": reject[ci, :, ti],
+                "estimate": est[ci, :, ti], "se": ses[ci, :, ti],
                 "status": pd.Categorical.from_codes(np.maximum(s, 0), ["ok", "nonconverged", "error", "singular"]),
                 "singular": sing[ci, :, ti],
             }))
@@ -202,7 +179,7 @@ class PowerResult:
     failures: pd.DataFrame
     cells: list[Cell]
     tests: tuple[TestSpec, ...]
-    spec: PowerSpec
+    spec: PowerSpec | Any
     nsim: int
     seconds: float
     execution: dict[str, Any] = field(default_factory=dict)
@@ -216,18 +193,11 @@ class PowerResult:
 
         s = self.spec
         return _plain({
-            "theralens": __version__, "created": self.created, "preset": s.preset, "study": s.source or None,
-            "overrides": s.overrides, "notes": list(self.notes),
-            "alpha": s.alpha, "seed": s.seed, "nsim": self.nsim, "moderator": s.moderator,
-            "moderator_process": s.moderator_process, "moderator_target": s.moderator_target,
-            "exclude_singular": s.exclude_singular, "ddf": s.ddf,
+            "theralens": __version__, "created": self.created, **s.meta(), "notes": list(self.notes),
+            "alpha": s.alpha, "seed": s.seed, "nsim": self.nsim,
             "cells": [{"n_therapists": c.n_therapists, "patients_per_therapist": c.patients_per_therapist,
                        "n_patients": c.n_patients} for c in self.cells],
             "seconds": round(self.seconds, 3), "execution": self.execution,
-            "design": s.level,
-            "analysis": ("patient level (residualized change)" if s.level == "patient" else
-                         "session level (lagged outcome)") + ", manifest decomposition, REML; slope variances by "
-                        f"chi-bar-square LRT, fixed effects by t tests with {ddf_reference(s.ddf)} df",
         })
 
     def to_json(self) -> str:
@@ -254,11 +224,7 @@ class PowerResult:
             lines += self.notes
         elif s.overrides:
             lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in _plain(s.overrides).items()))
-        lines.append(f"Design: {s.level} level" + (" (lagged: the outcome at the next assessment, adjusted for the "
-                                                    "current one)" if s.level == "session" else
-                                                    " (residualized change)")
-                     + f"; fixed effects by t tests with {ddf_reference(s.ddf)} df, slope variances by "
-                     "chi-bar-square likelihood ratio")
+        lines.append(s.design_line())
         lines.append("Cells: therapists x patients per therapist; each entry: power [95% Wilson interval] "
                      "{usable share when below 100%}")
         t = self.table

@@ -244,6 +244,7 @@ def training(
     *,
     sessions: pd.DataFrame | None = None,
     level: float = 0.95,
+    intervals: bool = True,
     source: str = "sessions data",
     therapists_source: str = "therapist data",
 ) -> TrainingResult:
@@ -253,6 +254,9 @@ def training(
     given; pass the raw ``sessions`` when ``[training] start`` names one of their columns) or the
     sessions DataFrame, analysed first with ``therapists`` and ``config``; ``therapists``: the
     therapist table with the columns of ``[training] date`` and ``target`` (and any moderators).
+    ``intervals=False`` leaves out the profile-likelihood interval of the change SD (its bounds
+    are then None, with the reason in ``ci_note``): the effects are the same, computed sooner
+    (what a power study needs, :mod:`theralens.planning.loop`).
     """
     if therapists is None:
         raise InputError("the training evaluation needs the therapist table with the training date and target "
@@ -324,7 +328,8 @@ def training(
         vc = fit.varcorr
         own = (vc["grp"] == "therapist") & (vc["var1"] == change) & vc["var2"].isna()
         var = float(vc.loc[own, "vcov"].iloc[0])
-        lo, hi, method = varcorr_interval(fit, change, None, level)
+        lo, hi, method = (varcorr_interval(fit, change, None, level) if intervals else
+                          (None, None, "not computed (intervals=False)"))
         variance.append({"process": p, "process_label": label, "change_variance": var,
                          "change_sd": math.sqrt(max(var, 0.0)), "ci_low": lo, "ci_high": hi,
                          "ci_method": method if lo is not None else None,
