@@ -93,7 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--therapists-out", help="therapist table to write (.csv or .parquet)")
 
     w = sub.add_parser("power", help="simulation-based power for the next study")
-    w.add_argument("--preset", default="coyne2022")
+    w.add_argument("--preset", default="coyne2022",
+                   help="study to plan: coyne2022 (default), training (the training difference-in-differences) "
+                        "or stability (the profile stability correlation)")
     w.add_argument("--therapists", default=None,
                    help="comma-separated numbers of therapists (default 42,80,120,200; with --from, the study's)")
     w.add_argument("--patients-per-therapist", default=None,
