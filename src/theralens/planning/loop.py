@@ -231,7 +231,7 @@ class LoopSpec:
         tests = self.tests if tests is None else tests
         n = len(tests)
         out = ReplicateOutcome(np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=np.int8),
-                               np.zeros(n, dtype=bool), [])
+                               np.zeros(n, dtype=bool), [], np.zeros(n, dtype=bool))
         try:
             sim = self.simulate(cell, replicate_seed(self.seed, cell, replicate))
             cfg = config_from_dict({**sim.config, "inference": {"ddf": self.ddf}})

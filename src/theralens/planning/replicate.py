@@ -276,11 +276,7 @@ class ReplicateOutcome:
     status: np.ndarray
     singular: np.ndarray
     messages: list[tuple[str, str]]
-    reject: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-
-    def __post_init__(self) -> None:
-        if len(self.reject) != len(self.p):
-            self.reject = np.zeros(len(self.p), dtype=bool)
+    reject: np.ndarray
 
 
 @dataclass
@@ -296,10 +292,10 @@ class ChunkOutcome:
     se: np.ndarray
     status: np.ndarray
     singular: np.ndarray
+    reject: np.ndarray
     messages: list[tuple[int, str, str]]
     seconds: float
     cpu_seconds: float = 0.0
-    reject: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
 
 
 def _therapist_level(fit: MixedResult) -> Any:
@@ -390,7 +386,7 @@ def run_replicate(spec: PowerSpec, cell: Cell, replicate: int,
     p, est, se = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     status, singular = np.zeros(n, dtype=np.int8), np.zeros(n, dtype=bool)
     messages: list[tuple[str, str]] = []
-    out = ReplicateOutcome(p, est, se, status, singular, messages)
+    out = ReplicateOutcome(p, est, se, status, singular, messages, np.zeros(n, dtype=bool))
     sm = spec.models
     fits: dict[str, Any] = {}
     needed = {m for t in tests for m in t.models}
