@@ -44,9 +44,11 @@ def both(path: Path, config, source: str | None = None):
     with scan_files(path, config, source=source) as scanned:
         duck_table = decompose_scan(scanned, config)
         if duck_table.relation is not None if hasattr(duck_table, "relation") else False:
-            # the session design's rows stay in DuckDB: fetched here (small data) to compare
+            # the session design's rows stay in DuckDB (a relation, unordered): fetched here (small
+            # data) in the pandas table's order to compare
             assert len(duck_table.table) == 0
-            duck_table.table = scanned.con.execute(f"SELECT * FROM {duck_table.relation}").df()
+            duck_table.table = scanned.con.execute(
+                f"SELECT * FROM {duck_table.relation} ORDER BY therapist, patient, time").df()
         assert scanned.data.counts == data.counts
         assert scanned.data.notes == data.notes
         assert scanned.data.labels == data.labels
@@ -321,7 +323,8 @@ def test_lagged_table_in_sql_is_the_session_table(tmp_path, demo, weighting):
                                "columns": {"covariates": ["age"]}})
     expected = session_level(validate_sessions(read_table(path), config, source=str(path)), config).table
     with scan_files(path, config) as scanned:
-        got = scanned.con.execute(f"SELECT * FROM {lagged_table(scanned, config)}").df()
+        got = scanned.con.execute(f"SELECT * FROM {lagged_table(scanned, config)} ORDER BY therapist, patient, time"
+                                  ).df()
     assert list(got.columns) == list(expected.columns)
     pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-10, atol=1e-12)
 

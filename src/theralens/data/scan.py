@@ -885,9 +885,10 @@ def _session_scan(scan: ScannedSessions, config: StudyConfig) -> SessionTable:
     patient_means = pd.DataFrame({"therapist": means["therapist"].to_numpy(dtype=object),
                                   **{p: means[p + "__pm"].to_numpy(dtype=float) for p in data.processes}})
     n_per = con.execute("SELECT n_patients FROM caseload_means ORDER BY therapist").df()["n_patients"].to_numpy()
-    analysed = per[per["patient"].isin(set(means["patient"]))]
+    assessments = con.execute("SELECT count(*) FROM sessions WHERE patient IN (SELECT patient FROM patient_means)"
+                              ).fetchone()[0]
     columns = con.execute(f"SELECT * FROM {relation} LIMIT 0").df()
-    return session_summary(columns, patient_means, means["n_lags"].to_numpy(), n_per, int(analysed["n_rows"].sum()),
+    return session_summary(columns, patient_means, means["n_lags"].to_numpy(), n_per, int(assessments),
                            exclusions, data, config, relation=relation)
 
 
@@ -948,7 +949,9 @@ def lagged_table(scan: ScannedSessions, config: StudyConfig | None = None) -> st
     process rating or whose patient lacks a covariate are left out; then, over the kept pairs,
     Xbar_ij is the patient's mean, Xbar_j the caseload mean (over patients, or weighted by their
     pairs with ``caseload_weighting = "session"``), Xbar the mean of the therapist means, and the
-    components are X - Xbar_ij, Xbar_ij - Xbar_j and Xbar_j - Xbar.
+    components are X - Xbar_ij, Xbar_ij - Xbar_j and Xbar_j - Xbar. The table is a relation
+    without an order (sorting 10 million rows took seconds that no consumer needs): whoever
+    needs rows in order sorts them.
     """
     config = config or scan.data.config
     data, con, q = scan.data, scan.con, _q
@@ -977,5 +980,5 @@ def lagged_table(scan: ScannedSessions, config: StudyConfig | None = None) -> st
     cols += ["pm.n_lags", "cm.n_patients"]
     con.execute(f"""CREATE OR REPLACE TABLE lagged AS SELECT {', '.join(cols)} FROM kept_pairs kp
         JOIN patient_means pm USING (patient) JOIN caseload_means cm ON cm.therapist = kp.therapist
-        CROSS JOIN (SELECT {grand} FROM caseload_means) gm ORDER BY kp.therapist, kp.patient, kp.time""")
+        CROSS JOIN (SELECT {grand} FROM caseload_means) gm""")
     return "lagged"

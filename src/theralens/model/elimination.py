@@ -155,8 +155,6 @@ class Elimination:
         per parent with the weights 1/a_p and 1/a_p^2."""
         m = np.ascontiguousarray(inner[:, 0, 1:])
         G = m.shape[0]
-        O = np.take(m, i0, axis=1)
-        O *= np.take(m, i1, axis=1)
         starts = self.starts[0] if self.D > 1 else np.array([0])
         czz = inner[:, 0, 0]
         parent = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, G]))
@@ -165,7 +163,7 @@ class Elimination:
         first = np.flatnonzero(np.r_[True, (pk[1:] != pk[:-1]) | (ck[1:] != ck[:-1])])
         R = len(first)
         merge = csr_matrix((np.ones(G), order, np.r_[first, G]), shape=(R, G))
-        self._O = np.asarray(merge @ O)
+        self._O = _merged_products(m, merge.tocsc(), len(i0))
         self._czz = ck[first]
         self._mult = np.diff(np.r_[first, G]).astype(float)
         self._mult_czz = self._mult * self._czz
@@ -348,6 +346,24 @@ class Elimination:
 
 BLAS_MNK = 131072  # OpenBLAS runs a matrix product in the calling thread below m n k = 262144
 BLAS_MN = 8192  # and a matrix-vector product below m n = 9216
+
+
+def _merged_products(m: np.ndarray, merge: Any, width: int, chunk: int = 65536) -> np.ndarray:
+    """``merge @ O`` for O = the upper triangles of m_p' m_p, row by row of ``m`` (np.triu_indices
+    order), without forming O for all clusters at once: per chunk of clusters, one product per row
+    of the triangle (contiguous column ranges) and the chunk's columns of ``merge`` (CSC)."""
+    G, r = m.shape
+    out = np.zeros((merge.shape[0], width))
+    for c0 in range(0, G, chunk):
+        c1 = min(G, c0 + chunk)
+        mc = m[c0:c1]
+        O = np.empty((c1 - c0, width))
+        at = 0
+        for i in range(r):
+            np.multiply(mc[:, i, None], mc[:, i:], out=O[:, at : at + r - i])
+            at += r - i
+        out += merge[:, c0:c1] @ O
+    return out
 
 
 def mm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
