@@ -154,7 +154,7 @@ def running_mean_at(keep: np.ndarray, n: int, cumsum_at: Callable[[np.ndarray], 
 
 def residual_summary(fitted: Any, residuals: Any, max_points: int = MAX_POINTS) -> dict[str, Any]:
     """What the diagnostics plots of a model draw, without any identifier: the residuals
-    against the fitted values in the order of the fitted values (at most ``max_points``,
+    against the fitted values in the order of the fitted values (ties by residual; at most ``max_points``,
     evenly spaced) with their running mean (:func:`running_mean_at`; computed on all rows),
     and the normal Q-Q coordinates of the residuals (:func:`normal_qq`). The SQL path computes
     the same summary from a DuckDB relation with :func:`residual_summary_from` (the same code,
@@ -163,7 +163,7 @@ def residual_summary(fitted: Any, residuals: Any, max_points: int = MAX_POINTS) 
     r = np.asarray(residuals, dtype=float)
     ok = np.isfinite(f) & np.isfinite(r)
     f, r = f[ok], r[ok]
-    order = np.argsort(f, kind="stable")
+    order = np.lexsort((r, f))  # by fitted value, ties by residual (the SQL path's order)
     fs, rs = f[order], r[order]
     csum = np.cumsum(rs)
     rsorted = np.sort(r)
