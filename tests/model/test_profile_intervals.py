@@ -8,12 +8,13 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from lme4ref import FIXTURES, load_fixture
 
 from theralens import fit_mixed
 from theralens.errors import InputError
-from theralens.model.profile import profile_zeta, varcorr_parameters
+from theralens.model.profile import boundary_cutoff, profile_zeta, varcorr_parameters
 
 NAMES = ["sleep_uncorr", "pastes", "singular", "factors", "therapy3"]
 PARITY = 1e-3  # relative agreement of the bounds with lme4 (issue #13)
@@ -190,19 +191,83 @@ def test_one_sided_boundary_rule(fits: dict, intervals: dict) -> None:
     one = fit.conf_int_varcorr(boundary="one-sided")
     ninety = fit.conf_int_varcorr(level=0.90)
     at_zero = (two["2.5 %"] == 0.0) & two.var2.isna() & (two.grp != "Residual")
-    assert at_zero.sum() == 1 and one.attrs["one_sided"] == list(np.flatnonzero(at_zero))
+    assert at_zero.sum() == 1 and one.attrs["adjusted"] == list(np.flatnonzero(at_zero))
     np.testing.assert_array_equal(one["2.5 %"], two["2.5 %"])
     assert np.all(one.loc[at_zero, "97.5 %"] < two.loc[at_zero, "97.5 %"])
     np.testing.assert_allclose(one.loc[at_zero, "97.5 %"], ninety.loc[at_zero, "95 %"], rtol=1e-7)
     np.testing.assert_allclose(one.loc[~at_zero, "97.5 %"], two.loc[~at_zero, "97.5 %"], rtol=1e-7)
     # an interval away from 0 is left two-sided
     away = fits["sleep_uncorr"].conf_int_varcorr(boundary="one-sided")
-    assert away.attrs["one_sided"] == []
+    assert away.attrs["adjusted"] == []
     np.testing.assert_allclose(away["97.5 %"], intervals["sleep_uncorr"]["0.95"]["97.5 %"], rtol=1e-7)
     with pytest.raises(InputError, match="boundary must be"):
         fit.conf_int_varcorr(boundary="mixture")
     with pytest.raises(InputError, match="boundary must be"):
         fit.conf_int_varcorr(method="bootstrap", boundary="one-sided")
+
+
+def test_boundary_cutoff_gives_nominal_coverage_in_the_local_model() -> None:
+    """c(delta) of the boundary-aware rule: the chi-bar-square critical value z_0.95^2 at the
+    boundary, chi-square(1)'s z_0.975^2 from delta = z_0.975 on, non-decreasing between; and the
+    interval {v : LR(v) <= c(v / SE)} covers 95% in the model it is derived for (an estimate
+    v + Z truncated at 0, SE = 1), where the two-sided interval covers up to 97.5%."""
+    assert math.isclose(boundary_cutoff(0.0), 1.6448536269514722**2, rel_tol=1e-12)
+    assert math.isclose(boundary_cutoff(2.5), 1.959963984540054**2, rel_tol=1e-12)
+    cs = [boundary_cutoff(d) for d in np.linspace(0.01, 1.95, 40)]
+    assert np.all(np.diff(cs) >= 0) and 2.70 < cs[0] < cs[-1] < 3.85
+    rng = np.random.default_rng(5)
+    Z = rng.standard_normal(400_000)
+    for delta in (0.0, 0.3, 1.0, 1.8, 3.0):
+        raw = delta + Z  # the unconstrained estimate; the ML estimate is max(raw, 0)
+        lr = (delta - raw) ** 2 - (np.maximum(raw, 0.0) - raw) ** 2  # LR at the truth
+        aware = float(np.mean(lr <= boundary_cutoff(delta)))
+        two = float(np.mean(lr <= 1.959963984540054**2))
+        assert abs(aware - 0.95) < 0.002, (delta, aware)
+        if delta < 1.0:
+            assert two > 0.965, (delta, two)
+
+
+def _random_intercepts(seed: int) -> pd.DataFrame:
+    """30 groups x 5 rows, a group SD of 0.35 against a residual SD of 1 (near the boundary)."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(30), 5)
+    y = 0.35 * rng.standard_normal(30)[g] + rng.standard_normal(150)
+    return pd.DataFrame({"y": y, "g": [f"G{i:02d}" for i in g]})
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_boundary_aware_rule_near_the_boundary(seed: int) -> None:
+    """boundary='boundary-aware' for an SD 1.7-2.5 standard errors from 0 (LR(0) = 3.04 and 6.08
+    on these seeds): the lower bound solves zeta(L)^2 = c(L / SE) (SE from the profile's curvature
+    at the two-sided upper bound), above lme4's (which, at LR(0) < 3.84, is 0); the upper bound,
+    at which delta >= z, is lme4's."""
+    data = _random_intercepts(seed)
+    fit = fit_mixed("y ~ 1 + (1 | g)", data)
+    two = fit.conf_int_varcorr()
+    aware = fit.conf_int_varcorr(boundary="boundary-aware")
+    assert aware.attrs["adjusted"] == [0]
+    lo, hi = float(aware["2.5 %"].iloc[0]), float(aware["97.5 %"].iloc[0])
+    assert float(two["2.5 %"].iloc[0]) < lo < float(aware["sdcor"].iloc[0])
+    assert math.isclose(hi, float(two["97.5 %"].iloc[0]), rel_tol=1e-9)
+    np.testing.assert_allclose(aware.iloc[1:, 4:6], two.iloc[1:, 4:6], rtol=1e-12)  # sigma: no boundary rule
+    ml = fit_mixed("y ~ 1 + (1 | g)", data, reml=False)  # the profiled likelihood (as lme4's confint)
+    p = varcorr_parameters(ml.design)[0]
+    z0, zh, zt, zl = profile_zeta(ml.criterion, ml.solution.theta, ml.sigma, False, p, np.array([0.0, hi / 2, hi, lo]))
+    assert abs(zt - 1.959963984540054) < 1e-5
+    se = hi / math.sqrt(2 * (zt**2 - 2 * zh**2 + z0**2))
+    assert 2.706 < z0**2 < 15.4 and lo / se < 1.96
+    assert abs(zl**2 - boundary_cutoff(lo / se)) < 1e-5
+
+
+def test_boundary_aware_rule_at_and_far_from_the_boundary(fits: dict, intervals: dict) -> None:
+    """An SD estimated at (nearly) 0 keeps lme4's interval [0, U]: in the local model the unified
+    interval of an estimate on the boundary is [0, z SE], as the two-sided one; so do SDs far
+    from 0 (no row of the lme4 fixtures changes)."""
+    for name in ("singular", "sleep_uncorr", "pastes"):
+        aware = fits[name].conf_int_varcorr(boundary="boundary-aware")
+        assert aware.attrs["adjusted"] == [], name
+        np.testing.assert_allclose(aware[["2.5 %", "97.5 %"]], intervals[name]["0.95"][["2.5 %", "97.5 %"]],
+                                   rtol=1e-9)
 
 
 def test_a_far_trial_point_is_rejected_not_raised(fits: dict) -> None:

@@ -309,7 +309,11 @@ class MixedResult:
           profiles the REML criterion of a REML fit instead (around the REML estimates; not lme4's).
           ``boundary="one-sided"`` (not lme4's): an SD interval that reaches 0 cannot miss the truth
           from below, so its upper bound becomes the one-sided level-``level`` bound (zeta = z_level;
-          :mod:`theralens.model.profile`); ``attrs["one_sided"]`` lists the rows it changed.
+          :mod:`theralens.model.profile`). ``boundary="boundary-aware"`` (not lme4's): the SD
+          intervals invert the likelihood-ratio test with the distribution it has near the
+          boundary 0 (Feldman & Cousins' unified interval; :mod:`theralens.model.profile`), which
+          keeps the coverage at ``level`` where lme4's over-covers. ``attrs["adjusted"]`` lists
+          the rows the rule changed.
         - ``method="bootstrap"``: parametric-bootstrap percentile intervals (lme4's ``method =
           "boot"``, :mod:`theralens.model.bootstrap`): ``nsim`` responses drawn from this fit, each
           refitted as this fit was (REML or ML), with a progress bar (``progress``) and ``seed``;
@@ -328,9 +332,9 @@ class MixedResult:
         if likelihood not in ("ml", "reml") or (likelihood == "reml" and not self.reml):
             raise InputError(f"conf_int_varcorr: likelihood must be 'ml', or 'reml' for a REML fit (got {likelihood!r}"
                              f" for a{' REML' if self.reml else 'n ML'} fit)")
-        if boundary not in BOUNDARY_RULES or (boundary == "one-sided" and method != "profile"):
-            raise InputError(f"conf_int_varcorr: boundary must be 'two-sided', or 'one-sided' with method='profile'"
-                             f" (got {boundary!r} with method={method!r})")
+        if boundary not in BOUNDARY_RULES or (boundary != "two-sided" and method != "profile"):
+            raise InputError(f"conf_int_varcorr: boundary must be 'two-sided', or 'one-sided' or 'boundary-aware' with "
+                             f"method='profile' (got {boundary!r} with method={method!r})")
         every = varcorr_parameters(self.design)  # the rows of varcorr, in its order
         params = every
         if rows is not None:
@@ -353,7 +357,7 @@ class MixedResult:
                                          boundary=boundary)
                 frame[low], frame[high] = prof[low].to_numpy(), prof[high].to_numpy()
                 frame.attrs.update(method="profile", level=level, likelihood="REML" if base.reml else "ML",
-                                   boundary=boundary, one_sided=[i for i, o in enumerate(prof["one_sided"]) if o])
+                                   boundary=boundary, adjusted=[i for i, o in enumerate(prof["adjusted"]) if o])
                 return frame
             from theralens.model.bootstrap import bootstrap_statistics, percentile_bounds
 

@@ -24,7 +24,25 @@ differently: such an interval cannot miss the truth from below, so the whole 1 -
 upper side, and the upper bound solves zeta = z_L (the one-sided level-L upper confidence bound;
 for a variance at its boundary the likelihood-ratio statistic is a chi-bar-square mixture, Self
 & Liang 1987, JASA 82:605). Intervals whose lower bound is above 0 stay two-sided. The measured
-coverage of both rules is in validation/slope_sd_interval.md.
+coverage of the rules is in validation/slope_sd_interval.md.
+
+``boundary="boundary-aware"`` (not lme4's) inverts the likelihood-ratio test with the null
+distribution it has near the boundary. In the local normal approximation (the SD estimate
+unconstrained is v + SE * Z, truncated at 0) the statistic LR(v) = zeta(v)^2 at the true value v
+is Z^2 when the estimate is positive and -2 delta Z - delta^2 when it is 0, delta = v / SE; its
+level-L quantile c(delta) solves
+
+    Phi(sqrt(c)) - Phi(-(c + delta^2) / (2 delta)) = L,        z_L^2 <= c <= z_{(1+L)/2}^2,
+
+and c = z_{(1+L)/2}^2 for delta >= z_{(1+L)/2} (:func:`boundary_cutoff`). The interval is
+{v : zeta(v)^2 <= c(v / SE)}: Feldman & Cousins' (1998, Phys. Rev. D 57:3873) unified interval
+for a normal mean bounded at 0, whose coverage in that model is L for every true value, where
+lme4's two-sided interval covers up to (1 + L) / 2 (its lower tail only, once the interval
+reaches 0). It reaches 0 exactly when the boundary test of the SD (LR(0) against z_L^2, the
+chi-bar-square 50:50 mixture's critical value) does not reject. SE comes from the profile's
+curvature: LR is quadratic in v in that model, so delta(v)^2 = 2 (LR(v) - 2 LR(v / 2) + LR(0)),
+taken at the two-sided upper bound (one more profile point). Far from the boundary (delta >= z)
+the interval is lme4's.
 
 Inside the minimisation the other parameters are the fit's own (the relative covariance
 factors, unconstrained, and log sigma; :class:`_Profiler`), so a singular fit (a correlation of
@@ -47,10 +65,12 @@ from theralens.model.satterthwaite import VarparFunctions, central_jacobian
 
 _FAR = 1e30  # deviance given where it cannot be evaluated: the optimiser backs off
 
-__all__ = ["BOUNDARY_RULES", "VarcorrParameter", "profile_intervals", "profile_zeta", "varcorr_parameters"]
+__all__ = ["BOUNDARY_RULES", "VarcorrParameter", "boundary_cutoff", "profile_intervals", "profile_zeta",
+           "varcorr_parameters"]
 
-#: The rules for an SD interval that reaches 0: lme4's two-sided one, or the one-sided upper bound.
-BOUNDARY_RULES = ("two-sided", "one-sided")
+#: The rules for an SD interval near its boundary 0: lme4's two-sided one, the one-sided upper
+#: bound when the interval reaches 0, or the boundary-aware interval (module docstring).
+BOUNDARY_RULES = ("two-sided", "one-sided", "boundary-aware")
 
 
 @dataclass(frozen=True)
@@ -238,6 +258,7 @@ class _Profile:
         self.points: dict[float, tuple[np.ndarray, np.ndarray | None]] = {self.hat: (x0, self._inverse_hessian(x0))}
         self.low, self.high = (-1.0, 1.0) if p.kind == "cor" else (0.0, float("inf"))
         self.limit = max(DECREMENT, 64 * np.finfo(float).eps * abs(profiler.dev_hat))
+        self.known: dict[float, float] = {self.hat: 0.0}  # zeta at the points computed
         if p.kind == "sigma":
             self.low = 1e-8 * profiler.sigma_hat
 
@@ -311,8 +332,39 @@ class _Profile:
         return float(res.fun)
 
     def zeta(self, v: float) -> float:
-        d = self.deviance_at(v) - self.pr.dev_hat
-        return float(np.sign(v - self.hat) * np.sqrt(max(d, 0.0)))
+        """zeta(v), each v computed once."""
+        if v not in self.known:
+            d = self.deviance_at(v) - self.pr.dev_hat
+            self.known[v] = float(np.sign(v - self.hat) * np.sqrt(max(d, 0.0)))
+        return self.known[v]
+
+    def boundary_aware(self, lo: float, hi: float, z: float, level: float) -> tuple[float, float]:
+        """The boundary-aware interval of an SD (module docstring) from its two-sided bounds ``lo``,
+        ``hi`` at z = z_{(1+L)/2}: SE from the curvature at ``hi``, then the crossings of
+        zeta(v) = -+sqrt(c(v / SE)) between the two-sided bounds and the estimate."""
+        if not (np.isfinite(hi) and hi > 0 and np.isfinite(self.hat)):
+            return lo, hi
+        lr0 = self.zeta(0.0) ** 2
+        d2 = 2.0 * (z * z - 2.0 * self.zeta(hi / 2) ** 2 + lr0)
+        if not d2 > 0:
+            return lo, hi
+        se = hi / np.sqrt(d2)
+
+        def cut(v: float) -> float:
+            return float(np.sqrt(boundary_cutoff(v / se, level)))
+
+        def root(a: float, b: float, side: int) -> float:
+            f = lambda u: self.zeta(u) - side * cut(u)  # noqa: E731
+            slope = abs(self.zeta(b) - self.zeta(a)) / abs(b - a)
+            return float(optimize.brentq(f, a, b, xtol=ZETA_TOL / slope if slope > 0 else 1e-12))
+
+        if hi / se < z and hi > self.hat:
+            hi = root(self.hat, hi, 1)
+        if lr0 <= boundary_cutoff(0.0, level):
+            lo = 0.0
+        elif lo / se < z and self.hat > lo:
+            lo = root(lo, self.hat, -1)
+        return lo, hi
 
     def bound(self, side: int, z: float, start_step: float) -> float:
         """The crossing of zeta = side * z beyond the estimate, or the edge of the space.
@@ -324,13 +376,7 @@ class _Profile:
         Brent's method to ZETA_TOL in zeta, i.e. to about ZETA_TOL standard errors of the
         parameter (zeta's slope is about 1 / SE), and every zeta is computed once."""
         edge = self.low if side < 0 else self.high
-        known: dict[float, float] = {self.hat: 0.0}
-
-        def zeta(u: float) -> float:
-            if u not in known:
-                known[u] = self.zeta(u)
-            return known[u]
-
+        known, zeta = self.known, self.zeta
         prev, step = self.hat, start_step
         v = self.hat + side * step
         for _ in range(60):
@@ -351,6 +397,24 @@ class _Profile:
         return float("nan")
 
 
+def boundary_cutoff(delta: float, level: float = 0.95) -> float:
+    """c(delta): the level-``level`` quantile of the likelihood-ratio statistic of an SD whose true
+    value lies ``delta`` standard errors above the boundary 0, in the local normal approximation
+    (module docstring): z_level^2 at delta = 0 (the chi-bar-square 50:50 mixture's critical value,
+    2.706 at 0.95), rising to z_{(1+level)/2}^2 (3.841) at delta >= z_{(1+level)/2}."""
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    low = float(stats.norm.ppf(level)) ** 2
+    if not delta > 0:
+        return low
+    if delta >= z:
+        return z * z
+
+    def coverage(c: float) -> float:
+        return float(stats.norm.cdf(np.sqrt(c)) - stats.norm.cdf(-(c + delta * delta) / (2 * delta))) - level
+
+    return float(optimize.brentq(coverage, low, z * z, xtol=1e-12))
+
+
 #: The tolerance of a profile bound in zeta (in standard errors of the parameter, roughly).
 ZETA_TOL = 1e-6
 FIRST_STEP = 0.25
@@ -368,9 +432,10 @@ def profile_intervals(
     """Profile-likelihood intervals of the variance components of a fit (module docstring).
 
     ``parm`` selects rows (default: every SD, correlation and sigma, in varcorr order).
-    ``boundary``: "two-sided" (lme4's intervals) or "one-sided" (an SD interval that reaches 0
-    gets the one-sided upper bound, module docstring); the column ``one_sided`` says which rows
-    the second rule changed.
+    ``boundary``: "two-sided" (lme4's intervals), "one-sided" (an SD interval that reaches 0
+    gets the one-sided upper bound) or "boundary-aware" (the SD intervals invert the
+    likelihood-ratio test with its distribution near the boundary; module docstring); the
+    column ``adjusted`` says which rows the rule changed.
     Returns grp, var1, var2, estimate and the two bounds, named as lme4 names them
     (``2.5 %``, ``97.5 %`` at level 0.95).
     """
@@ -379,7 +444,7 @@ def profile_intervals(
     pr = _Profiler(criterion, theta, sigma, reml)
     params = parm if parm is not None else varcorr_parameters(pr.layout)
     if boundary not in BOUNDARY_RULES:
-        raise InputError(f"boundary must be 'two-sided' or 'one-sided' (got {boundary!r})")
+        raise InputError(f"boundary must be one of {', '.join(BOUNDARY_RULES)} (got {boundary!r})")
     z = float(stats.norm.ppf(0.5 + level / 2))
     z_one = float(stats.norm.ppf(level))
     low_name, high_name = interval_columns(level)
@@ -391,12 +456,19 @@ def profile_intervals(
             continue
         step = FIRST_STEP * (1.0 if p.kind == "cor" else max(prof.hat, 0.1 * pr.sigma_hat))
         lo = prof.bound(-1, z, step)
-        one = boundary == "one-sided" and p.kind == "sd" and lo == 0.0
-        rows.append((p, prof.hat, lo, prof.bound(1, z_one if one else z, step), one))
+        if boundary == "one-sided" and p.kind == "sd" and lo == 0.0:
+            rows.append((p, prof.hat, lo, prof.bound(1, z_one, step), True))
+            continue
+        hi = prof.bound(1, z, step)
+        if boundary == "boundary-aware" and p.kind == "sd":
+            lo_b, hi_b = prof.boundary_aware(lo, hi, z, level)
+            rows.append((p, prof.hat, lo_b, hi_b, (lo_b, hi_b) != (lo, hi)))
+            continue
+        rows.append((p, prof.hat, lo, hi, False))
     return pd.DataFrame({
         "grp": [r[0].grp for r in rows], "var1": [r[0].var1 for r in rows], "var2": [r[0].var2 for r in rows],
         "estimate": [r[1] for r in rows], low_name: [r[2] for r in rows], high_name: [r[3] for r in rows],
-        "one_sided": [r[4] for r in rows],
+        "adjusted": [r[4] for r in rows],
     })
 
 

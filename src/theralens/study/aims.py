@@ -191,7 +191,7 @@ def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame | AnalysisRows,
     vc = fit.varcorr
     sd_ci = fit.conf_int_varcorr(level=0.95, rows=[("therapist", terms.within[p], None) for p in terms.processes],
                                  boundary="one-sided")
-    one_sided = {terms.processes[i] for i in sd_ci.attrs["one_sided"]}
+    one_sided = {terms.processes[i] for i in sd_ci.attrs["adjusted"]}
     sd_ci.index = list(terms.processes)
     re = fit.random_effects("therapist")
     rows = as_rows(data, terms.processes, terms.between)
