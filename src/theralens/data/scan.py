@@ -851,8 +851,9 @@ def _session_scan(scan: ScannedSessions, config: StudyConfig) -> SessionTable:
     it drops from those still kept (a pair is dropped at the first value it lacks)."""
     data, con, q = scan.data, scan.con, _q
     relation = lagged_table(scan, config)
+    # only the patients left out here leave DuckDB (a frame of every patient's id is gigabytes at 12.5 million)
     per = con.execute("""SELECT patient, count(*) AS n_rows, count(outcome) AS n_occ FROM sessions
-        GROUP BY patient ORDER BY patient""").df()
+        GROUP BY patient HAVING count(outcome) < 2 ORDER BY patient""").df()
     exclusions = list(data.exclusions)
     few_outcomes_exclusion(exclusions, per["n_occ"].to_numpy(), per["patient"].to_numpy(dtype=object),
                            per["n_rows"].to_numpy())
@@ -881,7 +882,7 @@ def _session_scan(scan: ScannedSessions, config: StudyConfig) -> SessionTable:
                     f"SELECT row FROM pair_steps WHERE step = {k} ORDER BY patient, time LIMIT 5").fetchall())
             exclusions.append(Exclusion(reason=reason, rows=dropped[k][0], patients=dropped[k][1],
                                         patients_removed=removed.get(k, 0), examples=examples))
-    means = con.execute("SELECT * FROM patient_means ORDER BY patient").df()
+    means = con.execute("SELECT * EXCLUDE (patient) FROM patient_means ORDER BY patient").df()
     patient_means = pd.DataFrame({"therapist": means["therapist"].to_numpy(dtype=object),
                                   **{p: means[p + "__pm"].to_numpy(dtype=float) for p in data.processes}})
     n_per = con.execute("SELECT n_patients FROM caseload_means ORDER BY therapist").df()["n_patients"].to_numpy()

@@ -324,11 +324,14 @@ class _Profile:
                 if g is not None and 0.5 * float(g @ h0 @ g) < self.limit:
                     raise StopIteration
 
-        res = optimize.minimize(fun, x0, method="BFGS", jac=True, options=options, callback=callback)
+        try:
+            res = optimize.minimize(fun, x0, method="BFGS", jac=True, options=options, callback=callback)
+        except ValueError:  # scipy's own test finds the warm start's matrix not positive definite: start cold
+            options.pop("hess_inv0", None)
+            res = optimize.minimize(fun, x0, method="BFGS", jac=True, options=options)
         hess_inv = np.asarray(res.hess_inv)
-        ok = hess_inv.shape == (x0.size, x0.size) and np.all(np.isfinite(hess_inv)) and np.all(
-            np.linalg.eigvalsh((hess_inv + hess_inv.T) / 2) > 0)
-        self.points[v] = (res.x, (hess_inv + hess_inv.T) / 2 if ok else h0)
+        hess_inv = (hess_inv + hess_inv.T) / 2
+        self.points[v] = (res.x, hess_inv if _positive_definite(hess_inv, x0.size) else h0)
         return float(res.fun)
 
     def zeta(self, v: float) -> float:
@@ -395,6 +398,18 @@ class _Profile:
             step = float(np.clip(side * ahead, 1.6 * last, 8.0 * last)) if np.isfinite(ahead) else 1.6 * last
             prev, v = v, v + side * step
         return float("nan")
+
+
+def _positive_definite(M: np.ndarray, n: int) -> bool:
+    """Whether M is a finite n x n matrix with a Cholesky factor (the test scipy's BFGS applies to
+    ``hess_inv0``; an eigenvalue test can pass a matrix that fails it by rounding)."""
+    if M.shape != (n, n) or not np.all(np.isfinite(M)):
+        return False
+    try:
+        np.linalg.cholesky(M)
+    except np.linalg.LinAlgError:
+        return False
+    return True
 
 
 def boundary_cutoff(delta: float, level: float = 0.95) -> float:
