@@ -191,15 +191,16 @@ class RelationRows(AnalysisRows):
         con = self.con
         fixed = " + ".join(f"{float(b)!r} * {column_sql(n)}" for n, b in fit.fixed_effects.items()) or "0.0"
         joins, random = [], []
-        re = fit.random_effects()
         for l, lv in enumerate(fit.design.levels):
             factors = tuple(lv.terms[0].spec.factors)
             cols = [c for t in lv.terms for c in t.columns]
-            wide = re[re["grp"] == lv.group].pivot(index="level", columns="term", values="estimate")[cols]
+            # the conditional modes by group label, straight from the solution (random_effects()'s long,
+            # sorted frame of every patient is gigabytes at 12.5 million patients)
             table = f"study_modes_{next(_views)}"
-            frame = pd.DataFrame({"__key": wide.index.astype(str)})
-            for j, c in enumerate(cols):
-                frame[f"b{j}"] = wide[c].to_numpy(dtype=float)
+            b = np.asarray(fit.solution.b[l], dtype=float)
+            frame = pd.DataFrame({"__key": np.asarray(fit.criterion.labels[l]).astype(str)})
+            for j in range(len(cols)):
+                frame[f"b{j}"] = b[:, j]
             _register(con, table, frame)
             joins.append(f"LEFT JOIN {table} m{l} ON m{l}.__key = {key_sql(factors)}")
             random += [f"coalesce(m{l}.b{j}, 0.0) * {column_sql(c)}" for j, c in enumerate(cols)]
