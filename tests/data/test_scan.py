@@ -241,8 +241,17 @@ def test_results_json_is_the_same_through_both_engines(tmp_path, design, data):
             for spec in result.models():
                 with pytest.raises(InputError, match="sufficient statistics alone"):
                     spec.fit.fitted()
+            # the models used once are released (memory at scale), the main model is kept whole, and the
+            # document is the same as the pandas path's, whose fits are all kept
+            released = {spec.role for spec in result.models() if spec.fit.design.inner.shape[0] == 0}
+            assert released == {spec.role for spec in result.models()} - {"main"}
+            innermost = result.main.fit.design.levels[0]
+            assert len(result.main.fit.random_effects(innermost.group)) == innermost.ngroups * innermost.q
             if design == "session":
                 assert result.table.relation == "lagged" and len(result.table.table) == 0
+        else:
+            for spec in result.models():
+                assert len(spec.fit.random_effects("therapist")) > 0
         assert any(n.startswith("Engine: " + ("DuckDB" if engine == "duckdb" else "pandas")) for n in result.notes)
         assert set(result.timings) == {"statistics", "fits"}
     if design == "session":

@@ -242,3 +242,37 @@ def test_group_labels_sorted_as_the_design_numbers_them():
     short = ["3:1", "10", "2:5", "2:10"]
     assert _sorted_labels(np.array(short, dtype=object), (True, True)).tolist() == ["2:5", "2:10", "3:1", "10"]
     assert _sorted_labels(np.array([], dtype=object), (True, True)).tolist() == []
+
+
+@pytest.mark.parametrize("ddf", ["satterthwaite", "kenward-roger"])
+def test_released_statistics_keep_the_results_and_refuse_the_rest(ddf: str) -> None:
+    """release_statistics frees the per-patient blocks, the criterion and the patients' modes;
+    estimates, vcov (adjusted too), varcorr, SEs, criteria and the LRT stay as they were, and
+    what needs the statistics again says so in one line."""
+    ref, data = load_fixture("therapy3")
+    small = ref["formula"].replace("1 + alliance + expectancy | therapist", "1 + alliance | therapist")
+    fit = fit_stats(SufficientStats.from_frame(ref["formula"], data), ddf=ddf)
+    other = fit_stats(SufficientStats.from_frame(ref["formula"], data), ddf=ddf)
+    before = (fit.fixed_effects.copy(), fit.std_errors.copy(), fit.varcorr.copy(), fit.reml_criterion, fit.nobs,
+              fit.ngroups, fit.singular)
+    n_inner = fit.design.inner.shape[0]
+    assert n_inner > 0
+    fit.release_statistics()
+    assert fit.design.inner.shape[0] == 0 and fit.solution.b[0].shape[0] == 0
+    pd.testing.assert_series_equal(fit.fixed_effects, before[0])
+    pd.testing.assert_series_equal(fit.std_errors, before[1])
+    pd.testing.assert_frame_equal(fit.varcorr, before[2])
+    assert (fit.reml_criterion, fit.nobs, fit.ngroups, fit.singular) == before[3:]
+    test = tl.lrt(fit_stats(SufficientStats.from_frame(small, data)), fit)
+    assert test.statistic == pytest.approx(tl.lrt(fit_stats(SufficientStats.from_frame(small, data)),
+                                                  other).statistic, rel=1e-12)
+    assert test.statistic > 0
+    refused = [lambda: fit.random_effects("therapist"), lambda: fit.conf_int_varcorr(rows=[("Residual", None, None)])]
+    if ddf == "kenward-roger":  # computed with the adjusted covariance before the release: kept
+        pd.testing.assert_series_equal(fit.df, other.df)
+    else:  # Satterthwaite's df were not asked for before
+        refused.append(lambda: fit.df)
+    for use in refused:
+        with pytest.raises(InputError, match="statistics were released"):
+            use()
+    fit.release_statistics()  # twice: nothing more to free

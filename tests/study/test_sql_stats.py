@@ -64,9 +64,14 @@ def _assert_same(a: SufficientStats, b: SufficientStats) -> None:
     np.testing.assert_allclose(a.total, b.total, rtol=1e-12, atol=1e-9)
 
 
-@pytest.mark.parametrize(("service", "numeric_ids"), [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize(("service", "numeric_ids", "chunk"),
+                         [(False, False, None), (True, False, None), (True, True, None), (False, False, 7)])
 @pytest.mark.parametrize("design", ["patient", "session"])
-def test_every_model_of_the_study_from_one_pass(design, service, numeric_ids):
+def test_every_model_of_the_study_from_one_pass(design, service, numeric_ids, chunk, monkeypatch):
+    """``chunk``: the per-patient blocks are made a few patients at a time (at scale: 2^18), so
+    that chunk boundaries, with and without therapists left out, are crossed."""
+    if chunk is not None:
+        monkeypatch.setattr("theralens.study.sql_stats.PATIENT_CHUNK", chunk)
     con, terms, moderators = _relation(design, service, numeric_ids)
     main = terms.formula()
     base = row_sums(con, "study_rows", main, tuple(terms.between.values()))

@@ -17,6 +17,7 @@ adjoint (gradient.py, ``value_and_gradient``); the conditional modes come from i
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -101,7 +102,10 @@ class NestedCriterion:
         if self._gradient is None:
             from theralens.model.gradient import ProfiledGradient
 
-            self._gradient = ProfiledGradient(self)
+            # a proxy: the helper lives in this criterion, and a strong reference back would be a cycle
+            # that only the cyclic garbage collector frees (a fit's statistics, GBs at millions of patients,
+            # stayed in memory after the fit was dropped until it ran)
+            self._gradient = ProfiledGradient(weakref.proxy(self))  # type: ignore[arg-type]
         return self._gradient(np.asarray(theta, dtype=float), reml)
 
     def deviance_and_gradient_with_sigma(self, theta: np.ndarray, sigma: float,
@@ -111,7 +115,7 @@ class NestedCriterion:
         if self._gradient is None:
             from theralens.model.gradient import ProfiledGradient
 
-            self._gradient = ProfiledGradient(self)
+            self._gradient = ProfiledGradient(weakref.proxy(self))  # type: ignore[arg-type]
         return self._gradient.with_sigma(np.asarray(theta, dtype=float), float(sigma), reml)
 
     def factors(self, theta: np.ndarray) -> Factors:

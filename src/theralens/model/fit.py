@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,22 @@ from theralens.model.stats import SufficientStats
 from theralens.model.threads import one_blas_thread
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular() tolerance on theta diagonals
+
+
+class _ReleasedCriterion:
+    """Stands for the criterion of a fit whose statistics were released
+    (:meth:`MixedResult.release_statistics`): every use says so in one line."""
+
+    def __getattr__(self, name: str) -> None:
+        if name.startswith("__"):  # copy, pickle and friends look for optional hooks
+            raise AttributeError(name)
+        self.refuse()
+
+    @staticmethod
+    def refuse() -> NoReturn:
+        raise InputError("this fit's statistics were released after its results were read (the DuckDB path frees "
+                         "the per-patient statistics of the study's reduced, moderator and ancillary models): "
+                         "refit the model with fit_stats or fit_mixed for df, p-values, intervals or random effects")
 
 
 @dataclass
@@ -122,6 +139,8 @@ class MixedResult:
         (lmerTest would fall back to Satterthwaite with a warning)."""
         if not self.reml:
             raise InputError(_KR_NEEDS_REML)
+        if isinstance(self.criterion, _ReleasedCriterion):
+            self.criterion.refuse()
         try:
             with one_blas_thread(), np.errstate(divide="raise", over="raise", invalid="raise"):
                 return kenward_roger(self.criterion.stats, self.solution.theta, self.solution.sigma2,
@@ -150,12 +169,41 @@ class MixedResult:
                 other.__dict__[cached] = self.__dict__[cached]
         return other
 
+    def release_statistics(self) -> None:
+        """Free what this fit keeps of the data for later computations: the per-innermost-cluster
+        statistics (``design.inner``), the criterion with its elimination caches and the
+        innermost level's conditional modes. What the fit has computed stays: estimates,
+        ``vcov`` (and ``vcov_adjusted`` with Kenward-Roger), ``varcorr``, the criteria,
+        ``std_errors``, ``singular``. Anything that needs the statistics again (df and p-values
+        not yet computed, profile or bootstrap intervals, random effects, ``with_ddf`` to
+        another method, predictions) then raises InputError.
+
+        The DuckDB path of the study (:mod:`theralens.study.rows`) calls it for models it has
+        used (the reduced models of the likelihood-ratio tests, the moderator and ancillary
+        models, once their tables are made): at 12.5 million patients each model's statistics
+        take 1.3-1.6 GB."""
+        if isinstance(self.criterion, _ReleasedCriterion):
+            return
+        self.vcov  # noqa: B018 - computed (cached) while the statistics are here
+        if self.ddf == "kenward-roger":
+            self.kenward_roger  # noqa: B018
+        stats_ = self.design
+        if isinstance(stats_, SufficientStats):
+            self.design = replace(stats_, inner=stats_.inner[:0].copy(), order=None)
+        self.criterion = _ReleasedCriterion()  # type: ignore[assignment]
+        sol = self.solution
+        if sol.b:
+            self.solution = replace(sol, b=[sol.b[0][:0].copy(), *sol.b[1:]],
+                                    condvar=[sol.condvar[0][:0].copy(), *sol.condvar[1:]])
+
     @property
     def std_errors(self) -> pd.Series:
         return pd.Series(np.sqrt(np.diag(self._test_vcov())), index=self.fixed_names, name="std_error")
 
     @cached_property
     def _satterthwaite(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if isinstance(self.criterion, _ReleasedCriterion):
+            self.criterion.refuse()
         try:
             with one_blas_thread():
                 return satterthwaite(self.criterion, self.solution.theta, self.sigma, self.reml)

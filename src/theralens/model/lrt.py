@@ -22,6 +22,7 @@ from scipy import stats
 from theralens.errors import ModelSpecError
 from theralens.model.chibar import ChiBarSquare, independent_mixture, slope_mixture
 from theralens.model.fit import MixedResult, fit_stats
+from theralens.model.stats import SufficientStats
 
 
 @dataclass
@@ -57,7 +58,7 @@ def _blocks(fit: MixedResult) -> dict[str, list[frozenset[str]]]:
 def _same_data(a: MixedResult, b: MixedResult) -> bool:
     """Both fits of the same rows, as far as their statistics tell: the count and sum of squares
     of the response (summed in another order when the innermost clusters differ)."""
-    ya, yb = a.criterion.stats.yy, b.criterion.stats.yy
+    ya, yb = (f.design.yy if isinstance(f.design, SufficientStats) else f.criterion.stats.yy for f in (a, b))
     return a.nobs == b.nobs and abs(ya - yb) <= 1e-12 * max(abs(ya), abs(yb))
 
 

@@ -207,6 +207,7 @@ def aim2(main: ModelSpec, terms: DesignTerms, data: pd.DataFrame | AnalysisRows,
                    note=f"as main, without the therapist random slope of {col}", ddf=fit.ddf)
         reduced.append(red)
         test = lrt(red.fit, fit)
+        rows.used(red.fit)
         mine = re[re["term"] == col].set_index("level")
         g10 = float(fit.fixed_effects[name])
         var_g10 = float(fit.vcov.loc[name, name])
@@ -304,6 +305,7 @@ def aim3(terms: DesignTerms, data: pd.DataFrame | AnalysisRows, moderators: pd.D
                                  "centre": centres[w], **_row(spec.fit, name),
                                  "therapists": int(n_with),
                                  "therapists_missing": int(missing.sum())})
+        d.used(spec.fit)
     return ModeratorResults(table=pd.DataFrame(rows), models=models)
 
 
@@ -311,10 +313,11 @@ def ancillary(terms: DesignTerms, data: pd.DataFrame | AnalysisRows, labels: dic
               ddf: str = "satterthwaite") -> tuple[pd.DataFrame, ModelSpec]:
     """The within x between interaction of every process (g12), in one model."""
     extra = [f"{terms.within[p]}:{terms.between[p]}" for p in terms.processes]
-    spec = _fit("ancillary", terms.formula(extra=extra), as_rows(data, terms.processes, terms.between),
-                note="as main, plus within x between", ddf=ddf)
+    source = as_rows(data, terms.processes, terms.between)
+    spec = _fit("ancillary", terms.formula(extra=extra), source, note="as main, plus within x between", ddf=ddf)
     rows = []
     for p in terms.processes:
         name = coef_name(spec.fit, terms.within[p], terms.between[p])
         rows.append({"process": p, "process_label": labels.get(p, p), "term": name, **_row(spec.fit, name)})
+    source.used(spec.fit)
     return pd.DataFrame(rows), spec

@@ -107,6 +107,7 @@ def analyze(
     a2 = aim2(main, terms, frame, labels, table.benefit_sign)
     a3 = aim3(terms, frame, moderators, labels, joint=config.therapist_moderators.joint, ddf=ddf)
     anc, anc_model = ancillary(terms, frame, labels, ddf=ddf)
+    frame.fitted_all()
     latent = _latent(config, table, moderators, labels)
     if latent is not None:
         a1 = merge_side_by_side(a1, latent.aim1, ["process", "component"])

@@ -85,6 +85,14 @@ class AnalysisRows:
         """:func:`~theralens.study.document.residual_summary` of ``fit`` (a model of these rows)."""
         raise NotImplementedError
 
+    def used(self, fit: MixedResult) -> None:
+        """The study has read what it needs of ``fit`` (a model of these rows). Rows in memory keep
+        every fit whole, for the user; statistics of rows larger than memory are freed
+        (:meth:`~theralens.model.fit.MixedResult.release_statistics`)."""
+
+    def fitted_all(self) -> None:
+        """Every model of the study is fitted: free what was kept to fit more of them."""
+
     @property
     def n_rows(self) -> int:
         return int(self.therapists()["n_rows"].sum())
@@ -164,6 +172,12 @@ class RelationRows(AnalysisRows):
         if stats is None:
             stats = sufficient_stats(self.con, self.relation, formula)
         return fit_stats(stats, ddf=ddf)
+
+    def used(self, fit: MixedResult) -> None:
+        fit.release_statistics()
+
+    def fitted_all(self) -> None:
+        self._root._sums = False
 
     def with_moderators(self, moderators: pd.DataFrame) -> RelationRows:
         k = next(_views)

@@ -357,11 +357,12 @@ def derived_stats(con: Any, relation: str, formula: str, base: RowSums,
         if any(i is None for i in z):
             return None
         pmask = keep[base.parents[0]]
-        own = base.parents[0][pmask]
-        Tp = T[own]
-        inner = base.patient_sums[pmask][:, z][:, :, r] * Tp[:, :q1, None] * Tp[:, None, :]
-        counts = base.counts[pmask]
-        labels += [base.labels[0][pmask], t_labels[keep]]
+        whole = bool(pmask.all())  # every patient kept: the base's arrays are shared, not copied
+        own = base.parents[0] if whole else base.parents[0][pmask]
+        inner = _patient_blocks(base.patient_sums, None if whole else np.flatnonzero(pmask), own, z, r,
+                                T[:, :q1, None] * T[:, None, :])
+        counts = base.counts if whole else base.counts[pmask]
+        labels += [base.labels[0] if whole else base.labels[0][pmask], t_labels[keep]]
         parents.append(new_t[own].astype(np.int64))
         sums.append(S)
     if h + 1 < len(base.groups):  # services: the sums of their kept therapists
@@ -376,3 +377,21 @@ def derived_stats(con: Any, relation: str, formula: str, base: RowSums,
         sums.append(agg)
     return SufficientStats.numbered(layout, labels, parents, counts, inner, sums, S.sum(axis=0))
 
+
+
+PATIENT_CHUNK = 1 << 18  # patients per step of _patient_blocks
+
+
+def _patient_blocks(P: np.ndarray, rows: np.ndarray | None, own: np.ndarray, z: list[int], r: list[int],
+                    TT: np.ndarray) -> np.ndarray:
+    """A model's per-patient blocks from the base's: P[i][z][:, r] * TT[therapist of i] for the
+    patients ``rows`` (None: all), chunk by chunk, so that no copy of the whole base array is made
+    on the way (at 12.5 million patients each such copy is 1-2 GB)."""
+    n = len(own)
+    out = np.empty((n, len(z), len(r)))
+    zi, ri = np.asarray(z)[:, None], np.asarray(r)[None, :]
+    for s in range(0, n, PATIENT_CHUNK):
+        e = min(s + PATIENT_CHUNK, n)
+        block = P[s:e] if rows is None else P[rows[s:e]]
+        np.multiply(block[:, zi, ri], TT[own[s:e]], out=out[s:e])
+    return out
