@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from results_compare import SESSION_ATOL, SESSION_RTOL, numbers_equal
+from results_compare import numbers_equal
 
 from theralens.data.config import config_from_dict
 from theralens.data.decompose import patient_level, session_level
@@ -254,10 +254,7 @@ def test_results_json_is_the_same_through_both_engines(tmp_path, design, data):
                 assert len(spec.fit.random_effects("therapist")) > 0
         assert any(n.startswith("Engine: " + ("DuckDB" if engine == "duckdb" else "pandas")) for n in result.notes)
         assert set(result.timings) == {"statistics", "fits"}
-    if design == "session":
-        numbers_equal(docs["pandas"], docs["duckdb"], rtol=SESSION_RTOL, atol=SESSION_ATOL)
-    else:
-        numbers_equal(docs["pandas"], docs["duckdb"])
+    numbers_equal(docs["pandas"], docs["duckdb"])  # 1e-8 relative (results_compare.py)
 
 
 @pytest.mark.parametrize("eol", ["\n", "\r\n"])

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from results_compare import SESSION_ATOL, SESSION_RTOL, numbers_equal
+from results_compare import numbers_equal
 
 from theralens.data.config import config_from_dict
 from theralens.datasets import demo_paths
@@ -70,10 +70,7 @@ def test_cluster_gives_the_results_of_pandas(demo_parquet, pandas_docs, tmp_path
     assert len(seen) == len(result.models())
     assert any(n.startswith("Cluster: ") for n in result.notes)
     doc = json.loads(result.to_json())
-    if design == "session":
-        numbers_equal(pandas_docs[design], doc, rtol=SESSION_RTOL, atol=SESSION_ATOL)
-    else:
-        numbers_equal(pandas_docs[design], doc)
+    numbers_equal(pandas_docs[design], doc)  # 1e-8 relative (results_compare.py)
 
 
 def test_a_patient_split_across_partitions_is_one_patient(demo_parquet):
