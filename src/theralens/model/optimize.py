@@ -347,7 +347,7 @@ def _bfgs(
 
 
 NEWTON_GTOL = 1e-10  # the Newton polish stops at max|gradient| (phi) below this
-NEWTON_STEPS = 2
+NEWTON_STEPS = 1
 NEWTON_H = 1e-6  # forward-difference step of the polish's Hessian, relative to max(1, |phi_i|)
 NEWTON_MAX_STEP = 1e-2  # a polish, not a search: longer Newton steps (phi) are not taken
 NEWTON_NOISE = 100.0  # the criterion may rise by this many ROUNDOFF in a polish step (rounding)
@@ -366,7 +366,9 @@ def _newton(fg: Callable[[np.ndarray], tuple[float, np.ndarray]], phi: np.ndarra
     gradient (Nocedal & Wright 2006, eq. 8.7), a step -H^-1 g is kept when H is positive
     definite, the step is short (NEWTON_MAX_STEP) and feasible, the criterion does not rise
     beyond rounding noise (NEWTON_NOISE) and the gradient shrinks. Each step costs one gradient
-    per free parameter and one for the new point."""
+    per free parameter and one for the new point. One step (NEWTON_STEPS) takes a gradient of
+    1e-6 to about 1e-11 (engines' results then agree to 4.8e-11); a second one cost about 10% of
+    a fit at 440k rows (benchmarks/RESULTS.md, 2026-12-03)."""
     free = np.flatnonzero(~(np.isfinite(lower) & (phi <= lower)))
     if not len(free):
         return None
