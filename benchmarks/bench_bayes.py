@@ -1,6 +1,6 @@
 """Time the Bayesian latent decomposition (theralens.latent.bayes) of the demo's session design.
 
-    python benchmarks/bench_bayes.py [--seed N] [--chains 2] [--warmup 1000] [--draws 1000]
+    python benchmarks/bench_bayes.py [--seed N] [--chains 4] [--warmup 1000] [--draws 1000]
 
 Reads the shipped demo sessions (src/theralens/datasets/coyne2022_sessions.csv), builds the
 session-level table with the default config and ``[design] level = "session"``, runs
@@ -19,13 +19,13 @@ from theralens.data.config import DesignConfig, StudyConfig
 from theralens.data.decompose import session_level
 from theralens.data.validate import validate_sessions
 from theralens.datasets import load_demo
-from theralens.latent.bayes import fit_bayes
+from theralens.latent.bayes import CHAINS, fit_bayes
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--chains", type=int, default=2)
+    ap.add_argument("--chains", type=int, default=CHAINS)
     ap.add_argument("--warmup", type=int, default=1000)
     ap.add_argument("--draws", type=int, default=1000)
     args = ap.parse_args()
