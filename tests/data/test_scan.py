@@ -223,8 +223,12 @@ def test_memory_sizes_and_engine_choice(tmp_path, demo):
 
 @pytest.mark.parametrize("data", ["demo", "simulated"])
 @pytest.mark.parametrize("design", ["patient", "session"])
-def test_results_json_is_the_same_through_both_engines(tmp_path, design, data):
-    """The demo data and a study simulated as the recovery check simulates them (other seed)."""
+def test_results_json_is_the_same_through_both_engines(tmp_path, design, data, monkeypatch):
+    """The demo data and a study simulated as the recovery check simulates them (other seed).
+    The DuckDB path releases the statistics of the models it has used at any size here
+    (RELEASE_BYTES 0; by default only from 32 MB per model), so that the document is shown not to
+    need them."""
+    monkeypatch.setattr("theralens.study.rows.RELEASE_BYTES", 0)
     sessions, therapists = demo_paths()
     if data == "simulated":
         sim = simulate("coyne2022", seed=11, design=design)
@@ -372,3 +376,25 @@ def test_csv_that_is_not_utf8(tmp_path, demo, legacy_byte):
     assert duck_table.table["therapist"].str.startswith("Ü").any()
     with scan_files(path, config) as scanned:
         assert f"export.csv was read as {'latin-1' if legacy_byte else 'cp1252'} text" in scanned.data.notes[0]
+
+
+def test_released_fits_still_give_the_whole_report(tmp_path, monkeypatch):
+    """With every used model released (RELEASE_BYTES 0, as at millions of patients), the DuckDB
+    path's report and profiles are written, and rebuilt from results.json byte for byte; at the
+    default threshold the demo's fits stay whole (their summaries work)."""
+    from theralens.cli import main
+
+    sessions, therapists = demo_paths()
+    config = tmp_path / "s.toml"
+    config.write_text('[design]\nlevel = "session"\n[therapist_moderators]\ncolumns = ["cbt"]\n')
+    monkeypatch.setattr("theralens.study.rows.RELEASE_BYTES", 0)
+    out = tmp_path / "out"
+    assert main(["analyze", str(sessions), "--therapists", str(therapists), "--config", str(config),
+                 "--engine", "duckdb", "--out", str(out)]) == 0
+    assert main(["report", str(out / "results.json"), "--out", str(tmp_path / "again")]) == 0
+    assert (out / "report.html").read_bytes() == (tmp_path / "again" / "report.html").read_bytes()
+    monkeypatch.undo()
+    result = analyze_files(sessions, therapists, config_from_dict({"design": {"level": "session"}}), engine="duckdb")
+    for spec in result.models():
+        assert spec.fit.design.inner.shape[0] > 0
+        assert "REML criterion" in str(spec.fit.summary())

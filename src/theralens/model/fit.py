@@ -46,8 +46,9 @@ class _ReleasedCriterion:
     @staticmethod
     def refuse() -> NoReturn:
         raise InputError("this fit's statistics were released after its results were read (the DuckDB path frees "
-                         "the per-patient statistics of the study's reduced, moderator and ancillary models): "
-                         "refit the model with fit_stats or fit_mixed for df, p-values, intervals or random effects")
+                         "the per-patient statistics of the study's reduced, moderator and ancillary models once "
+                         "they take 32 MB): refit the model with fit_stats or fit_mixed for df, p-values, intervals "
+                         "or random effects")
 
 
 @dataclass
