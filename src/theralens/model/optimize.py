@@ -367,7 +367,7 @@ def _newton(fg: Callable[[np.ndarray], tuple[float, np.ndarray]], phi: np.ndarra
     definite, the step is short (NEWTON_MAX_STEP) and feasible, the criterion does not rise
     beyond rounding noise (NEWTON_NOISE) and the gradient shrinks. Each step costs one gradient
     per free parameter and one for the new point. One step (NEWTON_STEPS) takes a gradient of
-    1e-6 to about 1e-11 (engines' results then agree to 4.8e-11); a second one cost about 10% of
+    1e-6 to about 1e-11 (engines' results then agree to about 5e-11); a second one cost about 10% of
     a fit at 440k rows (benchmarks/RESULTS.md, 2026-12-03)."""
     free = np.flatnonzero(~(np.isfinite(lower) & (phi <= lower)))
     if not len(free):
