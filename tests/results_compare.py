@@ -13,7 +13,7 @@ DF_RTOL = 1e-6
 #: they differ in the last bits). BFGS alone stopped at max|gradient| < 1e-6 in the scaled theta,
 #: where such differences moved its end point: up to 1.4e-6 relative on the main model's
 #: theta_final[5] of the simulated session study, a flat direction near the boundary (a74b836), so
-#: this bound was 1e-5. Since every converged fit ends with Newton steps on the exact gradient
+#: this bound was 1e-5. Since every converged fit ends with a Newton step on the exact gradient
 #: (model/optimize.py ``_newton``), the end points agree where the gradient vanishes to ~1e-11:
 #: measured (demo and simulated, both designs, one Newton step) at most 4.8e-11 relative, on a
 #: random-effect correlation of a moderator model, and 5.4e-11 (an LRT statistic) after the start

@@ -13,7 +13,7 @@ the gradient at the end is not small, or BFGS runs away towards an infinite vari
 BOBYQA with restarts is used: after the first run the fit restarts from its optimum until the
 criterion stops improving, then the gradient at the end is measured by central differences.
 Either way the fit is declared converged only when the (projected) gradient at the end is small.
-A converged gradient run ends with Newton steps (``_newton``: the Hessian of the free parameters
+A converged gradient run ends with a Newton step (``_newton``: the Hessian of the free parameters
 from differences of the exact gradient), which place the end point where the gradient vanishes to
 about 1e-10 instead of BFGS's 1e-6, so that statistics equal up to their last bits give fits equal
 far beyond what the optimizer's stopping rule alone would allow.
@@ -126,7 +126,6 @@ def minimize_theta(
     scale: np.ndarray | None = None,
     max_restarts: int = 4,
     fg: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None,
-    polish: bool = True,
 ) -> OptimizerRecord:
     """Minimise ``f`` over theta from ``x0`` with bounds ``lower``.
 
@@ -138,14 +137,14 @@ def minimize_theta(
     ``fg(theta)`` returns the criterion and its exact gradient in theta; with it the fit
     runs BFGS, checked and if need be polished by BOBYQA; without it (or when ``lower`` does
     not have lme4's pattern of one bounded diagonal entry per column of Lambda), BOBYQA with
-    restarts and a central-difference gradient at the end. ``polish``: with the gradient, end
-    with Newton steps on a Hessian from differences of the gradient (:func:`_newton`).
+    restarts and a central-difference gradient at the end. A converged gradient run ends with
+    a Newton step on a Hessian from differences of the gradient (:func:`_newton`).
     """
     scale = np.ones(len(x0)) if scale is None else np.asarray(scale, dtype=float)
     columns = lambda_columns(np.asarray(lower, dtype=float))
     if fg is None or columns is None:
         return _minimize_bobyqa(f, x0, lower, scale, max_restarts)
-    return _minimize_gradient(f, fg, x0, lower, scale, max_restarts, columns, polish)
+    return _minimize_gradient(f, fg, x0, lower, scale, max_restarts, columns)
 
 
 BFGS_GTOL = 1e-6  # BFGS stops at max|gradient| below this (in phi)
@@ -346,8 +345,7 @@ def _bfgs(
     return "maxiter"
 
 
-NEWTON_GTOL = 1e-10  # the Newton polish stops at max|gradient| (phi) below this
-NEWTON_STEPS = 1
+NEWTON_GTOL = 1e-10  # no Newton step from a max|gradient| (phi) below this
 NEWTON_H = 1e-6  # forward-difference step of the polish's Hessian, relative to max(1, |phi_i|)
 NEWTON_MAX_STEP = 1e-2  # a polish, not a search: longer Newton steps (phi) are not taken
 NEWTON_NOISE = 100.0  # the criterion may rise by this many ROUNDOFF in a polish step (rounding)
@@ -355,54 +353,49 @@ NEWTON_NOISE = 100.0  # the criterion may rise by this many ROUNDOFF in a polish
 
 def _newton(fg: Callable[[np.ndarray], tuple[float, np.ndarray]], phi: np.ndarray, f: float, g: np.ndarray,
             lower: np.ndarray) -> tuple[np.ndarray, float, np.ndarray] | None:
-    """Newton steps from BFGS's end point: the point reached (phi, criterion, gradient), or None
-    when no step was kept.
+    """One Newton step from BFGS's end point: the point reached (phi, criterion, gradient), or
+    None when the step is not kept.
 
     BFGS stops at max|gradient| < BFGS_GTOL, where a flat direction (a variance near its
     boundary) leaves the end point uncertain by far more than the data's last bits: statistics
     summed in another order (the DuckDB path) then moved estimates by up to 1.4e-6 relative. The
     exact gradient resolves the optimum much further than the criterion does: with the Hessian
     of the free parameters (entries at a bound stay there) from forward differences of the
-    gradient (Nocedal & Wright 2006, eq. 8.7), a step -H^-1 g is kept when H is positive
+    gradient (Nocedal & Wright 2006, eq. 8.7), the step -H^-1 g is kept when H is positive
     definite, the step is short (NEWTON_MAX_STEP) and feasible, the criterion does not rise
-    beyond rounding noise (NEWTON_NOISE) and the gradient shrinks. Each step costs one gradient
-    per free parameter and one for the new point. One step (NEWTON_STEPS) takes a gradient of
-    1e-6 to about 1e-11 (engines' results then agree to about 5e-11); a second one cost about 10% of
-    a fit at 440k rows (benchmarks/RESULTS.md, 2026-12-03)."""
+    beyond rounding noise (NEWTON_NOISE) and the gradient shrinks. It costs one gradient per free
+    parameter and one for the new point, and takes a gradient of 1e-6 to about 1e-11 (engines'
+    results then agree to about 5e-11); a second step cost about 10% of a fit at 440k rows
+    (benchmarks/RESULTS.md, 2026-12-03)."""
     free = np.flatnonzero(~(np.isfinite(lower) & (phi <= lower)))
-    if not len(free):
+    if not len(free) or float(np.abs(g[free]).max()) < NEWTON_GTOL:
         return None
-    moved = False
-    for _ in range(NEWTON_STEPS):
-        if float(np.abs(g[free]).max()) < NEWTON_GTOL:
-            break
-        H = np.empty((len(free), len(free)))
-        for c, i in enumerate(free):
-            h = NEWTON_H * max(1.0, abs(float(phi[i])))
-            probe = phi.copy()
-            probe[i] += h
-            _, gi = fg(probe)
-            if not np.all(np.isfinite(gi)):
-                return (phi, f, g) if moved else None
-            H[:, c] = (gi[free] - g[free]) / h
-        try:
-            chol = np.linalg.cholesky(0.5 * (H + H.T))
-        except np.linalg.LinAlgError:  # not a strict local minimum in the free parameters
-            return (phi, f, g) if moved else None
-        step = np.linalg.solve(chol.T, np.linalg.solve(chol, g[free]))
-        new = phi.copy()
-        new[free] -= step
-        if float(np.abs(step).max()) > NEWTON_MAX_STEP or np.any(new < lower):
-            return (phi, f, g) if moved else None
-        f1, g1 = fg(new)
-        # the step's predicted decrease, g' H^-1 g / 2, is far below the criterion's rounding (about
-        # 1e-18 of it from a gradient of 1e-6): the criterion may show noise of a few ROUNDOFF either
-        # way (seen: 1.5 ROUNDOFF), so it only guards against a real rise; the gradient decides
-        if not (np.isfinite(f1) and f1 <= f + NEWTON_NOISE * ROUNDOFF * (abs(f) + 1.0)
-                and float(np.abs(g1[free]).max()) < float(np.abs(g[free]).max())):
-            return (phi, f, g) if moved else None
-        phi, f, g, moved = new, f1, g1, True
-    return (phi, f, g) if moved else None
+    H = np.empty((len(free), len(free)))
+    for c, i in enumerate(free):
+        h = NEWTON_H * max(1.0, abs(float(phi[i])))
+        probe = phi.copy()
+        probe[i] += h
+        _, gi = fg(probe)
+        if not np.all(np.isfinite(gi)):
+            return None
+        H[:, c] = (gi[free] - g[free]) / h
+    try:
+        chol = np.linalg.cholesky(0.5 * (H + H.T))
+    except np.linalg.LinAlgError:  # not a strict local minimum in the free parameters
+        return None
+    step = np.linalg.solve(chol.T, np.linalg.solve(chol, g[free]))
+    new = phi.copy()
+    new[free] -= step
+    if float(np.abs(step).max()) > NEWTON_MAX_STEP or np.any(new < lower):
+        return None
+    f1, g1 = fg(new)
+    # the step's predicted decrease, g' H^-1 g / 2, is far below the criterion's rounding (about
+    # 1e-18 of it from a gradient of 1e-6): the criterion may show noise of a few ROUNDOFF either
+    # way (seen: 1.5 ROUNDOFF), so it only guards against a real rise; the gradient decides
+    if not (np.isfinite(f1) and f1 <= f + NEWTON_NOISE * ROUNDOFF * (abs(f) + 1.0)
+            and float(np.abs(g1[free]).max()) < float(np.abs(g[free]).max())):
+        return None
+    return new, f1, g1
 
 
 def _minimize_gradient(
@@ -413,7 +406,6 @@ def _minimize_gradient(
     scale: np.ndarray,
     max_restarts: int,
     columns: list[np.ndarray],
-    polish: bool = True,
 ) -> OptimizerRecord:
     """BFGS with the exact gradient on phi; zero diagonals probed; BOBYQA when in doubt.
 
@@ -545,7 +537,7 @@ def _minimize_gradient(
                     continue
         break
     phi, fx, g, gnorm = snap() if polished else current()
-    if polish and gnorm < GRADIENT_TOL:
+    if gnorm < GRADIENT_TOL:
         end = _newton(fg_phi, phi, fx, g, lower)
         if end is not None:  # kept even where fg_phi's rule saw only rounding noise in the criterion
             best.update(f=end[1], phi=end[0], g=end[2], gnorm=float(np.abs(end[2]).max()))
