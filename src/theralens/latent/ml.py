@@ -485,50 +485,71 @@ class LatentFit:
     def profile_interval(self, c: np.ndarray, level: float = 0.95) -> tuple[float, float]:
         """Profile-likelihood interval of c' theta: the values v with 2 (l_max - l_v) <=
         chi2_1(level), l_v the log-likelihood maximised under c' theta = v (the quadrature
-        nodes of the fit are kept, adapted at the maximum)."""
+        nodes of the fit are kept, adapted at the maximum).
+
+        Each side walks out from the estimate in steps of a Wald half-width (half the estimate's
+        size, at least 0.5, for a fit without standard errors), every constrained
+        maximisation starting from the previous point's solution, until the deviance rises by
+        chi2_1(level); a side where it has not after nine steps is unbounded (+-inf: the data do
+        not bound the effect, as when the latent caseload-mean variance is near zero). The
+        crossing is then found by Brent's method between the last two points, each trial
+        starting from the straight line between their solutions, so that the deviance is one
+        function of v and keeps the signs found at the two ends."""
         crit, nd = self.criterion, self.final_nodes
         if crit is None or nd is None:
             raise ValueError("this fit holds no criterion to profile")
         c = np.asarray(c, dtype=float)
         est = float(c @ self.theta)
-        se = float(np.sqrt(max(c @ self.vcov @ c, 1e-12)))
+        var = float(c @ self.vcov @ c)
+        # without a standard error (the observed information not positive definite) the walk
+        # steps by the estimate's own size
+        se = math.sqrt(var) if np.isfinite(var) and var > 1e-12 else 0.5 * max(1.0, abs(est))
         crit_val = float(stats.chi2.ppf(level, 1))
         u = c / (c @ c)
         # orthonormal basis of the directions that keep c' theta fixed
         basis = np.linalg.svd(np.eye(len(c)) - np.outer(c, c) / (c @ c))[0][:, : len(c) - 1]
-        start = {"z": np.zeros(len(c) - 1)}
 
-        def deviance_gap(v: float) -> float:
+        def deviance_gap(v: float, z0: np.ndarray) -> tuple[float, np.ndarray]:
             base = self.theta + (v - est) * u
 
             def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
-                with np.errstate(all="ignore"):
-                    ll, g, _ = crit.evaluate(base + basis @ z, nd)
-                if not np.isfinite(ll):
+                try:
+                    with np.errstate(all="ignore"):
+                        ll, g, _ = crit.evaluate(base + basis @ z, nd)
+                except (ArithmeticError, ValueError, np.linalg.LinAlgError):  # a step far outside: reject it
+                    return 1e300, np.zeros_like(z)
+                if not np.isfinite(ll) or not np.all(np.isfinite(g)):
                     return 1e300, np.zeros_like(z)
                 return -ll, -(basis.T @ g)
 
-            res = optimize.minimize(fun, start["z"], jac=True, method="BFGS", options={"gtol": 1e-6})
-            start["z"] = res.x
-            return 2.0 * (self.loglik + float(res.fun)) - crit_val
+            res = optimize.minimize(fun, z0, jac=True, method="BFGS", options={"gtol": 1e-6})
+            return 2.0 * (self.loglik + float(res.fun)) - crit_val, res.x
 
+        step = 1.96 * se * np.sqrt(crit_val / 3.841458820694124)
         bounds = []
         for side in (-1.0, 1.0):
-            start["z"] = np.zeros(len(c) - 1)
-            step = 1.96 * se * np.sqrt(crit_val / 3.841458820694124)
-            inner, outer = est, est + side * step
-            gap = deviance_gap(outer)
-            tries = 0
-            while gap < 0 and tries < 8:
-                inner, outer = outer, outer + side * step
-                gap = deviance_gap(outer)
-                tries += 1
-            if gap < 0:
+            inner = (est, np.zeros(len(c) - 1), -crit_val)
+            outer = None
+            for k in range(1, 10):
+                v = est + side * k * step
+                gap, z = deviance_gap(v, inner[1])
+                if gap >= 0:
+                    outer = (v, z, gap)
+                    break
+                inner = (v, z, gap)
+            if outer is None:
                 bounds.append(float("-inf") if side < 0 else float("inf"))
                 continue
-            start["z"] = np.zeros(len(c) - 1)
-            lo, hi = sorted((inner, outer))
-            bounds.append(float(optimize.brentq(deviance_gap, lo, hi, xtol=1e-7 * max(1.0, abs(est)))))
+            ends = {inner[0]: inner[2], outer[0]: outer[2]}
+
+            def gap_between(v: float, a: tuple = inner, b: tuple = outer, ends: dict = ends) -> float:
+                if v in ends:
+                    return ends[v]
+                t = (v - a[0]) / (b[0] - a[0])
+                return deviance_gap(v, (1.0 - t) * a[1] + t * b[1])[0]
+
+            lo, hi = sorted((inner[0], outer[0]))
+            bounds.append(float(optimize.brentq(gap_between, lo, hi, xtol=1e-7 * max(1.0, abs(est)), maxiter=200)))
         return bounds[0], bounds[1]
 
     def profile_table(self, level: float = 0.95) -> pd.DataFrame:
