@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,12 @@ class LatentStats:
     @property
     def n_patients(self) -> int:
         return int(self.n.sum())
+
+    def take(self, keep: np.ndarray) -> LatentStats:
+        """Statistics of the therapists selected by ``keep`` (a boolean mask or indices); the
+        moderators keep their centring."""
+        return LatentStats(self.therapists[keep], self.n[keep], self.R1[keep], self.R2[keep], self.W[keep],
+                           self.processes, self.adjust, self.moderators, self.moderator_centers)
 
     @classmethod
     def combine(cls, parts: list[LatentStats]) -> LatentStats:
@@ -508,19 +515,14 @@ class LatentFit:
         u = c / (c @ c)
         # orthonormal basis of the directions that keep c' theta fixed
         basis = np.linalg.svd(np.eye(len(c)) - np.outer(c, c) / (c @ c))[0][:, : len(c) - 1]
+        objective = _objective(crit, nd)
 
         def deviance_gap(v: float, z0: np.ndarray) -> tuple[float, np.ndarray]:
             base = self.theta + (v - est) * u
 
             def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
-                try:
-                    with np.errstate(all="ignore"):
-                        ll, g, _ = crit.evaluate(base + basis @ z, nd)
-                except (ArithmeticError, ValueError, np.linalg.LinAlgError):  # a step far outside: reject it
-                    return 1e300, np.zeros_like(z)
-                if not np.isfinite(ll) or not np.all(np.isfinite(g)):
-                    return 1e300, np.zeros_like(z)
-                return -ll, -(basis.T @ g)
+                f, g = objective(base + basis @ z)
+                return f, basis.T @ g
 
             res = optimize.minimize(fun, z0, jac=True, method="BFGS", options={"gtol": 1e-6})
             return 2.0 * (self.loglik + float(res.fun)) - crit_val, res.x
@@ -551,6 +553,73 @@ class LatentFit:
             lo, hi = sorted((inner[0], outer[0]))
             bounds.append(float(optimize.brentq(gap_between, lo, hi, xtol=1e-7 * max(1.0, abs(est)), maxiter=200)))
         return bounds[0], bounds[1]
+
+    def jackknife(self, level: float = 0.95) -> pd.DataFrame:
+        """Delete-one-therapist jackknife of every effect and moderator effect (Quenouille 1956;
+        Tukey 1958; Efron & Tibshirani 1993, *An Introduction to the Bootstrap*, ch. 11).
+
+        theta_(j) is the ML estimate without therapist j: BFGS from this fit's estimate, with the
+        other therapists' quadrature nodes of this fit and the inverse observed information as
+        its first inverse Hessian (a refit that does not converge so is repeated from scratch
+        with :func:`fit_latent`; so is one that starts or ends near a zero slope SD, where the
+        estimator restarts away from it). Each theta_(j) is thus the maximum reached from this
+        fit's estimate: where the likelihood has ridges or several maxima, as when the latent
+        caseload-mean variance is near zero and the between effect is not identified, refits
+        from other starts can reach others and the jackknife says little. For an effect
+        e = c' theta, with J therapists and
+        ebar = mean_j c' theta_(j):
+
+        - ``jackknife_estimate`` = J e - (J - 1) ebar, which removes the O(1/J) bias of the ML
+          estimate: the latent between-therapist effect is a ratio of between-therapist
+          covariances, and its ML estimate runs high in finite samples (+0.02 at 150 x 5 and
+          ICC .2, validation/latent.md; the jackknife's record: validation/latent_jackknife.md);
+        - ``jackknife_bias`` = (J - 1) (ebar - e), the bias so estimated;
+        - ``se`` = sqrt((J - 1) / J sum_j (c' theta_(j) - ebar)^2), a therapist-cluster-robust SE;
+        - ``ci_low``, ``ci_high``: jackknife_estimate -+ t_{J-1} se (Tukey's pseudo-values), with
+          ``df`` = J - 1.
+
+        Rows as ``effects`` and ``moderators`` (process, component or moderator/target,
+        ``estimate`` = the ML estimate, the columns above, ``therapists`` = J). Costs J refits
+        near the optimum (about 2 s at 150 therapists and one process on this project's
+        machine; benchmarks/RESULTS.md)."""
+        st, nd, crit = self.stats, self.final_nodes, self.criterion
+        if crit is None or nd is None:
+            raise ValueError("this fit holds no criterion to refit")
+        J = st.J
+        if J < 4:
+            raise ValueError("the jackknife needs at least four therapists")
+        # BFGS's first inverse Hessian: the inverse information, with a unit diagonal for any
+        # parameter held at a boundary (a zero slope SD: NaN variances, see _covariance)
+        held = ~np.isfinite(np.diag(self.vcov))
+        start = np.where(np.isfinite(self.vcov), self.vcov, 0.0)
+        start[held, held] = 1.0
+        hess0 = _positive_definite(start)
+        thetas = np.empty((J, len(self.theta)))
+        with one_blas_thread():
+            for j in range(J):
+                keep = np.arange(J) != j
+                thetas[j] = _refit_without(self, st.take(keep), _Nodes(nd.xi[keep], nd.logw[keep], nd.mean[keep],
+                                                                       nd.chol[keep]), hess0)
+        rows = [(r.process, r.component, None, self.contrast_vector(r.component, r.process))
+                for r in self.effects.itertuples(index=False)]
+        rows += [(r.process, r.target, r.moderator, self.contrast_vector(r.target, r.process, r.moderator))
+                 for r in self.moderators.itertuples(index=False)]
+        q = float(stats.t.ppf(0.5 + level / 2.0, J - 1))
+        out = []
+        for process, component, moderator, c in rows:
+            est, loo = float(c @ self.theta), thetas @ c
+            mean = float(loo.mean())
+            corrected = J * est - (J - 1) * mean
+            se = math.sqrt((J - 1) / J * float(np.sum((loo - mean) ** 2)))
+            row = {"process": process, "component": component}
+            if moderator is not None:
+                row["moderator"] = moderator
+            out.append({**row, "estimate": est, "jackknife_estimate": corrected, "jackknife_bias": est - corrected,
+                        "se": se, "df": J - 1, "ci_low": corrected - q * se, "ci_high": corrected + q * se,
+                        "therapists": J})
+        cols = ["process", "component", "moderator", "estimate", "jackknife_estimate", "jackknife_bias", "se", "df",
+                "ci_low", "ci_high", "therapists"]
+        return pd.DataFrame(out).reindex(columns=cols)
 
     def profile_table(self, level: float = 0.95) -> pd.DataFrame:
         """Profile-likelihood intervals of every effect and moderator effect (rows as
@@ -685,14 +754,7 @@ def _fit_latent(
         def fun(th: np.ndarray) -> tuple[float, np.ndarray]:
             nonlocal evals
             evals += 1
-            try:
-                with np.errstate(all="ignore"):
-                    ll, g, _ = crit.evaluate(th, nd)
-            except (ArithmeticError, ValueError, np.linalg.LinAlgError):  # a step far outside: reject it
-                return 1e300, np.zeros_like(th)
-            if not np.isfinite(ll) or not np.all(np.isfinite(g)):
-                return 1e300, np.zeros_like(th)
-            return -ll, -g
+            return _objective(crit, nd)(th)  # nd: this round's nodes (re-centred between rounds)
 
         ok, hess, ll = False, None, -np.inf
         for k in range(max_rounds):
@@ -734,10 +796,9 @@ def _fit_latent(
         # symmetric), so a zero slope SD is a stationary point and BFGS can stop near it, at a
         # worse maximum. Restart once with the small slope SDs pushed back to the start's
         # size and keep the better maximum.
-        first = _start(st, random_slopes, lay)
-        LG, LG0 = lay.unpack(theta)["LG"], lay.unpack(first)["LG"]
-        small = [i for i in range(P) if np.linalg.norm(LG[i, : i + 1]) < 0.25 * LG0[i, i]]
+        small = _small_slopes(st, lay, theta)
         if small:
+            LG, LG0 = lay.unpack(theta)["LG"], lay.unpack(_start(st, random_slopes, lay))["LG"]
             alt = LG.copy()
             for i in small:
                 alt[i, : i + 1] = 0.0
@@ -780,6 +841,48 @@ def _positive_definite(H: np.ndarray) -> np.ndarray | None:
     except np.linalg.LinAlgError:
         return None
     return H
+
+
+def _objective(crit: LatentCriterion, nodes: _Nodes) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+    """theta -> (-log-likelihood, -gradient) at fixed nodes, for BFGS. A point where the
+    criterion cannot be evaluated or is not finite (a line-search step far outside) gets 1e300
+    and a zero gradient, so that the line search backs off."""
+    def objective(th: np.ndarray) -> tuple[float, np.ndarray]:
+        try:
+            with np.errstate(all="ignore"):
+                ll, g, _ = crit.evaluate(th, nodes)
+        except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+            return 1e300, np.zeros_like(th)
+        if not np.isfinite(ll) or not np.all(np.isfinite(g)):
+            return 1e300, np.zeros_like(th)
+        return -ll, -g
+
+    return objective
+
+
+def _small_slopes(st: LatentStats, lay: _Layout, theta: np.ndarray) -> list[int]:
+    """The processes whose therapist slope SD in ``theta`` is below a quarter of the start's:
+    near the stationary point at zero where BFGS can stop short of a higher maximum (the
+    likelihood is even in each column of the slope Cholesky factor)."""
+    LG, LG0 = lay.unpack(theta)["LG"], lay.unpack(_start(st, True, lay))["LG"]
+    return [i for i in range(st.P) if np.linalg.norm(LG[i, : i + 1]) < 0.25 * LG0[i, i]]
+
+
+def _refit_without(fit: LatentFit, st: LatentStats, nodes: _Nodes, hess0: np.ndarray | None) -> np.ndarray:
+    """theta of the ML fit of ``st`` (the fit's therapists less one) from ``fit``'s estimate and
+    nodes (:meth:`LatentFit.jackknife`). Where that does not converge, or starts or ends near a
+    zero slope SD (where :func:`fit_latent` restarts away from it), the refit is a full
+    :func:`fit_latent`, the estimator itself."""
+    crit = LatentCriterion(st, fit.slopes)
+    if not (fit.slopes and _small_slopes(st, crit.layout, fit.theta)):
+        opts: dict[str, Any] = {"gtol": 1e-6, "maxiter": 3000}
+        if hess0 is not None:
+            opts["hess_inv0"] = hess0
+        res = optimize.minimize(_objective(crit, nodes), fit.theta, jac=True, method="BFGS", options=opts)
+        near_zero = fit.slopes and _small_slopes(st, crit.layout, res.x)
+        if (res.success or np.max(np.abs(res.jac)) < 1e-3) and not near_zero:
+            return res.x
+    return _fit_latent(st, random_slopes=fit.slopes, nodes=fit.nodes).theta
 
 
 def _recentre(crit: LatentCriterion, theta: np.ndarray, nd: _Nodes, grid: np.ndarray, weights: np.ndarray
