@@ -126,3 +126,44 @@ def test_session_design_latent_is_bayesian_and_an_unconverged_run_adds_nothing(m
         assert not res.warnings
     else:
         assert res.aim1.empty and any("not added to the aim tables" in w for w in res.warnings)
+
+
+def test_jackknife_bias_correction_replaces_the_latent_estimates_and_says_so(sim, both) -> None:
+    from theralens.data.config import InferenceConfig
+
+    cfg = dataclasses.replace(sim.config(), inference=InferenceConfig(latent_bias_correction="jackknife"))
+    r = tl.analyze(sim.sessions, sim.therapists, cfg)
+    assert r.latent.bias_correction == "jackknife"
+    jk = r.latent.fits["main"].jackknife().set_index("component")
+    a1 = r.latent.aim1.set_index("component")
+    ml = both.latent.aim1.set_index("component")  # the same study without the correction
+    J = r.latent.fits["main"].stats.J
+    for comp in ("within_therapist", "between_therapist", "contextual"):
+        row = a1.loc[comp]
+        assert row["estimate"] == pytest.approx(jk.loc[comp, "jackknife_estimate"], rel=1e-12)
+        assert row["se"] == pytest.approx(jk.loc[comp, "se"], rel=1e-12)
+        assert row["ml_estimate"] == pytest.approx(ml.loc[comp, "estimate"], rel=1e-10)
+        assert row["ml_estimate"] - row["estimate"] == pytest.approx(row["jackknife_bias"], abs=1e-12)
+        assert row["df"] == J - 1
+        assert row["p"] == pytest.approx(2 * __import__("scipy").stats.t.sf(abs(row["t"]), J - 1), rel=1e-12)
+    # aim 3's moderator fits are corrected by their own jackknife
+    a3 = r.latent.aim3
+    assert {"ml_estimate", "jackknife_bias", "df"} <= set(a3.columns)
+    assert np.isfinite(a3["estimate"].to_numpy(dtype=float)).all()
+    assert (a3["estimate"] != a3["ml_estimate"]).all()
+    # the side-by-side columns carry the corrected estimate; results.json and the notes say which
+    assert r.aim1.set_index("component").loc["between_therapist", "latent_estimate"] == pytest.approx(
+        a1.loc["between_therapist", "estimate"], rel=1e-12)
+    doc = r.to_dict()
+    assert doc["latent"]["bias_correction"] == "jackknife" and both.to_dict()["latent"]["bias_correction"] == "none"
+    assert any("delete-one-therapist jackknife" in n for n in doc["notes"])
+
+
+def test_latent_bias_correction_key_is_checked() -> None:
+    assert config_from_dict({"inference": {"latent_bias_correction": "jackknife"}}).inference.latent_bias_correction \
+        == "jackknife"
+    with pytest.raises(InputError, match='latent_bias_correction = "bootstrap" is not allowed'):
+        config_from_dict({"inference": {"latent_bias_correction": "bootstrap"}})
+    with pytest.raises(InputError, match="the session design's latent model is Bayesian"):
+        config_from_dict({"design": {"level": "session", "decomposition": "both"},
+                          "inference": {"latent_bias_correction": "jackknife"}})

@@ -29,6 +29,9 @@ is a valid configuration for data laid out like the demo data::
     ddf = "satterthwaite"            # df of the fixed-effect t-tests: "satterthwaite" (lmerTest's
                                      # default), "kenward-roger" (pbkrtest; small samples),
                                      # "residual" (n - rank X) or "asymptotic" (normal)
+    latent_bias_correction = "none"  # or "jackknife": the latent ML estimates of the patient
+                                     # design bias-corrected by the delete-one-therapist
+                                     # jackknife, with jackknife SEs (docs/latent.md)
 
     [report]
     min_caseload = 5                 # below this, a profile says it is too uncertain
@@ -80,6 +83,7 @@ LEVELS = ("patient", "session")
 CHANGE_METHODS = ("residualized", "slope", "post_minus_pre")
 WEIGHTINGS = ("patient", "session")
 DECOMPOSITIONS = ("manifest", "latent", "both")
+LATENT_BIAS_CORRECTIONS = ("none", "jackknife")
 DIRECTIONS = ("worse", "better")
 
 
@@ -141,9 +145,13 @@ class DesignConfig:
 class InferenceConfig:
     """Tests of the fixed effects (section ``[inference]``): ``ddf``, the degrees-of-freedom
     method of every model the study fits (:mod:`theralens.model.ddf`: ``"satterthwaite"``,
-    ``"kenward-roger"``, ``"residual"``, ``"asymptotic"``)."""
+    ``"kenward-roger"``, ``"residual"``, ``"asymptotic"``); ``latent_bias_correction``:
+    ``"none"`` (the latent ML estimates with Wald intervals, as Mplus and lavaan) or
+    ``"jackknife"`` (bias-corrected by the delete-one-therapist jackknife, with its SEs and t
+    intervals: :meth:`theralens.latent.ml.LatentFit.jackknife`; patient design)."""
 
     ddf: str = "satterthwaite"
+    latent_bias_correction: str = "none"
 
 
 @dataclass(frozen=True)
@@ -219,6 +227,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("design", "change"): CHANGE_METHODS,
     ("design", "caseload_weighting"): WEIGHTINGS,
     ("design", "decomposition"): DECOMPOSITIONS,
+    ("inference", "latent_bias_correction"): LATENT_BIAS_CORRECTIONS,
 }
 
 _LIST_KEYS = {
@@ -313,7 +322,8 @@ def config_from_dict(data: dict[str, Any], source: str | None = None) -> StudyCo
 
 
 def _check_consistency(config: StudyConfig) -> None:
-    """Each column plays one role; a process is not also the outcome or an id."""
+    """Each column plays one role; a process is not also the outcome or an id; the latent bias
+    correction is asked for only where it applies."""
     cols = config.columns
     roles: dict[str, str] = {}
     named = [
@@ -333,6 +343,12 @@ def _check_consistency(config: StudyConfig) -> None:
                 f"{roles[name]} and as {role}; each column can play one role only"
             )
         roles[name] = role
+    inf, design = config.inference, config.design
+    if inf.latent_bias_correction != "none" and design.level == "session" and design.decomposition != "manifest":
+        asked = inf.latent_bias_correction
+        raise InputError(f'{_where(config.source)}: [inference] latent_bias_correction = "{asked}" '
+                         "applies to the patient design's ML latent model, and the session design's latent model is "
+                         'Bayesian; remove the key, or use [design] level = "patient"')
 
 
 _TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")

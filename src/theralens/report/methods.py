@@ -17,6 +17,8 @@ REFERENCES = [
     "Coyne, A. E., Constantino, M. J., Boswell, J. F., & Kraus, D. R. (2022). Therapist-level moderation of within- "
     "and between-therapist process-outcome associations. <em>Journal of Consulting and Clinical Psychology, 90</em>"
     "(1), 75\u201389. doi:10.1037/ccp0000676",
+    "Efron, B., & Tibshirani, R. J. (1993). <em>An introduction to the bootstrap</em>. Chapman & Hall/CRC. "
+    "doi:10.1201/9780429246593",
     "Halekoh, U., & H\u00f8jsgaard, S. (2014). A Kenward-Roger approximation and parametric bootstrap methods for "
     "tests in linear mixed models \u2013 the R package pbkrtest. <em>Journal of Statistical Software, 59</em>(9), "
     "1\u201332. doi:10.18637/jss.v059.i09",
@@ -31,6 +33,8 @@ REFERENCES = [
     "951\u2013966. doi:10.1037/a0028380",
     "Okabe, M., & Ito, K. (2008). <em>Color universal design (CUD): How to make figures and presentations that are "
     "friendly to colorblind people</em>.",
+    "Quenouille, M. H. (1956). Notes on bias in estimation. <em>Biometrika, 43</em>(3\u20134), 353\u2013360. "
+    "doi:10.1093/biomet/43.3-4.353",
     "Satterthwaite, F. E. (1946). An approximate distribution of estimates of variance components. "
     "<em>Biometrics Bulletin, 2</em>(6), 110\u2013114. doi:10.2307/3002019",
     "Self, S. G., & Liang, K.-Y. (1987). Asymptotic properties of maximum likelihood estimators and likelihood ratio "
@@ -76,7 +80,10 @@ def _latent_methods(doc: dict[str, Any]) -> str:
     if lat.get("estimator") == "ml":
         how = ("by full-information maximum likelihood, integrating the latent caseload means and patient deviations "
                "in closed form and the therapist random slopes by adaptive Gauss-Hermite quadrature "
-               f"({main.get('nodes', '?')} points per slope; Rockwood, 2020), with Wald confidence intervals")
+               f"({main.get('nodes', '?')} points per slope; Rockwood, 2020), "
+               + ("bias-corrected by the delete-one-therapist jackknife (Quenouille, 1956; Efron & Tibshirani, 1993), "
+                  "with jackknife standard errors and t intervals on J \u2212 1 degrees of freedom (J therapists)"
+                  if lat.get("bias_correction") == "jackknife" else "with Wald confidence intervals"))
     else:
         how = (f"by Bayesian estimation (NUTS, {main.get('chains', '?')} chains of {main.get('draws', '?')} draws; "
                "latent patient and therapist means; Asparouhov & Muth\u00e9n, 2019), with 95% posterior intervals")

@@ -429,7 +429,10 @@ def _latent_head(ctx: ReportContext, reliability: bool = True) -> tuple[list[str
     """Extra column heads and table note when the latent decomposition ran (docs/latent.md)."""
     if not _has_latent(ctx):
         return [], ""
-    est = "ML, Wald" if ctx.doc["latent"].get("estimator") == "ml" else "Bayes, posterior mean and 95% interval"
+    lat = ctx.doc["latent"]
+    est = ("Bayes, posterior mean and 95% interval" if lat.get("estimator") != "ml" else
+           "ML, jackknife bias-corrected, jackknife SE and t interval" if lat.get("bias_correction") == "jackknife"
+           else "ML, Wald")
     head = ["Latent <em>b</em>", "Latent <em>SE</em>", "Latent 95% CI"] + (["\u03bb"] if reliability else [])
     note = (f" Latent columns: the same effect with latent caseload means (multilevel SEM; {est}); "
             "\u03bb is the mean reliability of the observed caseload means, whose unreliability attenuates the "

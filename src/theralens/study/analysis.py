@@ -204,7 +204,8 @@ def _latent(config: StudyConfig, table: PatientTable | SessionTable, moderators:
                          "(the Bayesian latent model), but the DuckDB engine keeps them in DuckDB; use --engine "
                          'pandas, or decomposition = "manifest"')
     if isinstance(table, PatientTable):
-        return latent_aims(table, moderators, labels, joint=config.therapist_moderators.joint)
+        return latent_aims(table, moderators, labels, joint=config.therapist_moderators.joint,
+                           bias_correction=config.inference.latent_bias_correction)
     return latent_session_aims(table, moderators, labels)
 
 

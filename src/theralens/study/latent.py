@@ -49,7 +49,10 @@ class LatentResults:
     """The aims under the latent decomposition.
 
     Tables are keyed by stable names (``process``, ``moderator``) with ``*_label`` for display.
-    Fields: ``estimator`` ("ml"), ``aim1`` (process, component in within_therapist /
+    Fields: ``estimator`` ("ml" or "bayes"), ``bias_correction`` ("none", or "jackknife": the
+    ML estimates of aims 1 and 3 are then jackknife bias-corrected, with jackknife SEs, t_{J-1}
+    p-values and intervals, and the tables add ``ml_estimate``, ``ml_se``, ``jackknife_bias``
+    and ``df``), ``aim1`` (process, component in within_therapist /
     between_therapist / contextual, estimate, se, z, p, ci_low, ci_high, reliability = mean
     lambda_j of the latent caseload means), ``aim3`` (process, moderator, column, target,
     estimate, se, z, p, ci_low, ci_high, therapists), ``variances`` (latent caseload-mean and
@@ -70,6 +73,22 @@ class LatentResults:
     fits: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    bias_correction: str = "none"
+
+
+def _jackknifed(table: pd.DataFrame, fit: LatentFit, keys: list[str]) -> pd.DataFrame:
+    """``table`` (rows of ``fit.effects`` or ``fit.moderators``) with the jackknife's
+    bias-corrected estimates, SEs, t_{J-1} tests and intervals in place of the ML ones
+    (:meth:`~theralens.latent.ml.LatentFit.jackknife`), the ML estimate and SE kept beside."""
+    jk = fit.jackknife().rename(columns={"component": keys[-1]})
+    jk = jk.drop(columns=[c for c in ("moderator",) if c not in keys])
+    out = table.rename(columns={"estimate": "ml_estimate", "se": "ml_se"}).drop(columns=["z", "p", "ci_low", "ci_high"])
+    out = out.merge(jk[[*keys, "jackknife_estimate", "jackknife_bias", "se", "df", "ci_low", "ci_high"]], on=keys,
+                    how="left").rename(columns={"jackknife_estimate": "estimate"})
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["t"] = out["estimate"] / out["se"]
+    out["p"] = 2.0 * stats.t.sf(np.abs(out["t"]), out["df"])
+    return out
 
 
 def _reliability(fit: LatentFit) -> pd.DataFrame:
@@ -92,8 +111,11 @@ def _check(fit: LatentFit, role: str, warnings: list[str]) -> None:
 
 
 def latent_aims(table: PatientTable, moderators: pd.DataFrame | None, labels: dict[str, str],
-                joint: bool = False) -> LatentResults:
-    """Aims 1 and 3 (and the therapist slopes) under the latent decomposition of ``table``."""
+                joint: bool = False, bias_correction: str = "none") -> LatentResults:
+    """Aims 1 and 3 (and the therapist slopes) under the latent decomposition of ``table``;
+    ``bias_correction = "jackknife"`` reports the effects of aims 1 and 3 jackknife
+    bias-corrected (:class:`LatentResults`; the therapist slopes stay the ML fit's)."""
+    jackknife = bias_correction == "jackknife"
     frame = table.table
     procs = list(table.processes)
     adjust = [*table.adjust_for, *table.covariates]
@@ -107,7 +129,8 @@ def latent_aims(table: PatientTable, moderators: pd.DataFrame | None, labels: di
             warnings.append(f"The latent caseload means of {labels.get(r.process, r.process)} show no variance between "
                             "therapists (ICC below .001): its latent between-therapist effect is not identified (see "
                             "its standard error).")
-    a1 = main.effects.copy()
+    a1 = _jackknifed(main.effects, main, ["process", "component"]) if jackknife and main.converged \
+        else main.effects.copy()
     a1["reliability"] = a1["process"].map(rel.set_index("process")["mean_reliability"])
     a1.insert(1, "process_label", a1["process"].map(lambda p: labels.get(p, p)))
     rel.insert(1, "process_label", rel["process"].map(lambda p: labels.get(p, p)))
@@ -125,7 +148,8 @@ def latent_aims(table: PatientTable, moderators: pd.DataFrame | None, labels: di
             fit = fit_latent(latent_stats(sub, procs, table.response, adjust, have, wset))
             _check(fit, role, warnings)
             fits[role] = fit
-            mt = fit.moderators.copy()
+            mt = _jackknifed(fit.moderators, fit, ["process", "moderator", "target"]) if jackknife and fit.converged \
+                else fit.moderators.copy()
             mt.insert(1, "process_label", mt["process"].map(lambda p: labels.get(p, p)))
             mt.insert(3, "moderator_label", mt["moderator"].map(lambda w: mod_labels.get(w, w)))
             mt["centre"] = mt["moderator"].map(dict(zip(fit.stats.moderators, fit.stats.moderator_centers)))
@@ -142,8 +166,15 @@ def latent_aims(table: PatientTable, moderators: pd.DataFrame | None, labels: di
              f"Gauss-Hermite quadrature per therapist slope (log-likelihood stable to "
              f"{max(main.quadrature_change, 1e-12):.1g} against 4 more points); latent caseload means and patient "
              "deviations of every process are modelled jointly with the outcome (Rockwood 2020)."]
+    if jackknife:
+        notes.append(f"The latent effects of aims 1 and 3 are bias-corrected by the delete-one-therapist jackknife "
+                     f"({main.stats.J} refits of the main model; Quenouille 1956, Efron & Tibshirani 1993), with "
+                     "jackknife SEs and t tests and intervals on J - 1 df; the ML estimates are kept beside them "
+                     "(ml_estimate).")
+        if not all(f.converged for f in fits.values()):
+            warnings.append("A latent model that did not converge is reported without the jackknife correction.")
     return LatentResults(estimator="ml", aim1=a1, aim3=a3, variances=var, therapists=ther, reliability=rel,
-                         fits=fits, notes=notes, warnings=warnings)
+                         fits=fits, notes=notes, warnings=warnings, bias_correction=bias_correction)
 
 
 def _therapist_slopes(fit: LatentFit, table: PatientTable, labels: dict[str, str]) -> pd.DataFrame:

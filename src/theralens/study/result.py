@@ -239,7 +239,8 @@ class StudyResult:
                              "chains": f.chains, "draws": f.draws, "warmup": f.warmup, "seed": f.seed,
                              "messages": list(f.messages), "priors": list(f.priors),
                              "summary": records(f.summary)})
-        return {"estimator": lat.estimator, "aim1": records(lat.aim1), "aim3": records(lat.aim3),
+        return {"estimator": lat.estimator, "bias_correction": lat.bias_correction, "aim1": records(lat.aim1),
+                "aim3": records(lat.aim3),
                 "variances": records(lat.variances), "reliability": records(lat.reliability),
                 "therapists": records(lat.therapists), "fits": fits, "notes": list(lat.notes),
                 "warnings": list(lat.warnings)}
