@@ -128,7 +128,7 @@ def test_session_design_latent_is_bayesian_and_an_unconverged_run_adds_nothing(m
         assert res.aim1.empty and any("not added to the aim tables" in w for w in res.warnings)
 
 
-def test_jackknife_bias_correction_replaces_the_latent_estimates_and_says_so(sim, both) -> None:
+def test_jackknife_bias_correction_replaces_the_latent_estimates_and_says_so(sim, both, tmp_path) -> None:
     from theralens.data.config import InferenceConfig
 
     cfg = dataclasses.replace(sim.config(), inference=InferenceConfig(latent_bias_correction="jackknife"))
@@ -157,6 +157,14 @@ def test_jackknife_bias_correction_replaces_the_latent_estimates_and_says_so(sim
     doc = r.to_dict()
     assert doc["latent"]["bias_correction"] == "jackknife" and both.to_dict()["latent"]["bias_correction"] == "none"
     assert any("delete-one-therapist jackknife" in n for n in doc["notes"])
+    # the report's tables and methods paragraph name the estimator
+    from theralens.report.html import write_report
+
+    write_report(r, tmp_path / "report")
+    html = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert "ML, jackknife bias-corrected, jackknife SE and t interval" in html
+    assert "bias-corrected by the delete-one-therapist jackknife (Quenouille, 1956" in html
+    assert "Quenouille, M. H. (1956)" in html
 
 
 def test_latent_bias_correction_key_is_checked() -> None:
