@@ -76,8 +76,8 @@ def summarise(raw: pd.DataFrame) -> pd.DataFrame:
             cover = 1.0 - below.mean() - above.mean()
             out.append({"J": J, "rho": rho, "effect": eff, "interval": kind, "reps": R, "coverage": cover,
                         "mc_se": float(np.sqrt(cover * (1 - cover) / R)), "truth_below": below.mean(),
-                        "truth_above": above.mean(), "median_width": float(np.median(hi - lo)),
-                        "median_centre_minus_truth": float(np.median((lo + hi) / 2 - truth)),
+                        "truth_above": above.mean(), "median_width": float(np.nanmedian(hi - lo)),
+                        "median_centre_minus_truth": float(np.nanmedian((lo + hi) / 2 - truth)),
                         "unbounded": int((~np.isfinite(lo) | ~np.isfinite(hi)).sum()),
                         "not_converged": int((~g_all["converged"]).sum())})
     return pd.DataFrame(out)
