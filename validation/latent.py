@@ -36,16 +36,18 @@ import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from theralens import fit_mixed
-from theralens.latent.ml import fit_latent, latent_stats
-from theralens.simulation.generate import simulate_latent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import run_replicates  # noqa: E402
+
+from theralens import fit_mixed  # noqa: E402
+from theralens.latent.ml import fit_latent, latent_stats  # noqa: E402
+from theralens.simulation.generate import simulate_latent  # noqa: E402
 
 TRUTH = {"within": 0.3, "between": 0.6, "g11": 0.1, "g03": 0.2}
 N_PATIENTS = 5
@@ -178,18 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="validation/latent.md")
     args = ap.parse_args(argv)
     tasks = [(J, rho, seed) for J, rho, reps in CELLS for seed in range(1, max(2, int(reps * args.reps_scale)) + 1)]
+    code = _commit()  # the code that runs (a commit made during the run does not change it)
     t0 = time.perf_counter()
-    rows: list[dict] = []
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for k, res in enumerate(pool.map(_task, tasks, chunksize=4), 1):
-            rows += res
-            if k % 200 == 0:
-                print(f"{k}/{len(tasks)} replicates, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    raw = pd.DataFrame(rows)
+    raw = pd.DataFrame(run_replicates(_task, tasks, args.workers))
     summary = summarise(raw)
     out = Path(args.out)
-    meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": _commit(),
+    meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": code,
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "workers": args.workers, "seconds": time.perf_counter() - t0,
             "command": "python validation/latent.py " + " ".join(argv if argv is not None else sys.argv[1:])}

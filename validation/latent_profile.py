@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latent import CELLS, N_PATIENTS, TRUTH, patient_table  # noqa: E402
-from record import commit, machine, markdown_table  # noqa: E402
+from record import commit, machine, markdown_table, run_replicates  # noqa: E402
 
 from theralens.latent.ml import fit_latent, latent_stats  # noqa: E402
 from theralens.simulation.generate import simulate_latent  # noqa: E402
@@ -92,15 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cells = [c for c in CELLS if args.cells is None or c[0] in args.cells]
     tasks = [(J, rho, s) for J, rho, reps in cells for s in range(1, max(2, int(reps * args.reps_scale)) + 1)]
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    code = commit()  # the code that runs (a commit made during the run does not change it)
     t0 = time.perf_counter()
-    rows: list[dict] = []
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for k, res in enumerate(pool.map(_task, tasks, chunksize=4), 1):
-            rows += res
-            if k % 200 == 0:
-                print(f"{k}/{len(tasks)} replicates, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    raw = pd.DataFrame(rows)
+    raw = pd.DataFrame(run_replicates(_task, tasks, args.workers))
     summary = summarise(raw)
     out = Path(args.out)
     raw.to_csv(out.with_suffix(".raw.csv.gz"), index=False)
@@ -108,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python validation/latent_profile.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out.write_text("\n".join([
         "# Profile-likelihood and Wald intervals of the latent between-type effects (issue #10)", "",
-        f"Recorded {stamp} at commit {commit()} on {machine()} ({args.workers} workers, "
+        f"Recorded {stamp} at commit {code} on {machine()} ({args.workers} workers, "
         f"{time.perf_counter() - t0:.0f} s). Command: `{cmd}`. Columns: see the script's docstring; "
         f"truth: b_between {TRUE['b_between']}, contextual {TRUE['contextual']}, g03 {TRUE['g03']}.", "",
         markdown_table(summary), ""]))

@@ -3,8 +3,13 @@ Markdown (shared by the scripts of this folder)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -37,3 +42,17 @@ def markdown_table(df: pd.DataFrame) -> str:
     sep = "|" + "---|" * len(df.columns)
     body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, sep, *body])
+
+
+def run_replicates(task: Callable[[tuple], list[dict]], tasks: list[tuple], workers: int) -> list[dict]:
+    """The rows of every task, in order, from a pool of ``workers`` processes with one BLAS
+    thread each; progress on stderr every 200 tasks."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for k, res in enumerate(pool.map(task, tasks, chunksize=4), 1):
+            rows += res
+            if k % 200 == 0:
+                print(f"{k}/{len(tasks)} replicates, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return rows
