@@ -173,13 +173,21 @@ def write_markdown(summary: pd.DataFrame, meta: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cell_tasks(argv: list[str] | None, description: str, out: str) -> tuple[argparse.Namespace, list[tuple]]:
+    """The command line of the latent validation scripts (--workers, --reps-scale, --cells,
+    --out) and the (J, rho, seed) replicates it asks for: seeds 1..reps of each cell."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--reps-scale", type=float, default=1.0, help="multiply every cell's replicates (quick looks)")
-    ap.add_argument("--out", default="validation/latent.md")
+    ap.add_argument("--cells", type=int, nargs="*", default=None, help="only the cells of these J (default: all)")
+    ap.add_argument("--out", default=out)
     args = ap.parse_args(argv)
-    tasks = [(J, rho, seed) for J, rho, reps in CELLS for seed in range(1, max(2, int(reps * args.reps_scale)) + 1)]
+    cells = [c for c in CELLS if args.cells is None or c[0] in args.cells]
+    return args, [(J, rho, s) for J, rho, reps in cells for s in range(1, max(2, int(reps * args.reps_scale)) + 1)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, tasks = cell_tasks(argv, __doc__.splitlines()[0], "validation/latent.md")
     code = _commit()  # the code that runs (a commit made during the run does not change it)
     t0 = time.perf_counter()
     raw = pd.DataFrame(run_replicates(_task, tasks, args.workers))

@@ -17,7 +17,6 @@ Run:  .venv/bin/python validation/latent_profile.py --workers 2 --out validation
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import sys
 import time
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latent import CELLS, N_PATIENTS, TRUTH, patient_table  # noqa: E402
+from latent import N_PATIENTS, TRUTH, cell_tasks, patient_table  # noqa: E402
 from record import commit, machine, markdown_table, run_replicates  # noqa: E402
 
 from theralens.latent.ml import fit_latent, latent_stats  # noqa: E402
@@ -82,14 +81,7 @@ def summarise(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--reps-scale", type=float, default=1.0)
-    ap.add_argument("--cells", type=int, nargs="*", default=None, help="only these J (default: all cells)")
-    ap.add_argument("--out", default="validation/latent_profile.md")
-    args = ap.parse_args(argv)
-    cells = [c for c in CELLS if args.cells is None or c[0] in args.cells]
-    tasks = [(J, rho, s) for J, rho, reps in cells for s in range(1, max(2, int(reps * args.reps_scale)) + 1)]
+    args, tasks = cell_tasks(argv, __doc__.splitlines()[0], "validation/latent_profile.md")
     code = commit()  # the code that runs (a commit made during the run does not change it)
     t0 = time.perf_counter()
     raw = pd.DataFrame(run_replicates(_task, tasks, args.workers))
