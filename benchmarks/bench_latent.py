@@ -6,9 +6,12 @@ skill). Timed, each as the median of ``--repeats`` runs after one warm-up, in th
 
 - ``latent_main``: the latent ML fit of aims 1-2 (two processes, no moderator);
 - ``latent_moderator``: the latent ML fit with the moderator (what issue #10 times: target < 5 s);
-- ``manifest_analysis`` and ``both_analysis``: ``theralens.analyze`` with ``decomposition =
-  "manifest"`` and ``"both"`` (the whole study: every manifest model, plus the latent ones), so
-  the ratio says what the latent decomposition adds to an analysis;
+- ``jackknife_moderator``: ``LatentFit.jackknife()`` of that fit (one refit per therapist:
+  what ``[inference] latent_bias_correction = "jackknife"`` adds per latent model);
+- ``manifest_analysis``, ``both_analysis`` and ``both_jackknife_analysis``: ``theralens.analyze``
+  with ``decomposition = "manifest"``, ``"both"`` and ``"both"`` with the jackknife (the whole
+  study: every manifest model, plus the latent ones), so the ratio says what the latent
+  decomposition adds to an analysis;
 - ``cli_both``: ``theralens analyze ... --config`` (decomposition "both") end to end as a
   subprocess, as a user runs it (library default threads).
 
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 
 from theralens import analyze
-from theralens.data.config import DesignConfig, ModeratorsConfig, StudyConfig
+from theralens.data.config import DesignConfig, InferenceConfig, ModeratorsConfig, StudyConfig
 from theralens.data.decompose import patient_level
 from theralens.data.read import read_table
 from theralens.data.validate import validate_sessions, validate_therapists
@@ -82,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rows["latent_main"] = _median_time(main_fit, args.repeats)
     rows["latent_moderator"] = _median_time(mod_fit, args.repeats)
+    rows["jackknife_moderator"] = _median_time(lambda: fits["moderator"].jackknife(), args.repeats)
     both = dataclasses.replace(cfg, design=DesignConfig(decomposition="both"))
+    both_jk = dataclasses.replace(both, inference=InferenceConfig(latent_bias_correction="jackknife"))
     rows["manifest_analysis"] = _median_time(lambda: analyze(sessions, therapists, cfg), args.repeats)
     rows["both_analysis"] = _median_time(lambda: analyze(sessions, therapists, both), args.repeats)
+    rows["both_jackknife_analysis"] = _median_time(lambda: analyze(sessions, therapists, both_jk), args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "study.toml"
         conf.write_text(f'[therapist_moderators]\ncolumns = ["{MODERATOR}"]\n[design]\ndecomposition = "both"\n')
