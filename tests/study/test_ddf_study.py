@@ -43,7 +43,7 @@ def _frame(result: tl.StudyResult) -> pd.DataFrame:
 def test_results_json_records_the_ddf_and_validates(kr_doc: dict) -> None:
     assert kr_doc["inference"] == {"ddf": "kenward-roger", "label": "Kenward-Roger",
                                    "reference": "Kenward-Roger (Kenward & Roger, 1997)"}
-    assert kr_doc["options"]["inference"] == {"ddf": "kenward-roger"}
+    assert kr_doc["options"]["inference"] == {"ddf": "kenward-roger", "latent_bias_correction": "none"}
     error = next(jsonschema.Draft202012Validator(schema()).iter_errors(kr_doc), None)
     assert error is None, error.message
 
