@@ -180,9 +180,12 @@ def cell_tasks(argv: list[str] | None, description: str, out: str) -> tuple[argp
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--reps-scale", type=float, default=1.0, help="multiply every cell's replicates (quick looks)")
     ap.add_argument("--cells", type=int, nargs="*", default=None, help="only the cells of these J (default: all)")
+    ap.add_argument("--rho", type=float, nargs="*", default=None, help="only the cells of these rho (default: all)")
+    ap.add_argument("--reps", type=int, default=None, help="replicates per cell (default: the cell's own)")
     ap.add_argument("--out", default=out)
     args = ap.parse_args(argv)
-    cells = [c for c in CELLS if args.cells is None or c[0] in args.cells]
+    cells = [(J, rho, args.reps or reps) for J, rho, reps in CELLS
+             if (args.cells is None or J in args.cells) and (args.rho is None or rho in args.rho)]
     return args, [(J, rho, s) for J, rho, reps in cells for s in range(1, max(2, int(reps * args.reps_scale)) + 1)]
 
 

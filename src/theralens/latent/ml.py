@@ -796,15 +796,8 @@ def _fit_latent(
         # symmetric), so a zero slope SD is a stationary point and BFGS can stop near it, at a
         # worse maximum. Restart once with the small slope SDs pushed back to the start's
         # size and keep the better maximum.
-        small = _small_slopes(st, lay, theta)
-        if small:
-            LG, LG0 = lay.unpack(theta)["LG"], lay.unpack(_start(st, random_slopes, lay))["LG"]
-            alt = LG.copy()
-            for i in small:
-                alt[i, : i + 1] = 0.0
-                alt[i, i] = LG0[i, i]
-            theta2 = theta.copy()
-            theta2[lay.slices["LG"]] = alt[lay.tri_g]
+        theta2 = _away_from_zero_slopes(st, lay, theta)
+        if theta2 is not None:
             cand = optimise(theta2, Q, nd)
             if cand[1] > ll + 1e-7:
                 messages.append("a restart away from a small slope SD found a higher maximum (kept)")
@@ -860,29 +853,46 @@ def _objective(crit: LatentCriterion, nodes: _Nodes) -> Callable[[np.ndarray], t
     return objective
 
 
-def _small_slopes(st: LatentStats, lay: _Layout, theta: np.ndarray) -> list[int]:
-    """The processes whose therapist slope SD in ``theta`` is below a quarter of the start's:
-    near the stationary point at zero where BFGS can stop short of a higher maximum (the
-    likelihood is even in each column of the slope Cholesky factor)."""
+def _away_from_zero_slopes(st: LatentStats, lay: _Layout, theta: np.ndarray) -> np.ndarray | None:
+    """``theta`` with every therapist slope SD below a quarter of the start's pushed back to the
+    start's size, or None if there is none. The likelihood is even in each column of the slope
+    Cholesky factor, so a zero slope SD is a stationary point where BFGS can stop short of a
+    higher maximum; :func:`fit_latent` (and the jackknife's refits) also try from here."""
     LG, LG0 = lay.unpack(theta)["LG"], lay.unpack(_start(st, True, lay))["LG"]
-    return [i for i in range(st.P) if np.linalg.norm(LG[i, : i + 1]) < 0.25 * LG0[i, i]]
+    small = [i for i in range(st.P) if np.linalg.norm(LG[i, : i + 1]) < 0.25 * LG0[i, i]]
+    if not small:
+        return None
+    alt = LG.copy()
+    for i in small:
+        alt[i, : i + 1] = 0.0
+        alt[i, i] = LG0[i, i]
+    out = theta.copy()
+    out[lay.slices["LG"]] = alt[lay.tri_g]
+    return out
 
 
 def _refit_without(fit: LatentFit, st: LatentStats, nodes: _Nodes, hess0: np.ndarray | None) -> np.ndarray:
     """theta of the ML fit of ``st`` (the fit's therapists less one) from ``fit``'s estimate and
-    nodes (:meth:`LatentFit.jackknife`). Where that does not converge, or starts or ends near a
-    zero slope SD (where :func:`fit_latent` restarts away from it), the refit is a full
-    :func:`fit_latent`, the estimator itself."""
+    nodes (:meth:`LatentFit.jackknife`): BFGS from the estimate and, where a slope SD is near
+    zero, also from there with it pushed away (as :func:`fit_latent` restarts), keeping the
+    higher maximum; a full :func:`fit_latent` if neither converges."""
     crit = LatentCriterion(st, fit.slopes)
-    if not (fit.slopes and _small_slopes(st, crit.layout, fit.theta)):
+    objective = _objective(crit, nodes)
+    starts = [(fit.theta, hess0)]
+    away = _away_from_zero_slopes(st, crit.layout, fit.theta) if fit.slopes else None
+    if away is not None:
+        starts.append((away, hess0))
+    best = None
+    for theta0, h0 in starts:
         opts: dict[str, Any] = {"gtol": 1e-6, "maxiter": 3000}
-        if hess0 is not None:
-            opts["hess_inv0"] = hess0
-        res = optimize.minimize(_objective(crit, nodes), fit.theta, jac=True, method="BFGS", options=opts)
-        near_zero = fit.slopes and _small_slopes(st, crit.layout, res.x)
-        if (res.success or np.max(np.abs(res.jac)) < 1e-3) and not near_zero:
-            return res.x
-    return _fit_latent(st, random_slopes=fit.slopes, nodes=fit.nodes).theta
+        if h0 is not None:
+            opts["hess_inv0"] = h0
+        res = optimize.minimize(objective, theta0, jac=True, method="BFGS", options=opts)
+        if (res.success or np.max(np.abs(res.jac)) < 1e-3) and (best is None or res.fun < best.fun - 1e-9):
+            best = res
+    if best is None:
+        return _fit_latent(st, random_slopes=fit.slopes, nodes=fit.nodes).theta
+    return best.x
 
 
 def _recentre(crit: LatentCriterion, theta: np.ndarray, nd: _Nodes, grid: np.ndarray, weights: np.ndarray
